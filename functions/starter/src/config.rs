@@ -1,0 +1,428 @@
+//! Configuration, read once at init from environment variables.
+//!
+//! This module is the one place that knows the variable names, their defaults and their
+//! units. The README's configuration table and the template's environment list the same
+//! names ([`VARIABLES`]); a test checks that they agree.
+
+use std::time::Duration;
+
+/// Every environment variable the function reads (besides the Lambda runtime's own).
+pub const VARIABLES: &[&str] = &[
+    "STATE_MACHINE_ARN",
+    "STARTS_PER_SECOND",
+    "STARTS_BURST",
+    "MAX_CONCURRENCY",
+    "MAX_IN_FLIGHT",
+    "EXECUTION_NAME",
+    "INPUT",
+    "WORKFLOW_TYPE",
+    "DEADLINE_MARGIN_MS",
+    "LOCAL_DEADLINE_MS",
+    "CALL_TIMEOUT_MS",
+    "MAX_ATTEMPTS",
+    "DLQ_URL",
+    "RETRY_BASE_SECONDS",
+    "RETRY_MAX_SECONDS",
+    "LOG_BODIES",
+    "METRICS_NAMESPACE",
+];
+
+/// The longest visibility timeout SQS accepts for ChangeMessageVisibility: 12 hours, in seconds.
+pub const MAX_VISIBILITY_SECONDS: u64 = 43_200;
+
+/// Where the execution name comes from (`EXECUTION_NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameSource {
+    /// The SQS message id (default): one execution per message, idempotent across redeliveries.
+    MessageId,
+    /// A message attribute's value, by attribute name.
+    Attribute(String),
+    /// A field of the JSON body, by JSON pointer (RFC 6901), e.g. `/order/id`.
+    BodyPointer(String),
+    /// No name: AWS picks one. No idempotency.
+    None,
+}
+
+/// What is passed as the execution input (`INPUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMode {
+    /// The body, which must be JSON, passed as is (default).
+    Body,
+    /// `{"messageId", "body", "attributes", "messageAttributes", "sentTimestamp"}`.
+    Envelope,
+}
+
+/// The state machine's type (`WORKFLOW_TYPE`): decides the delivery guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowType {
+    /// Standard: a name is unique for 90 days, so redeliveries are exactly-once by name.
+    Standard,
+    /// Express: names are not idempotent; a redelivered message may start again (at-least-once).
+    Express,
+}
+
+/// The validated configuration. Invariants (checked by [`Config::from_lookup`]):
+/// rates and counts are positive; `call_timeout < deadline_margin`;
+/// `retry_base <= retry_max < 12 h`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `STATE_MACHINE_ARN` (required).
+    pub state_machine_arn: String,
+    /// `STARTS_PER_SECOND`: the global StartExecution budget, starts per second, for all instances.
+    pub starts_per_second: f64,
+    /// `STARTS_BURST`: the global burst, in starts, for all instances.
+    pub starts_burst: f64,
+    /// `MAX_CONCURRENCY`: how many instances share the budget (the ESM's MaximumConcurrency).
+    pub max_concurrency: u32,
+    /// `MAX_IN_FLIGHT`: StartExecution calls in flight at once in one instance.
+    pub max_in_flight: usize,
+    /// `EXECUTION_NAME`.
+    pub name_source: NameSource,
+    /// `INPUT`.
+    pub input_mode: InputMode,
+    /// `WORKFLOW_TYPE`.
+    pub workflow_type: WorkflowType,
+    /// `DEADLINE_MARGIN_MS`: no new call starts when less than this remains before the deadline.
+    pub deadline_margin: Duration,
+    /// `LOCAL_DEADLINE_MS`: the time budget used when the invocation's deadline is unknown.
+    pub local_deadline: Duration,
+    /// `CALL_TIMEOUT_MS`: the timeout of one StartExecution attempt.
+    pub call_timeout: Duration,
+    /// `MAX_ATTEMPTS`: StartExecution attempts per message within one invocation.
+    pub max_attempts: u32,
+    /// `DLQ_URL`: where permanent failures are sent; `None` leaves them to the queue's redrive.
+    pub dlq_url: Option<String>,
+    /// `RETRY_BASE_SECONDS`: the first visibility backoff step for a retryable failure.
+    pub retry_base: Duration,
+    /// `RETRY_MAX_SECONDS`: the cap of the visibility backoff.
+    pub retry_max: Duration,
+    /// `LOG_BODIES`: whether message bodies may appear in logs.
+    pub log_bodies: bool,
+    /// `METRICS_NAMESPACE`: the CloudWatch namespace of the embedded metrics.
+    pub metrics_namespace: String,
+}
+
+/// A configuration error; its message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn err(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+/// Reads variables through a lookup function, so tests need not touch the process environment.
+struct Reader<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The trimmed value, `None` when unset or blank.
+    fn get(&self, variable: &'static str) -> Option<String> {
+        (self.lookup)(variable)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, variable: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.get(variable) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| err(variable, format!("expected {what}, got {raw:?}"))),
+        }
+    }
+
+    fn positive_f64(&self, variable: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let value: f64 = self.parse(variable, default, "a positive number")?;
+        if value.is_finite() && value > 0.0 {
+            Ok(value)
+        } else {
+            Err(err(variable, format!("expected a positive number, got {value}")))
+        }
+    }
+
+    fn positive_u64(&self, variable: &'static str, default: u64) -> Result<u64, ConfigError> {
+        let value: u64 = self.parse(variable, default, "a positive whole number")?;
+        if value == 0 {
+            return Err(err(variable, "must be at least 1"));
+        }
+        Ok(value)
+    }
+
+    fn bool(&self, variable: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(variable).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(err(variable, format!("expected true or false, got {v:?}"))),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads and validates the configuration through `lookup` (variable name → value).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let r = Reader { lookup };
+        let state_machine_arn = r
+            .get("STATE_MACHINE_ARN")
+            .ok_or_else(|| err("STATE_MACHINE_ARN", "is required (the state machine to start)"))?;
+        if !state_machine_arn.starts_with("arn:") || !state_machine_arn.contains(":states:") {
+            return Err(err(
+                "STATE_MACHINE_ARN",
+                format!("expected a Step Functions state machine ARN, got {state_machine_arn:?}"),
+            ));
+        }
+        let deadline_margin = Duration::from_millis(r.positive_u64("DEADLINE_MARGIN_MS", 3_000)?);
+        let call_timeout = Duration::from_millis(r.positive_u64("CALL_TIMEOUT_MS", 2_000)?);
+        if call_timeout >= deadline_margin {
+            return Err(err(
+                "CALL_TIMEOUT_MS",
+                format!(
+                    "must be below DEADLINE_MARGIN_MS ({} ms) so a call started before the margin ends before the deadline",
+                    deadline_margin.as_millis()
+                ),
+            ));
+        }
+        let retry_base = r.positive_u64("RETRY_BASE_SECONDS", 10)?;
+        let retry_max = r.positive_u64("RETRY_MAX_SECONDS", 900)?;
+        if retry_max >= MAX_VISIBILITY_SECONDS {
+            return Err(err(
+                "RETRY_MAX_SECONDS",
+                format!("must be below {MAX_VISIBILITY_SECONDS} (12 hours)"),
+            ));
+        }
+        if retry_base > retry_max {
+            return Err(err(
+                "RETRY_BASE_SECONDS",
+                format!("must not exceed RETRY_MAX_SECONDS ({retry_max})"),
+            ));
+        }
+        let max_concurrency = r.positive_u64("MAX_CONCURRENCY", 1)?;
+        let max_concurrency = u32::try_from(max_concurrency).map_err(|_| err("MAX_CONCURRENCY", "is too large"))?;
+        let max_attempts =
+            u32::try_from(r.positive_u64("MAX_ATTEMPTS", 5)?).map_err(|_| err("MAX_ATTEMPTS", "is too large"))?;
+        let max_in_flight =
+            usize::try_from(r.positive_u64("MAX_IN_FLIGHT", 32)?).map_err(|_| err("MAX_IN_FLIGHT", "is too large"))?;
+        let metrics_namespace = r.get("METRICS_NAMESPACE").unwrap_or_else(|| "SfnPacer".to_string());
+        if metrics_namespace.len() > 255 || metrics_namespace.starts_with("AWS/") {
+            return Err(err(
+                "METRICS_NAMESPACE",
+                "must be at most 255 characters and not start with AWS/",
+            ));
+        }
+        Ok(Config {
+            state_machine_arn,
+            starts_per_second: r.positive_f64("STARTS_PER_SECOND", 150.0)?,
+            starts_burst: r.positive_f64("STARTS_BURST", 800.0)?,
+            max_concurrency,
+            max_in_flight,
+            name_source: parse_name_source(r.get("EXECUTION_NAME"))?,
+            input_mode: parse_input_mode(r.get("INPUT"))?,
+            workflow_type: parse_workflow_type(r.get("WORKFLOW_TYPE"))?,
+            deadline_margin,
+            local_deadline: Duration::from_millis(r.positive_u64("LOCAL_DEADLINE_MS", 30_000)?),
+            call_timeout,
+            max_attempts,
+            dlq_url: r.get("DLQ_URL"),
+            retry_base: Duration::from_secs(retry_base),
+            retry_max: Duration::from_secs(retry_max),
+            log_bodies: r.bool("LOG_BODIES", false)?,
+            metrics_namespace,
+        })
+    }
+
+    /// This instance's share of the budget, starts per second: `STARTS_PER_SECOND / MAX_CONCURRENCY`.
+    pub fn instance_rate_per_second(&self) -> f64 {
+        self.starts_per_second / f64::from(self.max_concurrency)
+    }
+
+    /// This instance's share of the burst, in starts (at least 1): `STARTS_BURST / MAX_CONCURRENCY`.
+    pub fn instance_burst(&self) -> f64 {
+        (self.starts_burst / f64::from(self.max_concurrency)).max(1.0)
+    }
+}
+
+fn parse_name_source(raw: Option<String>) -> Result<NameSource, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(NameSource::MessageId);
+    };
+    let bad = |reason: &str| err("EXECUTION_NAME", format!("{reason}, got {raw:?}"));
+    if raw == "message-id" {
+        Ok(NameSource::MessageId)
+    } else if raw == "none" {
+        Ok(NameSource::None)
+    } else if let Some(name) = raw.strip_prefix("attribute:") {
+        if name.is_empty() {
+            return Err(bad("attribute:<Name> needs an attribute name"));
+        }
+        Ok(NameSource::Attribute(name.to_string()))
+    } else if let Some(pointer) = raw.strip_prefix("body:") {
+        if !pointer.starts_with('/') {
+            return Err(bad("body:<json-pointer> needs a JSON pointer starting with '/'"));
+        }
+        Ok(NameSource::BodyPointer(pointer.to_string()))
+    } else {
+        Err(bad(
+            "expected message-id, attribute:<Name>, body:<json-pointer> or none",
+        ))
+    }
+}
+
+fn parse_input_mode(raw: Option<String>) -> Result<InputMode, ConfigError> {
+    match raw.as_deref() {
+        None | Some("body") => Ok(InputMode::Body),
+        Some("envelope") => Ok(InputMode::Envelope),
+        Some(other) => Err(err("INPUT", format!("expected body or envelope, got {other:?}"))),
+    }
+}
+
+fn parse_workflow_type(raw: Option<String>) -> Result<WorkflowType, ConfigError> {
+    match raw.map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("standard") => Ok(WorkflowType::Standard),
+        Some("express") => Ok(WorkflowType::Express),
+        Some(other) => Err(err(
+            "WORKFLOW_TYPE",
+            format!("expected standard or express, got {other:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:demo";
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_arn_is_set() {
+        let c = load(&[("STATE_MACHINE_ARN", ARN)]).unwrap();
+        assert_eq!(c.starts_per_second, 150.0);
+        assert_eq!(c.starts_burst, 800.0);
+        assert_eq!(c.max_concurrency, 1);
+        assert_eq!(c.max_in_flight, 32);
+        assert_eq!(c.name_source, NameSource::MessageId);
+        assert_eq!(c.input_mode, InputMode::Body);
+        assert_eq!(c.workflow_type, WorkflowType::Standard);
+        assert_eq!(c.deadline_margin, Duration::from_millis(3000));
+        assert_eq!(c.local_deadline, Duration::from_millis(30_000));
+        assert_eq!(c.call_timeout, Duration::from_millis(2000));
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.dlq_url, None);
+        assert_eq!(c.retry_base, Duration::from_secs(10));
+        assert_eq!(c.retry_max, Duration::from_secs(900));
+        assert!(!c.log_bodies);
+        assert_eq!(c.metrics_namespace, "SfnPacer");
+    }
+
+    #[test]
+    fn the_budget_is_split_between_instances() {
+        let c = load(&[
+            ("STATE_MACHINE_ARN", ARN),
+            ("STARTS_PER_SECOND", "300"),
+            ("STARTS_BURST", "1300"),
+            ("MAX_CONCURRENCY", "10"),
+        ])
+        .unwrap();
+        assert_eq!(c.instance_rate_per_second(), 30.0);
+        assert_eq!(c.instance_burst(), 130.0);
+        let tiny = load(&[
+            ("STATE_MACHINE_ARN", ARN),
+            ("STARTS_BURST", "5"),
+            ("MAX_CONCURRENCY", "10"),
+        ])
+        .unwrap();
+        assert_eq!(tiny.instance_burst(), 1.0, "the burst never drops below one start");
+    }
+
+    #[test]
+    fn name_sources_parse() {
+        let with = |v: &str| load(&[("STATE_MACHINE_ARN", ARN), ("EXECUTION_NAME", v)]).map(|c| c.name_source);
+        assert_eq!(
+            with("attribute:OrderId").unwrap(),
+            NameSource::Attribute("OrderId".into())
+        );
+        assert_eq!(
+            with("body:/order/id").unwrap(),
+            NameSource::BodyPointer("/order/id".into())
+        );
+        assert_eq!(with("none").unwrap(), NameSource::None);
+        assert_eq!(with("body:order").unwrap_err().variable, "EXECUTION_NAME");
+        assert_eq!(with("attribute:").unwrap_err().variable, "EXECUTION_NAME");
+        assert_eq!(with("uuid").unwrap_err().variable, "EXECUTION_NAME");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("STARTS_PER_SECOND", "fast", "STARTS_PER_SECOND"),
+            ("STARTS_PER_SECOND", "0", "STARTS_PER_SECOND"),
+            ("STARTS_PER_SECOND", "NaN", "STARTS_PER_SECOND"),
+            ("STARTS_BURST", "-1", "STARTS_BURST"),
+            ("MAX_CONCURRENCY", "0", "MAX_CONCURRENCY"),
+            ("MAX_CONCURRENCY", "99999999999", "MAX_CONCURRENCY"),
+            ("MAX_IN_FLIGHT", "1.5", "MAX_IN_FLIGHT"),
+            ("INPUT", "raw", "INPUT"),
+            ("WORKFLOW_TYPE", "sync", "WORKFLOW_TYPE"),
+            ("DEADLINE_MARGIN_MS", "soon", "DEADLINE_MARGIN_MS"),
+            ("CALL_TIMEOUT_MS", "5000", "CALL_TIMEOUT_MS"),
+            ("MAX_ATTEMPTS", "0", "MAX_ATTEMPTS"),
+            ("RETRY_MAX_SECONDS", "43200", "RETRY_MAX_SECONDS"),
+            ("RETRY_BASE_SECONDS", "1000", "RETRY_BASE_SECONDS"),
+            ("LOG_BODIES", "maybe", "LOG_BODIES"),
+            ("METRICS_NAMESPACE", "AWS/States", "METRICS_NAMESPACE"),
+        ];
+        for (variable, value, named) in cases {
+            let e = load(&[("STATE_MACHINE_ARN", ARN), (variable, value)]).unwrap_err();
+            assert_eq!(&e.variable, named, "{variable}={value}");
+            assert!(e.to_string().contains(named), "{e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn the_state_machine_arn_is_required_and_checked() {
+        assert_eq!(load(&[]).unwrap_err().variable, "STATE_MACHINE_ARN");
+        assert_eq!(
+            load(&[("STATE_MACHINE_ARN", "  ")]).unwrap_err().variable,
+            "STATE_MACHINE_ARN"
+        );
+        assert_eq!(
+            load(&[("STATE_MACHINE_ARN", "my-machine")]).unwrap_err().variable,
+            "STATE_MACHINE_ARN"
+        );
+    }
+
+    #[test]
+    fn blank_values_mean_the_default_and_case_is_forgiven() {
+        let c = load(&[
+            ("STATE_MACHINE_ARN", ARN),
+            ("DLQ_URL", " "),
+            ("WORKFLOW_TYPE", "EXPRESS"),
+            ("LOG_BODIES", "TRUE"),
+        ])
+        .unwrap();
+        assert_eq!(c.dlq_url, None);
+        assert_eq!(c.workflow_type, WorkflowType::Express);
+        assert!(c.log_bodies);
+    }
+}

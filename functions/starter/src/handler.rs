@@ -1,0 +1,483 @@
+//! The handler: one SQS batch in, one partial batch response out.
+//!
+//! Invariants:
+//! - every record ends in exactly one [`Disposition`]; only [`Disposition::Retry`] records
+//!   are listed in `batchItemFailures`, each id once, and only ids of this batch;
+//! - a per-message problem is never a handler error (that would fail the whole batch);
+//! - no call starts after the cutoff (`deadline − DEADLINE_MARGIN_MS`);
+//! - records that map to the same execution name are one start (no duplicate within a batch);
+//! - FIFO: within a message group, one start at a time and in order; after a failure, the
+//!   rest of the group is reported without being tried. Groups run concurrently.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use futures::stream::{self, StreamExt};
+use lambda_runtime::LambdaEvent;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::backoff::{retry_wait, unit_random, visibility_timeout_seconds};
+use crate::classify::{classify, Class};
+use crate::config::{Config, WorkflowType};
+use crate::dead_letter::dead_letter;
+use crate::event::{messages, EventError, Message};
+use crate::metrics::{Count, Report, Tally};
+use crate::pace::Pacer;
+use crate::plan::{plan, Plan, Rejection};
+use crate::queue::Queue;
+use crate::start::{StartError, StartExecution, StartRequest};
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its execution was started. Acknowledged.
+    Started,
+    /// Its execution already existed. Acknowledged.
+    Duplicate,
+    /// It can never start and was sent to the DLQ. Acknowledged.
+    DeadLettered,
+    /// Not started: listed in `batchItemFailures`, to be delivered again. The reason is for logs.
+    Retry(String),
+}
+
+/// The result of one batch.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The partial batch response to return.
+    pub response: SqsBatchResponse,
+    /// The counts for the summary line and the metrics.
+    pub report: Report,
+    /// One disposition per record, in record order.
+    pub dispositions: Vec<Disposition>,
+}
+
+/// The starter: configuration, clients and the pacer, built once per execution environment.
+pub struct Starter {
+    config: Config,
+    sfn: Arc<dyn StartExecution>,
+    queue: Arc<dyn Queue>,
+    pacer: Pacer,
+}
+
+/// Records that share one execution (same name), or one rejected message id.
+struct Unit {
+    members: Vec<usize>,
+    work: Result<Plan, Rejection>,
+}
+
+/// What the attempts at one start came to.
+enum Attempt {
+    Started,
+    Duplicate,
+    Permanent(Rejection),
+    /// Not started; `backoff` says whether to delay the next delivery.
+    Retry {
+        reason: String,
+        backoff: bool,
+    },
+}
+
+/// The state of one invocation.
+struct Invocation<'a> {
+    starter: &'a Starter,
+    messages: &'a [Message],
+    cutoff: Instant,
+    tally: Tally,
+    systemic: Mutex<Option<String>>,
+}
+
+/// The time this invocation may use, from the Lambda deadline (epoch milliseconds).
+/// A deadline that has already passed at the start is unknown (`cargo lambda watch` sends
+/// one in 1970): then the configured local budget applies.
+pub fn time_budget(deadline_epoch_ms: u64, now_epoch_ms: u64, local_budget: Duration) -> Duration {
+    if deadline_epoch_ms > now_epoch_ms {
+        Duration::from_millis(deadline_epoch_ms - now_epoch_ms)
+    } else {
+        local_budget
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Starter {
+    /// Builds the starter; the pacer gets this instance's share of the budget.
+    pub fn new(config: Config, sfn: Arc<dyn StartExecution>, queue: Arc<dyn Queue>) -> Starter {
+        let pacer = Pacer::new(
+            config.instance_rate_per_second(),
+            config.instance_burst(),
+            Instant::now(),
+        );
+        Starter {
+            config,
+            sfn,
+            queue,
+            pacer,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The pacer shared by every invocation of this instance.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// The Lambda entry point: processes the batch, logs the summary, prints the EMF metrics.
+    pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let function_name = event.context.env_config.function_name.clone();
+        let outcome = self
+            .process(event.payload, event.context.deadline)
+            .await
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "the event is not an SQS batch: failing the invocation");
+            })?;
+        outcome.report.log();
+        println!(
+            "{}",
+            outcome
+                .report
+                .emf(&self.config.metrics_namespace, &function_name, now_epoch_ms())
+        );
+        Ok(outcome.response)
+    }
+
+    /// Processes one batch. Errs only when the event is not an SQS batch.
+    pub async fn process(&self, event: SqsEvent, deadline_epoch_ms: u64) -> Result<Outcome, EventError> {
+        let started_at = Instant::now();
+        let messages = messages(event)?;
+        let budget = time_budget(deadline_epoch_ms, now_epoch_ms(), self.config.local_deadline);
+        let invocation = Invocation {
+            starter: self,
+            messages: &messages,
+            cutoff: started_at + budget.saturating_sub(self.config.deadline_margin),
+            tally: Tally::default(),
+            systemic: Mutex::new(None),
+        };
+        let fifo = messages.iter().any(Message::from_fifo_queue);
+        let units = self.units(&messages, fifo);
+        let mut dispositions: Vec<Option<Disposition>> = vec![None; messages.len()];
+        let inv = &invocation;
+        let done: Vec<(Vec<usize>, Disposition)> = if fifo {
+            inv.run_fifo(units).await
+        } else {
+            stream::iter(units)
+                .map(|unit| async move {
+                    let disposition = inv.process_unit(&unit).await;
+                    (unit.members, disposition)
+                })
+                .buffer_unordered(self.config.max_in_flight)
+                .collect()
+                .await
+        };
+        for (members, disposition) in done {
+            for i in members {
+                dispositions[i] = Some(disposition.clone());
+            }
+        }
+        let dispositions: Vec<Disposition> = dispositions
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|| Disposition::Retry("not processed".to_string())))
+            .collect();
+        let response = respond(&messages, &dispositions);
+        let report = invocation
+            .tally
+            .report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
+        Ok(Outcome {
+            response,
+            report,
+            dispositions,
+        })
+    }
+
+    /// Plans every record and merges records that start the same execution. FIFO merges
+    /// only within a message group, so groups stay independent.
+    fn units(&self, messages: &[Message], fifo: bool) -> Vec<Unit> {
+        let mut units: Vec<Unit> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        for (i, message) in messages.iter().enumerate() {
+            let work = plan(message, &self.config);
+            let identity = match &work {
+                Ok(Plan { name: Some(name), .. }) => format!("name\0{name}"),
+                _ => format!("id\0{}", message.id),
+            };
+            let group = if fifo {
+                message.group_id().unwrap_or_default()
+            } else {
+                ""
+            };
+            let key = format!("{group}\0{identity}");
+            match by_key.get(&key) {
+                Some(&u) => units[u].members.push(i),
+                None => {
+                    by_key.insert(key, units.len());
+                    units.push(Unit { members: vec![i], work });
+                }
+            }
+        }
+        units
+    }
+}
+
+impl Invocation<'_> {
+    fn config(&self) -> &Config {
+        &self.starter.config
+    }
+
+    /// FIFO: groups concurrently, each group's units one at a time, in order.
+    async fn run_fifo(&self, units: Vec<Unit>) -> Vec<(Vec<usize>, Disposition)> {
+        let mut groups: Vec<Vec<Unit>> = Vec::new();
+        let mut group_index: HashMap<String, usize> = HashMap::new();
+        for unit in units {
+            let group = self.messages[unit.members[0]]
+                .group_id()
+                .unwrap_or_default()
+                .to_string();
+            let g = *group_index.entry(group).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(unit);
+        }
+        let per_group: Vec<Vec<(Vec<usize>, Disposition)>> = stream::iter(groups)
+            .map(|group| async move {
+                let mut out = Vec::with_capacity(group.len());
+                let mut failed = false;
+                for unit in group {
+                    let disposition = if failed {
+                        Disposition::Retry("an earlier message of its FIFO group was not started".to_string())
+                    } else {
+                        self.process_unit(&unit).await
+                    };
+                    failed = matches!(disposition, Disposition::Retry(_));
+                    out.push((unit.members, disposition));
+                }
+                out
+            })
+            .buffer_unordered(self.config().max_in_flight)
+            .collect()
+            .await;
+        per_group.into_iter().flatten().collect()
+    }
+
+    async fn process_unit(&self, unit: &Unit) -> Disposition {
+        let plan = match &unit.work {
+            Ok(plan) => plan,
+            Err(rejection) => return self.reject(unit, rejection).await,
+        };
+        match self.start(plan).await {
+            Attempt::Started => Disposition::Started,
+            Attempt::Duplicate => Disposition::Duplicate,
+            Attempt::Permanent(rejection) => self.reject(unit, &rejection).await,
+            Attempt::Retry { reason, backoff } => {
+                if backoff {
+                    self.delay_next_delivery(unit).await;
+                }
+                Disposition::Retry(reason)
+            }
+        }
+    }
+
+    /// Starts one execution, pacing every attempt and retrying within the invocation
+    /// while attempts and time remain.
+    async fn start(&self, plan: &Plan) -> Attempt {
+        let config = self.config();
+        let pacer = &self.starter.pacer;
+        let request = StartRequest {
+            state_machine_arn: config.state_machine_arn.clone(),
+            name: plan.name.clone(),
+            input: plan.input.clone(),
+        };
+        let name = plan.name.as_deref().unwrap_or("(AWS-assigned)");
+        let mut unconfirmed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if let Some(reason) = self.systemic_failure() {
+                return Attempt::Retry { reason, backoff: true };
+            }
+            let Some(slot) = pacer.reserve(Instant::now(), self.cutoff) else {
+                return Attempt::Retry {
+                    reason: "deadline: no time left to start".to_string(),
+                    backoff: false,
+                };
+            };
+            if !slot.wait.is_zero() {
+                self.tally.add_pacing_delay(slot.wait);
+                sleep(slot.wait).await;
+            }
+            let result = timeout(config.call_timeout, self.starter.sfn.start_execution(&request))
+                .await
+                .unwrap_or(Err(StartError::Timeout));
+            let error = match result {
+                Ok(started) => {
+                    pacer.on_success(Instant::now());
+                    self.tally.add(Count::Started);
+                    if unconfirmed && config.workflow_type == WorkflowType::Express {
+                        self.tally.add(Count::PossibleDuplicate);
+                        tracing::warn!(
+                            name,
+                            "started after an unconfirmed attempt: an Express execution may have started twice"
+                        );
+                    }
+                    tracing::debug!(name, execution_arn = %started.execution_arn, "started");
+                    return Attempt::Started;
+                }
+                Err(error) => error,
+            };
+            match classify(&error) {
+                Class::Duplicate => {
+                    pacer.on_success(Instant::now());
+                    self.tally.add(Count::Duplicate);
+                    tracing::info!(name, "execution already exists: acknowledged as a duplicate");
+                    return Attempt::Duplicate;
+                }
+                Class::Permanent => {
+                    let code = match &error {
+                        StartError::Service { code, .. } => code.clone(),
+                        _ => "Rejected".to_string(),
+                    };
+                    return Attempt::Permanent(Rejection::new(code, error.to_string()));
+                }
+                Class::Systemic => {
+                    let reason = self.note_systemic_failure(&error);
+                    return Attempt::Retry { reason, backoff: true };
+                }
+                Class::Throttled => {
+                    self.tally.add(Count::Throttled);
+                    pacer.on_throttle(slot, Instant::now());
+                }
+                Class::Retryable => {
+                    unconfirmed |= matches!(error, StartError::Timeout | StartError::Transport(_));
+                    tracing::warn!(name, attempt, error = %error, "StartExecution failed; will retry");
+                }
+            }
+            let reason = format!("{error} (attempt {attempt})");
+            if attempt >= config.max_attempts {
+                return Attempt::Retry { reason, backoff: true };
+            }
+            let wait = retry_wait(attempt, unit_random());
+            if Instant::now() + wait >= self.cutoff {
+                return Attempt::Retry { reason, backoff: true };
+            }
+            self.tally.add(Count::Retried);
+            sleep(wait).await;
+        }
+    }
+
+    fn systemic_failure(&self) -> Option<String> {
+        self.systemic.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a failure no message can fix; the first one of the invocation is logged.
+    fn note_systemic_failure(&self, error: &StartError) -> String {
+        let mut systemic = self.systemic.lock().unwrap_or_else(|p| p.into_inner());
+        if systemic.is_none() {
+            tracing::error!(
+                error = %error,
+                state_machine_arn = %self.config().state_machine_arn,
+                "StartExecution fails for every message (check the state machine and the function's permissions); \
+                 the batch is reported for retry"
+            );
+        }
+        systemic.get_or_insert_with(|| error.to_string()).clone()
+    }
+
+    /// Distinct messages of a unit (a batch may repeat a message id).
+    fn distinct_members<'m>(&'m self, unit: &'m Unit) -> impl Iterator<Item = &'m Message> + 'm {
+        let mut seen = HashSet::new();
+        unit.members
+            .iter()
+            .map(|&i| &self.messages[i])
+            .filter(move |m| seen.insert(m.id.as_str()))
+    }
+
+    /// A permanent failure: sent to the DLQ and acknowledged, or reported when there is no
+    /// DLQ or the send fails (never lost).
+    async fn reject(&self, unit: &Unit, rejection: &Rejection) -> Disposition {
+        let config = self.config();
+        let Some(dlq_url) = &config.dlq_url else {
+            for m in self.distinct_members(unit) {
+                self.log_rejection(m, rejection, "reported for the queue's redrive (no DLQ_URL)");
+            }
+            return Disposition::Retry(rejection.reason.clone());
+        };
+        let mut all_sent = true;
+        for m in self.distinct_members(unit) {
+            match self
+                .starter
+                .queue
+                .send_dead_letter(dlq_url, &dead_letter(m, rejection, dlq_url))
+                .await
+            {
+                Ok(()) => {
+                    self.tally.add(Count::DeadLettered);
+                    self.log_rejection(m, rejection, "sent to the DLQ");
+                }
+                Err(e) => {
+                    all_sent = false;
+                    tracing::error!(message_id = %m.id, error = %e, "could not send to the DLQ: reported for retry");
+                }
+            }
+        }
+        if all_sent {
+            Disposition::DeadLettered
+        } else {
+            Disposition::Retry(format!("{} (the DLQ send failed)", rejection.reason))
+        }
+    }
+
+    fn log_rejection(&self, m: &Message, rejection: &Rejection, what: &str) {
+        if self.config().log_bodies {
+            tracing::error!(message_id = %m.id, code = %rejection.code, reason = %rejection.reason, body = %m.body, "permanent failure: {what}");
+        } else {
+            tracing::error!(message_id = %m.id, code = %rejection.code, reason = %rejection.reason, "permanent failure: {what}");
+        }
+    }
+
+    /// Delays the next delivery of a unit's messages with backoff on their receive count.
+    /// Skipped past the cutoff (the queue's own visibility timeout applies); a failure is
+    /// logged and changes nothing else.
+    async fn delay_next_delivery(&self, unit: &Unit) {
+        let config = self.config();
+        for m in self.distinct_members(unit) {
+            if Instant::now() >= self.cutoff {
+                return;
+            }
+            let (Some(arn), Some(handle)) = (&m.source_arn, &m.receipt_handle) else {
+                continue;
+            };
+            let seconds =
+                visibility_timeout_seconds(m.receive_count(), config.retry_base, config.retry_max, unit_random());
+            if let Err(e) = self.starter.queue.change_visibility(arn, handle, seconds).await {
+                tracing::warn!(message_id = %m.id, error = %e, "could not delay the retry (ChangeMessageVisibility)");
+            }
+        }
+    }
+}
+
+/// The partial batch response: the ids of records to retry, each once, in record order.
+pub fn respond(messages: &[Message], dispositions: &[Disposition]) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut listed = HashSet::new();
+    for (m, d) in messages.iter().zip(dispositions) {
+        if matches!(d, Disposition::Retry(_)) && !m.id.is_empty() && listed.insert(m.id.as_str()) {
+            response.add_failure(m.id.clone());
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

@@ -1,0 +1,519 @@
+//! Handler tests on in-memory fakes and tokio's paused clock: no network, no real sleeping.
+
+use super::*;
+use crate::dead_letter::DeadLetter;
+use crate::queue::QueueError;
+use crate::start::Started;
+use async_trait::async_trait;
+use serde_json::json;
+
+const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:demo";
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:work";
+
+type Script = Box<dyn Fn(&StartRequest, usize) -> Option<StartError> + Send + Sync>;
+
+/// An in-memory Step Functions with Standard name semantics and a scripted failure plan.
+struct FakeSfn {
+    latency: Duration,
+    script: Script,
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    executions: HashMap<String, String>,
+    calls: Vec<(Instant, StartRequest)>,
+}
+
+impl FakeSfn {
+    fn new(latency: Duration, script: Script) -> Arc<FakeSfn> {
+        Arc::new(FakeSfn {
+            latency,
+            script,
+            state: Mutex::new(FakeState::default()),
+        })
+    }
+    fn ok() -> Arc<FakeSfn> {
+        FakeSfn::new(Duration::from_millis(10), Box::new(|_, _| None))
+    }
+    fn executions(&self) -> HashMap<String, String> {
+        self.state.lock().unwrap().executions.clone()
+    }
+    fn calls(&self) -> Vec<(Instant, StartRequest)> {
+        self.state.lock().unwrap().calls.clone()
+    }
+}
+
+#[async_trait]
+impl StartExecution for FakeSfn {
+    async fn start_execution(&self, request: &StartRequest) -> Result<Started, StartError> {
+        let n = {
+            let mut s = self.state.lock().unwrap();
+            s.calls.push((Instant::now(), request.clone()));
+            s.calls.len() - 1
+        };
+        sleep(self.latency).await;
+        if let Some(error) = (self.script)(request, n) {
+            return Err(error);
+        }
+        let mut s = self.state.lock().unwrap();
+        let name = request.name.clone().unwrap_or_else(|| format!("auto-{n}"));
+        match s.executions.get(&name) {
+            Some(input) if *input != request.input => Err(service("ExecutionAlreadyExists", 400)),
+            _ => {
+                s.executions.insert(name.clone(), request.input.clone());
+                Ok(Started {
+                    execution_arn: format!("{ARN}:{name}"),
+                })
+            }
+        }
+    }
+}
+
+fn service(code: &str, status: u16) -> StartError {
+    StartError::Service {
+        code: code.into(),
+        message: "fake".into(),
+        status: Some(status),
+    }
+}
+
+/// An in-memory SQS that records visibility changes and dead letters.
+#[derive(Default)]
+struct FakeQueue {
+    fail_dead_letters: bool,
+    visibility: Mutex<Vec<(String, u32)>>,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+}
+
+#[async_trait]
+impl Queue for FakeQueue {
+    async fn change_visibility(&self, _queue_arn: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
+        self.visibility
+            .lock()
+            .unwrap()
+            .push((receipt_handle.to_string(), seconds));
+        Ok(())
+    }
+    async fn send_dead_letter(&self, _dlq_url: &str, letter: &DeadLetter) -> Result<(), QueueError> {
+        if self.fail_dead_letters {
+            return Err(QueueError("AccessDenied".into()));
+        }
+        self.dead_letters.lock().unwrap().push(letter.clone());
+        Ok(())
+    }
+}
+
+fn config(pairs: &[(&str, &str)]) -> Config {
+    let mut all = vec![
+        ("STATE_MACHINE_ARN", ARN),
+        ("STARTS_PER_SECOND", "1000"),
+        ("STARTS_BURST", "1000"),
+    ];
+    all.extend_from_slice(pairs);
+    Config::from_lookup(|k| all.iter().rev().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap()
+}
+
+fn record(id: &str, body: &str) -> serde_json::Value {
+    json!({"messageId": id, "receiptHandle": format!("rh-{id}"), "body": body, "eventSource": "aws:sqs",
+           "eventSourceARN": QUEUE_ARN, "attributes": {"ApproximateReceiveCount": "1"}})
+}
+
+fn batch(n: usize) -> SqsEvent {
+    let records: Vec<_> = (0..n)
+        .map(|i| record(&format!("m-{i}"), &format!("{{\"n\":{i}}}")))
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+fn event(records: Vec<serde_json::Value>) -> SqsEvent {
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+/// A deadline `ms` milliseconds from now, epoch milliseconds.
+fn deadline_in(ms: u64) -> u64 {
+    now_epoch_ms() + ms
+}
+
+fn failures(outcome: &Outcome) -> Vec<String> {
+    outcome
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_message_starts_once_with_its_id_as_name_and_its_body_as_input() {
+    let sfn = FakeSfn::ok();
+    let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));
+    let outcome = starter.process(batch(25), deadline_in(60_000)).await.unwrap();
+    assert!(failures(&outcome).is_empty());
+    assert_eq!(outcome.report.started, 25);
+    let executions = sfn.executions();
+    assert_eq!(executions.len(), 25);
+    assert_eq!(executions["m-7"], "{\"n\":7}");
+    assert!(outcome.dispositions.iter().all(|d| *d == Disposition::Started));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_body_is_reported_alone_and_never_fails_the_batch() {
+    let sfn = FakeSfn::ok();
+    let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));
+    let mut records: Vec<_> = (0..5).map(|i| record(&format!("m-{i}"), "{}")).collect();
+    records.push(record("bad", "this is not json"));
+    let outcome = starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    assert_eq!(failures(&outcome), vec!["bad".to_string()]);
+    assert_eq!(sfn.executions().len(), 5);
+    assert_eq!(outcome.report.failed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_go_to_the_dlq_and_are_acknowledged() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|r, _| (r.name.as_deref() == Some("rejected-by-aws")).then(|| service("InvalidExecutionInput", 400))),
+    );
+    let queue = Arc::new(FakeQueue::default());
+    let starter = Starter::new(config(&[("DLQ_URL", "http://q/dlq")]), sfn, queue.clone());
+    let records = vec![
+        record("ok", "{}"),
+        record("bad", "nope"),
+        record("rejected-by-aws", "{}"),
+    ];
+    let outcome = starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    assert!(failures(&outcome).is_empty(), "dead-lettered messages are acknowledged");
+    assert_eq!(outcome.dispositions[1], Disposition::DeadLettered);
+    assert_eq!(outcome.report.dead_lettered, 2);
+    let letters = queue.dead_letters.lock().unwrap();
+    let codes: HashSet<String> = letters
+        .iter()
+        .map(|l| match &l.attributes["sfn-pacer.error-code"] {
+            crate::dead_letter::AttributeValue::String(code, _) => code.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        HashSet::from(["BodyNotJson".to_string(), "InvalidExecutionInput".to_string()])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_dlq_send_reports_the_message_instead() {
+    let queue = Arc::new(FakeQueue {
+        fail_dead_letters: true,
+        ..FakeQueue::default()
+    });
+    let starter = Starter::new(config(&[("DLQ_URL", "http://q/dlq")]), FakeSfn::ok(), queue);
+    let outcome = starter
+        .process(event(vec![record("bad", "")]), deadline_in(60_000))
+        .await
+        .unwrap();
+    assert_eq!(failures(&outcome), vec!["bad".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_batch_starts_nothing_new_and_reports_nothing() {
+    let sfn = FakeSfn::ok();
+    let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));
+    starter.process(batch(10), deadline_in(60_000)).await.unwrap();
+    let again = starter.process(batch(10), deadline_in(60_000)).await.unwrap();
+    assert!(failures(&again).is_empty());
+    assert_eq!(sfn.executions().len(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_existing_execution_counts_as_a_duplicate() {
+    let sfn = FakeSfn::ok();
+    sfn.state
+        .lock()
+        .unwrap()
+        .executions
+        .insert("m-0".into(), "{\"other\":true}".into());
+    let starter = Starter::new(config(&[]), sfn, Arc::new(FakeQueue::default()));
+    let outcome = starter.process(batch(2), deadline_in(60_000)).await.unwrap();
+    assert_eq!(outcome.dispositions, vec![Disposition::Duplicate, Disposition::Started]);
+    assert_eq!(outcome.report.duplicates, 1);
+    assert!(failures(&outcome).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_run_concurrently_at_the_paced_rate() {
+    // 100/s, burst 1, 50 ms per call: 100 messages take about 1 s, not 5 s.
+    let sfn = FakeSfn::new(Duration::from_millis(50), Box::new(|_, _| None));
+    let c = config(&[("STARTS_PER_SECOND", "100"), ("STARTS_BURST", "1")]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let t0 = Instant::now();
+    let outcome = starter.process(batch(100), deadline_in(60_000)).await.unwrap();
+    let elapsed = t0.elapsed();
+    assert_eq!(outcome.report.started, 100);
+    assert!(
+        elapsed >= Duration::from_millis(990) && elapsed <= Duration::from_millis(1200),
+        "{elapsed:?}"
+    );
+    // No 1-second window holds more than burst + rate calls.
+    let times: Vec<Instant> = sfn.calls().iter().map(|(t, _)| *t).collect();
+    for (i, t) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|u| **u < *t + Duration::from_secs(1))
+            .count();
+        assert!(n <= 101, "{n} calls within 1 s");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_is_shared_by_max_concurrency_instances() {
+    let c = config(&[
+        ("STARTS_PER_SECOND", "100"),
+        ("STARTS_BURST", "10"),
+        ("MAX_CONCURRENCY", "10"),
+    ]);
+    let starter = Starter::new(c, FakeSfn::ok(), Arc::new(FakeQueue::default()));
+    assert_eq!(starter.pacer().target_per_second(), 10.0);
+    assert_eq!(starter.pacer().capacity(), 1.0);
+    let t0 = Instant::now();
+    starter.process(batch(21), deadline_in(60_000)).await.unwrap();
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(2100),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttles_slow_the_pacer_and_are_retried_in_the_invocation() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(20),
+        Box::new(|_, n| (n < 30).then(|| service("ThrottlingException", 400))),
+    );
+    let starter = Starter::new(
+        config(&[
+            ("STARTS_PER_SECOND", "200"),
+            ("STARTS_BURST", "20"),
+            ("MAX_ATTEMPTS", "10"),
+        ]),
+        sfn.clone(),
+        Arc::new(FakeQueue::default()),
+    );
+    let outcome = starter.process(batch(40), deadline_in(60_000)).await.unwrap();
+    assert!(failures(&outcome).is_empty(), "{:?}", failures(&outcome));
+    assert_eq!(sfn.executions().len(), 40);
+    assert_eq!(outcome.report.throttled, 30);
+    assert!(outcome.report.retried >= 30);
+    assert!(starter.pacer().rate_per_second() < 200.0, "the rate backed off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_are_reported_with_visibility_backoff() {
+    let sfn = FakeSfn::new(Duration::from_millis(5), Box::new(|_, _| Some(service("", 500))));
+    let queue = Arc::new(FakeQueue::default());
+    let c = config(&[
+        ("MAX_ATTEMPTS", "3"),
+        ("RETRY_BASE_SECONDS", "10"),
+        ("RETRY_MAX_SECONDS", "60"),
+    ]);
+    let starter = Starter::new(c, sfn.clone(), queue.clone());
+    let outcome = starter.process(batch(4), deadline_in(60_000)).await.unwrap();
+    assert_eq!(failures(&outcome).len(), 4);
+    assert_eq!(sfn.calls().len(), 12, "three attempts each");
+    let visibility = queue.visibility.lock().unwrap();
+    assert_eq!(visibility.len(), 4);
+    assert!(
+        visibility.iter().all(|(_, s)| *s < 10),
+        "first delivery: below the base of 10 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_state_machine_reports_everything_without_a_handler_error() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|_, _| Some(service("StateMachineDoesNotExist", 400))),
+    );
+    let c = config(&[("MAX_IN_FLIGHT", "4")]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let outcome = starter.process(batch(50), deadline_in(60_000)).await.unwrap();
+    assert_eq!(failures(&outcome).len(), 50);
+    assert!(
+        sfn.calls().len() <= 4,
+        "once known, nothing more is tried: {} calls",
+        sfn.calls().len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_starts_after_the_cutoff_and_the_rest_is_reported() {
+    // 10/s with a burst of 1; 3 s left with a 1 s margin: about 21 starts fit.
+    let sfn = FakeSfn::new(Duration::from_millis(10), Box::new(|_, _| None));
+    let c = config(&[
+        ("STARTS_PER_SECOND", "10"),
+        ("STARTS_BURST", "1"),
+        ("DEADLINE_MARGIN_MS", "1000"),
+        ("CALL_TIMEOUT_MS", "500"),
+    ]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let t0 = Instant::now();
+    let outcome = starter.process(batch(60), deadline_in(3_000)).await.unwrap();
+    let started = outcome.report.started as usize;
+    assert!((19..=22).contains(&started), "{started}");
+    assert_eq!(failures(&outcome).len(), 60 - started);
+    let last_call = sfn.calls().iter().map(|(t, _)| *t).max().unwrap();
+    assert!(
+        last_call <= t0 + Duration::from_secs(2),
+        "a call started after the cutoff"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_in_the_past_means_the_local_budget() {
+    assert_eq!(time_budget(0, 1_000, Duration::from_secs(30)), Duration::from_secs(30));
+    assert_eq!(
+        time_budget(5_000, 1_000, Duration::from_secs(30)),
+        Duration::from_secs(4)
+    );
+    let starter = Starter::new(
+        config(&[("LOCAL_DEADLINE_MS", "60000")]),
+        FakeSfn::ok(),
+        Arc::new(FakeQueue::default()),
+    );
+    let outcome = starter.process(batch(5), 1_000).await.unwrap();
+    assert_eq!(
+        outcome.report.started, 5,
+        "cargo lambda watch's 1970 deadline does not stop the batch"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifo_groups_run_in_order_and_stop_at_their_first_failure() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|r, _| (r.name.as_deref() == Some("a2")).then(|| service("", 500))),
+    );
+    let c = config(&[("MAX_ATTEMPTS", "1")]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let fifo = |id: &str, group: &str| {
+        json!({"messageId": id, "receiptHandle": format!("rh-{id}"), "body": "{}", "eventSource": "aws:sqs",
+               "eventSourceARN": "arn:aws:sqs:us-east-1:1:work.fifo",
+               "attributes": {"ApproximateReceiveCount": "1", "MessageGroupId": group}})
+    };
+    let records = vec![
+        fifo("a1", "A"),
+        fifo("b1", "B"),
+        fifo("a2", "A"),
+        fifo("b2", "B"),
+        fifo("a3", "A"),
+        fifo("b3", "B"),
+    ];
+    let outcome = starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    assert_eq!(failures(&outcome), vec!["a2".to_string(), "a3".to_string()]);
+    let order: Vec<String> = sfn.calls().iter().filter_map(|(_, r)| r.name.clone()).collect();
+    assert!(!order.contains(&"a3".to_string()), "a3 is never tried after a2 failed");
+    let pos = |n: &str| order.iter().position(|x| x == n).unwrap();
+    assert!(pos("a1") < pos("a2") && pos("b1") < pos("b2") && pos("b2") < pos("b3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_message_ids_in_one_batch_start_once_and_are_listed_once() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|r, _| (r.name.as_deref() == Some("x")).then(|| service("", 503))),
+    );
+    let starter = Starter::new(
+        config(&[("MAX_ATTEMPTS", "1")]),
+        sfn.clone(),
+        Arc::new(FakeQueue::default()),
+    );
+    let outcome = starter
+        .process(
+            event(vec![
+                record("d", "{}"),
+                record("d", "{}"),
+                record("x", "{}"),
+                record("x", "{}"),
+            ]),
+            deadline_in(60_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sfn.calls().len(), 2);
+    assert_eq!(failures(&outcome), vec!["x".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn express_counts_starts_after_unconfirmed_attempts() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|_, n| (n == 0).then_some(StartError::Timeout)),
+    );
+    let starter = Starter::new(
+        config(&[("WORKFLOW_TYPE", "express")]),
+        sfn,
+        Arc::new(FakeQueue::default()),
+    );
+    let outcome = starter.process(batch(1), deadline_in(60_000)).await.unwrap();
+    assert_eq!(outcome.report.started, 1);
+    assert_eq!(outcome.report.possible_duplicates, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_slower_than_the_timeout_counts_as_a_timeout() {
+    let sfn = FakeSfn::new(Duration::from_secs(10), Box::new(|_, _| None));
+    let c = config(&[("CALL_TIMEOUT_MS", "500"), ("MAX_ATTEMPTS", "2")]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let outcome = starter.process(batch(1), deadline_in(60_000)).await.unwrap();
+    assert_eq!(failures(&outcome).len(), 1);
+    assert_eq!(sfn.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_records_in_one_batch() {
+    let sfn = FakeSfn::ok();
+    let c = config(&[
+        ("STARTS_PER_SECOND", "6000"),
+        ("STARTS_BURST", "6000"),
+        ("MAX_IN_FLIGHT", "256"),
+    ]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let outcome = starter.process(batch(10_000), deadline_in(600_000)).await.unwrap();
+    assert!(failures(&outcome).is_empty());
+    assert_eq!(sfn.executions().len(), 10_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_that_is_not_sqs_is_an_error_not_a_panic() {
+    let starter = Starter::new(config(&[]), FakeSfn::ok(), Arc::new(FakeQueue::default()));
+    let s3 = event(vec![json!({"messageId": "a", "eventSource": "aws:s3"})]);
+    assert!(starter.process(s3, deadline_in(1000)).await.is_err());
+    let no_id = event(vec![json!({"body": "{}"})]);
+    assert!(starter.process(no_id, deadline_in(1000)).await.is_err());
+    assert!(
+        serde_json::from_value::<SqsEvent>(json!({"detail-type": "x"})).is_err(),
+        "the runtime rejects it"
+    );
+}
+
+#[test]
+fn the_response_lists_each_retry_id_once_in_order() {
+    let m = |id: &str| Message {
+        id: id.into(),
+        ..Message::default()
+    };
+    let messages = vec![m("a"), m("b"), m("a"), m("c")];
+    let d = vec![
+        Disposition::Retry("x".into()),
+        Disposition::Started,
+        Disposition::Retry("x".into()),
+        Disposition::DeadLettered,
+    ];
+    let r = respond(&messages, &d);
+    let ids: Vec<_> = r
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(ids, vec!["a"]);
+    assert!(respond(&[], &[]).batch_item_failures.is_empty());
+}

@@ -1,0 +1,24 @@
+//! sfn-pacer: an SQS-triggered Lambda that starts one Step Functions execution per message,
+//! paced under the account's StartExecution quota, idempotent by execution name, with a
+//! partial batch response.
+//!
+//! The modules follow the flow: [`event`] → [`plan`] (with [`name`]) → [`pace`] →
+//! [`start`] → [`classify`] → [`handler`] (response, [`dead_letter`], [`backoff`]).
+//! [`aws`] holds the SDK adapters of the [`start::StartExecution`] and [`queue::Queue`] traits.
+
+pub mod aws;
+pub mod backoff;
+pub mod classify;
+pub mod config;
+pub mod dead_letter;
+pub mod event;
+pub mod handler;
+pub mod metrics;
+pub mod name;
+pub mod pace;
+pub mod plan;
+pub mod queue;
+pub mod start;
+
+pub use config::{Config, ConfigError};
+pub use handler::{Disposition, Outcome, Starter};

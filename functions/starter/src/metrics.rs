@@ -1,0 +1,269 @@
+//! Per-invocation counts, the summary log line, and CloudWatch Embedded Metric Format (EMF).
+//!
+//! Why a small serializer of our own: the EMF document is one JSON object with a fixed
+//! `_aws` section (specification: "Embedded metric format specification", CloudWatch
+//! user guide); the crates that write it pull in their own runtime and logger. The test
+//! below checks the document against the specification's rules.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+/// Counters filled concurrently while a batch is processed.
+#[derive(Debug, Default)]
+pub struct Tally {
+    started: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    throttled: AtomicU64,
+    dead_lettered: AtomicU64,
+    possible_duplicates: AtomicU64,
+    pacing_delay_micros: AtomicU64,
+}
+
+/// Which counter to bump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// An execution was started.
+    Started,
+    /// The execution already existed.
+    Duplicate,
+    /// An attempt was retried within the invocation.
+    Retried,
+    /// An attempt was throttled.
+    Throttled,
+    /// A message was sent to the DLQ.
+    DeadLettered,
+    /// Express only: a start after an attempt whose outcome was unknown.
+    PossibleDuplicate,
+}
+
+impl Tally {
+    /// Adds one to `count`.
+    pub fn add(&self, count: Count) {
+        let counter = match count {
+            Count::Started => &self.started,
+            Count::Duplicate => &self.duplicates,
+            Count::Retried => &self.retried,
+            Count::Throttled => &self.throttled,
+            Count::DeadLettered => &self.dead_lettered,
+            Count::PossibleDuplicate => &self.possible_duplicates,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds time spent waiting for the pacer.
+    pub fn add_pacing_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.pacing_delay_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The final report, given how many messages were received and reported as failures.
+    pub fn report(&self, received: usize, failed: usize, elapsed: Duration) -> Report {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let started = get(&self.started);
+        let seconds = elapsed.as_secs_f64();
+        Report {
+            received: received as u64,
+            started,
+            duplicates: get(&self.duplicates),
+            retried: get(&self.retried),
+            throttled: get(&self.throttled),
+            failed: failed as u64,
+            dead_lettered: get(&self.dead_lettered),
+            possible_duplicates: get(&self.possible_duplicates),
+            pacing_delay_ms: get(&self.pacing_delay_micros) as f64 / 1000.0,
+            elapsed_ms: seconds * 1000.0,
+            effective_rate_per_second: if seconds > 0.0 { started as f64 / seconds } else { 0.0 },
+        }
+    }
+}
+
+/// What one invocation did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Report {
+    /// Records in the batch.
+    pub received: u64,
+    /// Executions started.
+    pub started: u64,
+    /// Messages whose execution already existed (acknowledged).
+    pub duplicates: u64,
+    /// In-invocation retries of StartExecution.
+    pub retried: u64,
+    /// StartExecution attempts answered with a throttle.
+    pub throttled: u64,
+    /// Messages listed in `batchItemFailures`.
+    pub failed: u64,
+    /// Messages sent to the DLQ by the function (acknowledged).
+    pub dead_lettered: u64,
+    /// Express only: starts that may repeat an earlier, unconfirmed one.
+    pub possible_duplicates: u64,
+    /// Total time calls waited for the pacer, milliseconds (summed over concurrent calls).
+    pub pacing_delay_ms: f64,
+    /// Wall time of the invocation, milliseconds.
+    pub elapsed_ms: f64,
+    /// Started executions per second of wall time.
+    pub effective_rate_per_second: f64,
+}
+
+impl Report {
+    /// Writes the one summary log line of the invocation.
+    pub fn log(&self) {
+        tracing::info!(
+            received = self.received,
+            started = self.started,
+            duplicates = self.duplicates,
+            retried = self.retried,
+            throttled = self.throttled,
+            failed = self.failed,
+            dead_lettered = self.dead_lettered,
+            possible_duplicates = self.possible_duplicates,
+            pacing_delay_ms = self.pacing_delay_ms.round() as u64,
+            elapsed_ms = self.elapsed_ms.round() as u64,
+            effective_rate = format!("{:.1}/s", self.effective_rate_per_second),
+            "batch summary"
+        );
+    }
+
+    /// The EMF document for this report: metrics in `namespace`, dimension `FunctionName`.
+    pub fn emf(&self, namespace: &str, function_name: &str, timestamp_ms: u64) -> Value {
+        let metrics: [(&str, &str, Value); 9] = [
+            ("Started", "Count", json!(self.started)),
+            ("Duplicates", "Count", json!(self.duplicates)),
+            ("Retried", "Count", json!(self.retried)),
+            ("Throttled", "Count", json!(self.throttled)),
+            ("Failed", "Count", json!(self.failed)),
+            ("DeadLettered", "Count", json!(self.dead_lettered)),
+            ("PacingDelay", "Milliseconds", json!(self.pacing_delay_ms)),
+            ("BatchDuration", "Milliseconds", json!(self.elapsed_ms)),
+            ("EffectiveRate", "Count/Second", json!(self.effective_rate_per_second)),
+        ];
+        let mut root = Map::new();
+        root.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": namespace,
+                    "Dimensions": [["FunctionName"]],
+                    "Metrics": metrics.iter().map(|(n, u, _)| json!({"Name": n, "Unit": u})).collect::<Vec<_>>(),
+                }],
+            }),
+        );
+        root.insert("FunctionName".into(), json!(function_name));
+        for (name, _, value) in metrics {
+            root.insert(name.into(), value);
+        }
+        root.insert("Received".into(), json!(self.received));
+        Value::Object(root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Units the EMF specification allows (CloudWatch `StandardUnit`).
+    const UNITS: &[&str] = &[
+        "Seconds",
+        "Microseconds",
+        "Milliseconds",
+        "Bytes",
+        "Kilobytes",
+        "Megabytes",
+        "Gigabytes",
+        "Terabytes",
+        "Bits",
+        "Kilobits",
+        "Megabits",
+        "Gigabits",
+        "Terabits",
+        "Percent",
+        "Count",
+        "Bytes/Second",
+        "Kilobytes/Second",
+        "Megabytes/Second",
+        "Gigabytes/Second",
+        "Terabytes/Second",
+        "Bits/Second",
+        "Kilobits/Second",
+        "Megabits/Second",
+        "Gigabits/Second",
+        "Terabits/Second",
+        "Count/Second",
+        "None",
+    ];
+
+    #[test]
+    fn the_tally_becomes_a_report() {
+        let t = Tally::default();
+        t.add(Count::Started);
+        t.add(Count::Started);
+        t.add(Count::Duplicate);
+        t.add(Count::Throttled);
+        t.add_pacing_delay(Duration::from_micros(1500));
+        let r = t.report(5, 2, Duration::from_millis(500));
+        assert_eq!(
+            (r.received, r.started, r.duplicates, r.throttled, r.failed),
+            (5, 2, 1, 1, 2)
+        );
+        assert_eq!(r.pacing_delay_ms, 1.5);
+        assert_eq!(r.effective_rate_per_second, 4.0);
+        assert_eq!(t.report(0, 0, Duration::ZERO).effective_rate_per_second, 0.0);
+    }
+
+    #[test]
+    fn the_emf_document_follows_the_specification() {
+        let r = Report {
+            started: 7,
+            failed: 1,
+            elapsed_ms: 12.5,
+            ..Report::default()
+        };
+        let doc = r.emf("SfnPacer", "starter-fn", 1_700_000_000_000);
+        let aws = &doc["_aws"];
+        assert_eq!(aws["Timestamp"], 1_700_000_000_000u64, "epoch milliseconds");
+        let directives = aws["CloudWatchMetrics"].as_array().unwrap();
+        assert_eq!(directives.len(), 1);
+        let d = &directives[0];
+        assert_eq!(d["Namespace"], "SfnPacer");
+        let dimension_sets = d["Dimensions"].as_array().unwrap();
+        for set in dimension_sets {
+            let keys = set.as_array().unwrap();
+            assert!(keys.len() <= 30);
+            for key in keys {
+                assert!(
+                    doc[key.as_str().unwrap()].is_string(),
+                    "dimension {key} must be a string at the root"
+                );
+            }
+        }
+        let metrics = d["Metrics"].as_array().unwrap();
+        assert!(metrics.len() <= 100);
+        let names: Vec<&str> = metrics.iter().map(|m| m["Name"].as_str().unwrap()).collect();
+        for expected in [
+            "Started",
+            "Duplicates",
+            "Retried",
+            "Throttled",
+            "Failed",
+            "DeadLettered",
+            "PacingDelay",
+            "BatchDuration",
+            "EffectiveRate",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing");
+        }
+        for m in metrics {
+            let name = m["Name"].as_str().unwrap();
+            assert!(!name.is_empty() && name.len() <= 1024);
+            assert!(UNITS.contains(&m["Unit"].as_str().unwrap()), "{m}");
+            assert!(doc[name].is_number(), "metric {name} must be a number at the root");
+        }
+        assert_eq!(doc["Started"], 7);
+        assert_eq!(doc["BatchDuration"], 12.5);
+        // One line of JSON, as CloudWatch Logs expects.
+        assert!(!doc.to_string().contains('\n'));
+    }
+}

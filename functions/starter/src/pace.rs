@@ -1,0 +1,273 @@
+//! Pacing: an adaptive token bucket that schedules StartExecution calls for one instance.
+//!
+//! Why not `governor` or `leaky-bucket`: their rate is fixed when the limiter is built.
+//! This pacer must change its rate on the live bucket (AIMD on throttling) without losing
+//! the bucket's state, and empty the bucket when AWS says the shared quota is exhausted.
+//!
+//! ## The math
+//! State: `tokens` (may be negative: calls already scheduled in the future), `rate`
+//! (tokens per second), `capacity` (the burst, in tokens), `last` (the instant `tokens`
+//! refers to). At instant `now`, the bucket first refills:
+//! `tokens = min(capacity, tokens + rate × (now − last))`. A reservation then takes one
+//! token. If at least one token was there, the call may go at once; otherwise it waits
+//! `(1 − tokens) / rate` seconds, the time the refill needs to cover it. So over any
+//! window of `t` seconds at most `capacity + rate × t` calls are released: the AWS quota's
+//! own token bucket, scaled to this instance's share.
+//!
+//! ## Adapting (AIMD)
+//! On a throttle, the rate is multiplied by [`DECREASE_FACTOR`] (never below
+//! [`MIN_RATE_FRACTION`] × target) and the bucket is emptied (`tokens ≤ 0`), because the
+//! account's shared bucket is empty. Throttles of calls scheduled before the last decrease
+//! carry no news and are ignored (each reservation carries an `epoch`), so one burst of
+//! throttles halves the rate once, not once per call. Every success adds
+//! `INCREASE_PER_SECOND × target / rate` to the rate, that is about
+//! [`INCREASE_PER_SECOND`] × target per second of successful calls, up to the target.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Multiplicative decrease of the rate on a throttle.
+pub const DECREASE_FACTOR: f64 = 0.5;
+/// The rate never drops below this fraction of the target.
+pub const MIN_RATE_FRACTION: f64 = 0.05;
+/// Additive increase: the fraction of the target regained per second of successful calls.
+pub const INCREASE_PER_SECOND: f64 = 0.1;
+
+/// A permission to call, possibly after a wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slot {
+    /// How long to wait before calling.
+    pub wait: Duration,
+    /// The adaptation epoch the slot was granted in (see the module docs).
+    pub epoch: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    tokens: f64,
+    rate_per_second: f64,
+    last: Instant,
+    epoch: u64,
+}
+
+/// The pacer of one execution environment, shared by its concurrent calls and warm invocations.
+#[derive(Debug)]
+pub struct Pacer {
+    target_per_second: f64,
+    capacity: f64,
+    state: Mutex<State>,
+}
+
+impl Pacer {
+    /// A pacer releasing `per_second` calls per second with a burst of `burst` calls,
+    /// starting with a full bucket at `now`. Both must be positive.
+    pub fn new(per_second: f64, burst: f64, now: Instant) -> Pacer {
+        let capacity = burst.max(1.0);
+        Pacer {
+            target_per_second: per_second,
+            capacity,
+            state: Mutex::new(State {
+                tokens: capacity,
+                rate_per_second: per_second,
+                last: now,
+                epoch: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the plain numbers inconsistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reserves the next call at or after `now`, unless it would have to wait past `latest`:
+    /// then nothing is taken and `None` is returned.
+    pub fn reserve(&self, now: Instant, latest: Instant) -> Option<Slot> {
+        let mut s = self.lock();
+        refill(&mut s, now, self.capacity);
+        let wait = if s.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - s.tokens) / s.rate_per_second)
+        };
+        if now + wait > latest {
+            return None;
+        }
+        s.tokens -= 1.0;
+        Some(Slot { wait, epoch: s.epoch })
+    }
+
+    /// Reports a throttle of the call granted `slot`.
+    pub fn on_throttle(&self, slot: Slot, now: Instant) {
+        let mut s = self.lock();
+        if slot.epoch != s.epoch {
+            return;
+        }
+        refill(&mut s, now, self.capacity);
+        s.rate_per_second = (s.rate_per_second * DECREASE_FACTOR).max(self.target_per_second * MIN_RATE_FRACTION);
+        s.tokens = s.tokens.min(0.0);
+        s.epoch += 1;
+    }
+
+    /// Reports a successful call.
+    pub fn on_success(&self, now: Instant) {
+        let mut s = self.lock();
+        if s.rate_per_second >= self.target_per_second {
+            return;
+        }
+        refill(&mut s, now, self.capacity);
+        let step = INCREASE_PER_SECOND * self.target_per_second / s.rate_per_second;
+        s.rate_per_second = (s.rate_per_second + step).min(self.target_per_second);
+    }
+
+    /// The current rate, calls per second.
+    pub fn rate_per_second(&self) -> f64 {
+        self.lock().rate_per_second
+    }
+
+    /// The configured target rate, calls per second.
+    pub fn target_per_second(&self) -> f64 {
+        self.target_per_second
+    }
+
+    /// The burst capacity, in calls.
+    pub fn capacity(&self) -> f64 {
+        self.capacity
+    }
+}
+
+fn refill(s: &mut State, now: Instant, capacity: f64) {
+    if now > s.last {
+        let elapsed = (now - s.last).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * s.rate_per_second).min(capacity);
+        s.last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAR: Duration = Duration::from_secs(3600);
+
+    /// Releases as many calls as the pacer allows and returns their release instants.
+    fn drain(p: &Pacer, t0: Instant, n: usize) -> Vec<Instant> {
+        (0..n).map(|_| t0 + p.reserve(t0, t0 + FAR).unwrap().wait).collect()
+    }
+
+    #[test]
+    fn a_full_bucket_releases_the_burst_at_once_then_the_rate() {
+        let t0 = Instant::now();
+        let p = Pacer::new(10.0, 5.0, t0);
+        let times = drain(&p, t0, 25);
+        assert!(times[..5].iter().all(|t| *t == t0), "the burst goes at once");
+        for (i, t) in times[5..].iter().enumerate() {
+            let expected = Duration::from_secs_f64((i + 1) as f64 / 10.0);
+            let got = *t - t0;
+            assert!(
+                got.abs_diff(expected) < Duration::from_micros(10),
+                "call {}: {got:?} vs {expected:?}",
+                i + 5
+            );
+        }
+    }
+
+    #[test]
+    fn no_window_releases_more_than_burst_plus_rate_times_length() {
+        let t0 = Instant::now();
+        let p = Pacer::new(300.0, 130.0, t0);
+        // Calls arrive in clumps over 20 s; count releases in every 1 s window.
+        let mut releases = Vec::new();
+        for step in 0..200u64 {
+            let now = t0 + Duration::from_millis(step * 100);
+            for _ in 0..40 {
+                if let Some(slot) = p.reserve(now, now + Duration::from_millis(100)) {
+                    releases.push(now + slot.wait);
+                }
+            }
+        }
+        releases.sort();
+        for (i, start) in releases.iter().enumerate() {
+            let in_window = releases[i..]
+                .iter()
+                .take_while(|t| **t < *start + Duration::from_secs(1))
+                .count();
+            assert!(in_window as f64 <= 130.0 + 300.0 + 1.0, "{in_window} calls in 1 s");
+        }
+        // And the rate is used: 20 s at 300/s plus the burst, minus the last window's slack.
+        assert!(
+            releases.len() as f64 >= 130.0 + 300.0 * 19.5,
+            "{} released",
+            releases.len()
+        );
+    }
+
+    #[test]
+    fn a_reservation_past_the_latest_instant_takes_nothing() {
+        let t0 = Instant::now();
+        let p = Pacer::new(1.0, 1.0, t0);
+        assert_eq!(p.reserve(t0, t0).unwrap().wait, Duration::ZERO);
+        assert_eq!(p.reserve(t0, t0 + Duration::from_millis(999)), None);
+        // Nothing was taken by the refusal: the next call still waits exactly 1 s.
+        assert_eq!(p.reserve(t0, t0 + FAR).unwrap().wait, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_throttle_halves_the_rate_once_per_epoch_and_empties_the_bucket() {
+        let t0 = Instant::now();
+        let p = Pacer::new(100.0, 50.0, t0);
+        let slots: Vec<Slot> = (0..10).map(|_| p.reserve(t0, t0 + FAR).unwrap()).collect();
+        for s in &slots {
+            p.on_throttle(*s, t0);
+        }
+        assert_eq!(p.rate_per_second(), 50.0, "ten throttles of one epoch count once");
+        // The bucket was emptied: the next call waits for refill at the new rate.
+        let next = p.reserve(t0, t0 + FAR).unwrap();
+        assert_eq!(next.wait, Duration::from_secs_f64(1.0 / 50.0));
+        p.on_throttle(next, t0);
+        assert_eq!(p.rate_per_second(), 25.0, "a throttle in the new epoch decreases again");
+    }
+
+    #[test]
+    fn the_rate_never_drops_below_the_floor() {
+        let t0 = Instant::now();
+        let p = Pacer::new(100.0, 1.0, t0);
+        for _ in 0..20 {
+            let s = p.reserve(t0, t0 + FAR).unwrap();
+            p.on_throttle(s, t0);
+        }
+        assert_eq!(p.rate_per_second(), 100.0 * MIN_RATE_FRACTION);
+    }
+
+    #[test]
+    fn successes_raise_the_rate_additively_back_to_the_target() {
+        let t0 = Instant::now();
+        let p = Pacer::new(100.0, 1.0, t0);
+        let s = p.reserve(t0, t0 + FAR).unwrap();
+        p.on_throttle(s, t0);
+        assert_eq!(p.rate_per_second(), 50.0);
+        // One second of successes at ~50/s regains about 10 % of the target.
+        for _ in 0..50 {
+            p.on_success(t0);
+        }
+        let after_one_second = p.rate_per_second();
+        assert!((59.0..=61.0).contains(&after_one_second), "{after_one_second}");
+        for _ in 0..10_000 {
+            p.on_success(t0);
+        }
+        assert_eq!(p.rate_per_second(), 100.0, "capped at the target");
+    }
+
+    #[test]
+    fn an_idle_bucket_refills_only_to_its_capacity() {
+        let t0 = Instant::now();
+        let p = Pacer::new(10.0, 3.0, t0);
+        drain(&p, t0, 3);
+        let later = t0 + Duration::from_secs(60);
+        let waits: Vec<Duration> = (0..4).map(|_| p.reserve(later, later + FAR).unwrap().wait).collect();
+        assert_eq!(&waits[..3], &[Duration::ZERO; 3]);
+        assert!(waits[3] > Duration::ZERO);
+    }
+}
