@@ -133,3 +133,89 @@ pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// The resources of a local sfn-pacer stack.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// The work queue's URL.
+    pub queue_url: String,
+    /// The work queue's ARN.
+    pub queue_arn: String,
+    /// The dead-letter queue's URL.
+    pub dlq_url: String,
+    /// The dead-letter queue's ARN.
+    pub dlq_arn: String,
+    /// The state machine's ARN.
+    pub state_machine_arn: String,
+}
+
+/// A one-state Pass machine: enough for StartExecution.
+pub const PASS_DEFINITION: &str = r#"{"StartAt":"Done","States":{"Done":{"Type":"Pass","End":true}}}"#;
+
+/// Creates the work queue (with a redrive to the DLQ after `max_receive_count` receives and
+/// `visibility_timeout_seconds`), the DLQ and a state machine named `name`.
+pub async fn provision(
+    sdk_config: &aws_config::SdkConfig,
+    name: &str,
+    max_receive_count: u32,
+    visibility_timeout_seconds: u32,
+) -> Result<Stack, Box<dyn std::error::Error + Send + Sync>> {
+    let sqs = aws_sdk_sqs::Client::new(sdk_config);
+    let sfn = aws_sdk_sfn::Client::new(sdk_config);
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let dlq_url = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await?.queue_url.unwrap_or_default();
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
+    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(A::RedrivePolicy, redrive)
+        .attributes(A::VisibilityTimeout, visibility_timeout_seconds.to_string())
+        .send()
+        .await?
+        .queue_url
+        .unwrap_or_default();
+    let queue_arn = queue_arn(&sqs, &queue_url).await?;
+    let state_machine_arn = sfn
+        .create_state_machine()
+        .name(name)
+        .definition(PASS_DEFINITION)
+        .role_arn("arn:aws:iam::123456789012:role/sfn-pacer-local")
+        .send()
+        .await?
+        .state_machine_arn;
+    Ok(Stack { queue_url, queue_arn, dlq_url, dlq_arn, state_machine_arn })
+}
+
+async fn queue_arn(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await?;
+    attributes
+        .attributes
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| format!("no QueueArn for {url}").into())
+}
+
+/// Every execution of a state machine: name → input (ListExecutions + DescribeExecution).
+pub async fn executions(
+    sdk_config: &aws_config::SdkConfig,
+    state_machine_arn: &str,
+) -> Result<std::collections::BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>> {
+    let sfn = aws_sdk_sfn::Client::new(sdk_config);
+    let mut out = std::collections::BTreeMap::new();
+    let mut pages = sfn.list_executions().state_machine_arn(state_machine_arn).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for e in page?.executions {
+            let described = sfn.describe_execution().execution_arn(&e.execution_arn).send().await?;
+            out.insert(e.name, described.input.unwrap_or_default());
+        }
+    }
+    Ok(out)
+}

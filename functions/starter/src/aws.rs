@@ -38,6 +38,10 @@ impl SfnStarter {
             client: aws_sdk_sfn::Client::from_conf(config),
         }
     }
+    /// Wraps a client configured elsewhere (benchmarks compare other retry settings).
+    pub fn from_client(client: aws_sdk_sfn::Client) -> SfnStarter {
+        SfnStarter { client }
+    }
 }
 
 /// Maps an SDK error to what the classifier needs: the error code, or the kind of failure.

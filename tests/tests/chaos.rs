@@ -1,0 +1,574 @@
+//! Chaos test (issue 5): thousands of SQS messages through the real handler, the real
+//! `aws-sdk-sfn` client and a fault-injecting Step Functions endpoint, with several Lambda
+//! instances and SQS redelivery; then every message must be accounted for exactly once.
+//!
+//! The faults: a token bucket smaller than the one the starter is configured for (another
+//! caller uses part of the account's quota), random throttles, 500 and 503 answers, slow
+//! responses beyond the client timeout that are applied on the server anyway, connection
+//! resets, lost responses (applied, then the response is lost), every 5th invocation cut off
+//! at a short deadline, and a few whole-invocation timeouts (SQS stalls for one instance past
+//! its function timeout, so the whole batch comes back).
+//!
+//! `CHAOS_SEED=<n>` picks the seed of the fake's faults and of the test's own choices (which
+//! messages are poison, which modes the slow and lost responses use). The library's own
+//! jitter and the scheduling of tasks are not seeded, so a seed reproduces the faults' mix,
+//! not every interleaving. The seed is printed with the summary and on failure.
+//!
+//! Bounded: the mapping stops after [`MAX_RUN`], and a Tokio timeout bounds the whole test.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+use sfn_pacer::aws::SfnStarter;
+use sfn_pacer::dead_letter::DeadLetter;
+use sfn_pacer::queue::{Queue, QueueError};
+use sfn_pacer::{Config, Starter};
+use sfn_pacer_tests::fake_sfn::{FakeSfn, Faults, LostResponseMode, SlowMode, Stats, DEFAULT_STATE_MACHINE_ARN};
+use sfn_pacer_tests::moto::sdk_config_for;
+use sfn_pacer_tests::sim::{drive, DlqEntry, Mapping, SimQueue};
+use tokio::time::Instant;
+
+/// The seed when `CHAOS_SEED` is not set.
+const DEFAULT_SEED: u64 = 20_250_605;
+/// Messages sent.
+const MESSAGES: usize = 2_000;
+/// One message in this many is poison (a body that is not JSON): 1 %.
+const POISON_EVERY: usize = 100;
+/// Simulated Lambda instances (the mapping's MaximumConcurrency).
+const INSTANCES: usize = 4;
+/// The function timeout of the simulated Lambda.
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every n-th invocation gets only [`SHORT_DEADLINE`].
+const SHORT_EVERY: u64 = 5;
+/// The short deadline: 100 ms of calls before the 500 ms margin.
+const SHORT_DEADLINE: Duration = Duration::from_millis(600);
+/// The mapping stops after this long, drained or not.
+const MAX_RUN: Duration = Duration::from_secs(75);
+/// The whole test is cut off after this long.
+const TEST_BOUND: Duration = Duration::from_secs(90);
+const DLQ_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/chaos-dlq";
+/// Whole-invocation timeouts: at most this many SQS stalls are injected ...
+const MAX_STALLS: u64 = 3;
+/// ... on the eligible ChangeMessageVisibility calls numbered `STALL_PHASE (mod STALL_EVERY)`.
+const STALL_EVERY: u64 = 6;
+const STALL_PHASE: u64 = 2;
+
+fn seed() -> u64 {
+    match std::env::var("CHAOS_SEED") {
+        Ok(raw) => raw.trim().parse().unwrap_or_else(|_| panic!("CHAOS_SEED must be a number, got {raw:?}")),
+        Err(_) => DEFAULT_SEED,
+    }
+}
+
+/// Prints the seed when the test fails (panics), so the run can be repeated.
+struct SeedOnFailure(u64);
+
+impl Drop for SeedOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("chaos test FAILED with CHAOS_SEED={} (rerun with that variable set)", self.0);
+        }
+    }
+}
+
+fn config(pairs: &[(&str, String)]) -> Config {
+    Config::from_lookup(|k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())).unwrap()
+}
+
+// ---------------------------------------------------------------- SQS stalls
+
+/// Stall decisions shared by the instances.
+#[derive(Default)]
+struct StallPlan {
+    /// (eligible ChangeMessageVisibility calls seen, stalls injected).
+    counts: Mutex<(u64, u64)>,
+}
+
+impl StallPlan {
+    fn injected(&self) -> u64 {
+        self.counts.lock().unwrap().1
+    }
+}
+
+#[derive(Default)]
+struct FlakyState {
+    /// A stall is under way: every SQS call of this instance hangs until the invocation is cut off.
+    stalled: bool,
+    /// When this instance last sent a dead letter.
+    last_dead_letter: Option<Instant>,
+}
+
+/// One instance's view of SQS: the shared [`SimQueue`], except that now and then SQS stalls
+/// for this instance longer than the function timeout, so the invocation is cut off whole
+/// and its batch comes back (a Lambda timeout).
+///
+/// A dead letter sent by an invocation that is then cut off would be sent again on the
+/// redelivery: the function's DLQ send and the mapping's delete are not atomic, so across a
+/// Lambda timeout the DLQ gets a message at least once, not exactly once. This test checks
+/// exactly once for every other path, so a stall is only injected into an invocation that
+/// has sent no dead letter (none by this instance within the function timeout, which bounds
+/// an invocation), and once a stall starts, the instance's further SQS calls hang with it
+/// (they are cut off unapplied, like calls to an unreachable SQS).
+struct FlakyQueue {
+    inner: Arc<SimQueue>,
+    plan: Arc<StallPlan>,
+    state: Arc<Mutex<FlakyState>>,
+}
+
+/// Ends a stall when the stalled call is dropped (the invocation was cut off) or returns.
+struct StallGuard(Arc<Mutex<FlakyState>>);
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().stalled = false;
+    }
+}
+
+/// Longer than any invocation: a stalled call is always cut off with its invocation.
+const STALL: Duration = Duration::from_secs(FUNCTION_TIMEOUT.as_secs() + 2);
+
+#[async_trait]
+impl Queue for FlakyQueue {
+    async fn change_visibility(&self, queue_arn: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
+        let stall = {
+            let mut state = self.state.lock().unwrap();
+            let now = Instant::now();
+            let eligible = !state.stalled && state.last_dead_letter.is_none_or(|t| now - t > FUNCTION_TIMEOUT);
+            let mut stall = state.stalled;
+            if eligible {
+                let mut counts = self.plan.counts.lock().unwrap();
+                counts.0 += 1;
+                if counts.0 % STALL_EVERY == STALL_PHASE && counts.1 < MAX_STALLS {
+                    counts.1 += 1;
+                    state.stalled = true;
+                    stall = true;
+                }
+            }
+            stall
+        };
+        if stall {
+            let _guard = StallGuard(self.state.clone());
+            tokio::time::sleep(STALL).await;
+        }
+        self.inner.change_visibility(queue_arn, receipt_handle, seconds).await
+    }
+
+    async fn send_dead_letter(&self, dlq_url: &str, letter: &DeadLetter) -> Result<(), QueueError> {
+        let stalled = self.state.lock().unwrap().stalled;
+        if stalled {
+            tokio::time::sleep(STALL).await;
+        }
+        self.inner.send_dead_letter(dlq_url, letter).await?;
+        self.state.lock().unwrap().last_dead_letter = Some(Instant::now());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- the Standard chaos run
+
+struct Sent {
+    bodies: HashMap<String, String>,
+    poison: HashSet<String>,
+}
+
+/// Sends `MESSAGES` messages, 1 % of them poison at seeded positions.
+fn send_messages(queue: &SimQueue, rng: &mut StdRng) -> Sent {
+    let mut is_poison = vec![false; MESSAGES];
+    for p in is_poison.iter_mut().take(MESSAGES / POISON_EVERY) {
+        *p = true;
+    }
+    is_poison.shuffle(rng);
+    let poison_bodies = ["not json", "", "{\"order\": ", "<order id=\"7\"/>", "{'single': 'quotes'}"];
+    let mut sent = Sent {
+        bodies: HashMap::new(),
+        poison: HashSet::new(),
+    };
+    for (i, poison) in is_poison.into_iter().enumerate() {
+        let body = if poison {
+            poison_bodies[i % poison_bodies.len()].to_string()
+        } else {
+            json!({"order": i, "item": format!("widget-{i}")}).to_string()
+        };
+        let id = queue.send(body.clone());
+        if poison {
+            sent.poison.insert(id.clone());
+        }
+        sent.bodies.insert(id, body);
+    }
+    sent
+}
+
+fn fault_summary(s: &Stats) -> String {
+    format!(
+        "throttles={} (quota {}, random {}) 5xx={} (500 {}, 503 {}) slow={} resets={} lost_responses={} \
+         idempotent_repeats={} already_exists={} requests={}",
+        s.throttled(),
+        s.throttled_quota,
+        s.throttled_random,
+        s.injected_500 + s.injected_503,
+        s.injected_500,
+        s.injected_503,
+        s.slow,
+        s.resets,
+        s.lost_responses,
+        s.idempotent_repeats,
+        s.already_exists,
+        s.start_execution_requests,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_message_is_started_or_dead_lettered_exactly_once() {
+    let seed = seed();
+    let _report_seed = SeedOnFailure(seed);
+    tokio::time::timeout(TEST_BOUND, standard_chaos(seed))
+        .await
+        .unwrap_or_else(|_| panic!("the chaos run exceeded {TEST_BOUND:?} (seed {seed})"));
+}
+
+async fn standard_chaos(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Both slow modes apply the request on the server; both lost modes too. The seed picks.
+    let slow_mode = if seed % 2 == 0 {
+        SlowMode::SlowThenApplied
+    } else {
+        SlowMode::AppliedThenSlow
+    };
+    let lost_response_mode = if (seed / 2) % 2 == 0 {
+        LostResponseMode::Reset
+    } else {
+        LostResponseMode::Status500
+    };
+    let faults = Faults {
+        throttle_probability: 0.01,
+        error_500_probability: 0.02,
+        error_503_probability: 0.02,
+        slow_probability: 0.02,
+        slow_delay: Duration::from_millis(700),
+        slow_mode,
+        reset_probability: 0.02,
+        lost_response_probability: 0.02,
+        lost_response_mode,
+        ..Faults::default()
+    };
+    // The starter is configured for 400 + 300/s, but another caller uses part of the
+    // account's quota: the fake grants 250 + 200/s, so quota throttles happen too.
+    let sfn = FakeSfn::builder()
+        .bucket(250, 200.0)
+        .latency_ms(2, 3)
+        .faults(faults)
+        .seed(seed)
+        .start()
+        .await
+        .unwrap();
+    let sdk = sdk_config_for(&sfn.endpoint()).await;
+
+    let queue = SimQueue::new("chaos", 10, Duration::from_secs(3));
+    let sent = send_messages(&queue, &mut rng);
+    let config = config(&[
+        ("STATE_MACHINE_ARN", DEFAULT_STATE_MACHINE_ARN.to_string()),
+        ("STARTS_PER_SECOND", "300".into()),
+        ("STARTS_BURST", "400".into()),
+        ("MAX_CONCURRENCY", INSTANCES.to_string()),
+        ("MAX_IN_FLIGHT", "16".into()),
+        ("CALL_TIMEOUT_MS", "300".into()),
+        ("DEADLINE_MARGIN_MS", "500".into()),
+        ("MAX_ATTEMPTS", "2".into()),
+        ("DLQ_URL", DLQ_URL.into()),
+        ("RETRY_BASE_SECONDS", "1".into()),
+        ("RETRY_MAX_SECONDS", "2".into()),
+    ]);
+    let plan = Arc::new(StallPlan::default());
+    let starters: Vec<Arc<Starter>> = (0..INSTANCES)
+        .map(|_| {
+            let flaky = FlakyQueue {
+                inner: queue.clone(),
+                plan: plan.clone(),
+                state: Arc::default(),
+            };
+            let sfn_client = Arc::new(SfnStarter::new(&sdk, config.call_timeout));
+            Arc::new(Starter::new(config.clone(), sfn_client, Arc::new(flaky)))
+        })
+        .collect();
+    let mapping = Mapping {
+        batch_size: 20,
+        function_timeout: FUNCTION_TIMEOUT,
+        short_deadline: Some((SHORT_EVERY, SHORT_DEADLINE)),
+        max_run: MAX_RUN,
+        idle_poll: Duration::from_millis(20),
+    };
+    let run = drive(queue.clone(), starters, mapping).await;
+
+    // ---- what happened
+    let stats = sfn.stats();
+    let executions = sfn.executions();
+    let dlq = queue.dlq();
+    let depth = queue.depth();
+    let stalls = plan.injected();
+    let short_invocations = run.invocations / SHORT_EVERY;
+    let summary = format!(
+        "chaos: messages={} (poison {}) executions={} dlq={} {} invocations={} cut_offs={} \
+         whole_timeouts={} (stalls {stalls}) reported={} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
+         lost_mode={lost_response_mode:?} seed={seed}",
+        sent.bodies.len(),
+        sent.poison.len(),
+        executions.len(),
+        dlq.len(),
+        fault_summary(&stats),
+        run.invocations,
+        short_invocations,
+        run.failed_invocations,
+        run.reported,
+        run.elapsed.as_secs_f64(),
+        run.drained,
+    );
+    println!("{summary}");
+    println!("starts/s {:?} throttles/s {:?}", sfn.starts_per_second_series(), sfn.throttles_per_second_series());
+    let on_failure = |what: String| format!("{what}\n{summary}");
+
+    // ---- the queue drained, with nothing redriven
+    assert!(run.drained, "{}", on_failure(format!("the queue did not drain: {depth:?}")));
+    assert_eq!(
+        depth.deleted as usize,
+        MESSAGES,
+        "{}",
+        on_failure("every message is acknowledged once".into())
+    );
+
+    // ---- executions: one per good message, none for poison, none unknown
+    let mut per_name: HashMap<&str, u64> = HashMap::new();
+    for e in &executions {
+        *per_name.entry(e.name.as_str()).or_default() += 1;
+        let body = sent.bodies.get(&e.name);
+        assert!(body.is_some(), "{}", on_failure(format!("an execution for no message: {}", e.name)));
+        assert_eq!(Some(&e.input), body, "{}", on_failure(format!("{}: the input is the body", e.name)));
+        assert_eq!(e.state_machine_arn, DEFAULT_STATE_MACHINE_ARN);
+    }
+    let mut dead_letters: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    let mut redriven = Vec::new();
+    for entry in &dlq {
+        match entry {
+            DlqEntry::DeadLettered {
+                message_id,
+                code,
+                reason,
+            } => dead_letters
+                .entry(message_id.as_str())
+                .or_default()
+                .push((code.as_str(), reason.as_str())),
+            DlqEntry::Redriven { message_id, .. } => redriven.push(message_id.clone()),
+        }
+    }
+    assert!(
+        redriven.is_empty(),
+        "{}",
+        on_failure(format!("redriven after too many receives: {redriven:?}"))
+    );
+    let (mut lost, mut duplicated, mut wrongly_dead_lettered) = (Vec::new(), Vec::new(), Vec::new());
+    for id in sent.bodies.keys() {
+        let started = per_name.get(id.as_str()).copied().unwrap_or(0);
+        let letters = dead_letters.get(id.as_str()).map(Vec::len).unwrap_or(0);
+        if sent.poison.contains(id) {
+            if started > 0 {
+                duplicated.push(format!("{id}: poison with {started} executions"));
+            }
+            match letters {
+                0 => lost.push(format!("{id}: poison, not in the DLQ")),
+                1 => {
+                    let (code, reason) = dead_letters[id.as_str()][0];
+                    assert_eq!(code, "BodyNotJson", "{}", on_failure(format!("{id}: the DLQ code")));
+                    assert!(!reason.is_empty(), "{}", on_failure(format!("{id}: the DLQ reason is empty")));
+                }
+                n => duplicated.push(format!("{id}: {n} DLQ entries")),
+            }
+        } else {
+            match started {
+                0 => lost.push(format!("{id}: never started")),
+                1 => {}
+                n => duplicated.push(format!("{id}: {n} executions")),
+            }
+            if letters > 0 {
+                wrongly_dead_lettered.push(id.clone());
+            }
+        }
+    }
+    lost.sort();
+    duplicated.sort();
+    assert!(lost.is_empty(), "{}", on_failure(format!("{} lost: {lost:?}", lost.len())));
+    assert!(
+        duplicated.is_empty(),
+        "{}",
+        on_failure(format!("{} duplicated: {duplicated:?}", duplicated.len()))
+    );
+    assert!(
+        wrongly_dead_lettered.is_empty(),
+        "{}",
+        on_failure(format!("good messages in the DLQ: {wrongly_dead_lettered:?}"))
+    );
+    assert_eq!(executions.len(), MESSAGES - sent.poison.len(), "{}", on_failure("executions".into()));
+    assert_eq!(dlq.len(), sent.poison.len(), "{}", on_failure("DLQ entries".into()));
+
+    // ---- the faults were really injected, and idempotency was exercised
+    let injected = [
+        ("quota throttles", stats.throttled_quota),
+        ("random throttles", stats.throttled_random),
+        ("500", stats.injected_500),
+        ("503", stats.injected_503),
+        ("slow", stats.slow),
+        ("resets", stats.resets),
+        ("lost responses", stats.lost_responses),
+        ("idempotent repeats", stats.idempotent_repeats),
+        ("short-deadline invocations", short_invocations),
+        ("whole-invocation timeouts", run.failed_invocations),
+    ];
+    for (what, count) in injected {
+        assert!(count > 0, "{}", on_failure(format!("no {what} happened")));
+    }
+    // Every whole-invocation timeout is an injected stall: the handler itself never
+    // overruns its deadline.
+    assert_eq!(
+        run.failed_invocations,
+        stalls,
+        "{}",
+        on_failure("invocations cut off by the function timeout besides the injected stalls".into())
+    );
+    sfn.shutdown().await;
+}
+
+// ---------------------------------------------------------------- Express: at-least-once
+
+/// Express workflows are not idempotent by name: a lost response followed by a retry starts a
+/// second execution. The report's `possible_duplicates` must flag every message that got more
+/// than one, and the extra executions must be explained by the injected faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_duplicates_are_flagged_and_explained_by_the_faults() {
+    let seed = seed();
+    let _report_seed = SeedOnFailure(seed);
+    tokio::time::timeout(Duration::from_secs(40), express_chaos(seed))
+        .await
+        .unwrap_or_else(|_| panic!("the express run exceeded 40 s (seed {seed})"));
+}
+
+async fn express_chaos(seed: u64) {
+    const EXPRESS_MESSAGES: usize = 300;
+    let faults = Faults {
+        reset_probability: 0.02,
+        error_503_probability: 0.02,
+        slow_probability: 0.03,
+        slow_delay: Duration::from_millis(500),
+        slow_mode: SlowMode::AppliedThenSlow,
+        lost_response_probability: 0.05,
+        lost_response_mode: LostResponseMode::Reset,
+        ..Faults::default()
+    };
+    let sfn = FakeSfn::builder()
+        .express(true)
+        .bucket(6_000, 6_000.0)
+        .latency_ms(1, 2)
+        .faults(faults)
+        .seed(seed)
+        .start()
+        .await
+        .unwrap();
+    let sdk = sdk_config_for(&sfn.endpoint()).await;
+    let queue = SimQueue::new("express", 10, Duration::from_secs(10));
+    let ids: Vec<String> = (0..EXPRESS_MESSAGES)
+        .map(|i| queue.send(json!({ "order": i }).to_string()))
+        .collect();
+    let config = config(&[
+        ("STATE_MACHINE_ARN", DEFAULT_STATE_MACHINE_ARN.to_string()),
+        ("WORKFLOW_TYPE", "express".into()),
+        ("STARTS_PER_SECOND", "2000".into()),
+        ("STARTS_BURST", "2000".into()),
+        ("MAX_CONCURRENCY", "2".into()),
+        ("CALL_TIMEOUT_MS", "200".into()),
+        ("DEADLINE_MARGIN_MS", "500".into()),
+        // Enough attempts that every unconfirmed attempt is followed by a confirmed start in
+        // the same invocation, where the handler can flag it.
+        ("MAX_ATTEMPTS", "10".into()),
+        ("DLQ_URL", DLQ_URL.into()),
+        ("RETRY_BASE_SECONDS", "1".into()),
+        ("RETRY_MAX_SECONDS", "2".into()),
+    ]);
+    // A small mapping of our own: `drive` does not return the handlers' reports.
+    let stop_at = Instant::now() + Duration::from_secs(30);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let sfn_client = Arc::new(SfnStarter::new(&sdk, config.call_timeout));
+        let starter = Starter::new(config.clone(), sfn_client, queue.clone());
+        let queue = queue.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut possible, mut reported) = (0u64, 0u64);
+            while Instant::now() < stop_at && !queue.is_drained() {
+                let event = queue.receive(25);
+                if event.records.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let deadline = sfn_pacer::handler::now_epoch_ms() + 10_000;
+                let outcome = starter.process(event.clone(), deadline).await.unwrap();
+                possible += outcome.report.possible_duplicates;
+                let failed: Vec<String> = outcome
+                    .response
+                    .batch_item_failures
+                    .iter()
+                    .map(|f| f.item_identifier.clone())
+                    .collect();
+                reported += failed.len() as u64;
+                queue.acknowledge(&event, &failed);
+            }
+            (possible, reported)
+        }));
+    }
+    let (mut possible_duplicates, mut reported) = (0, 0);
+    for worker in workers {
+        let (p, r) = worker.await.unwrap();
+        possible_duplicates += p;
+        reported += r;
+    }
+    let stats = sfn.stats();
+    let executions = sfn.executions();
+    let mut per_name: HashMap<&str, u64> = HashMap::new();
+    for e in &executions {
+        *per_name.entry(e.name.as_str()).or_default() += 1;
+    }
+    let extra: u64 = per_name.values().map(|n| n - 1).sum();
+    let messages_with_extra = per_name.values().filter(|n| **n > 1).count() as u64;
+    let summary = format!(
+        "express: messages={EXPRESS_MESSAGES} executions={} extra={extra} (messages with extra {messages_with_extra}) \
+         possible_duplicates={possible_duplicates} reported={reported} {} seed={seed}",
+        executions.len(),
+        fault_summary(&stats),
+    );
+    println!("{summary}");
+    assert!(queue.is_drained(), "the queue did not drain: {:?}\n{summary}", queue.depth());
+    assert!(queue.dlq().is_empty(), "{:?}\n{summary}", queue.dlq());
+    for id in &ids {
+        assert!(per_name.contains_key(id.as_str()), "{id} never started\n{summary}");
+    }
+    assert_eq!(per_name.len(), EXPRESS_MESSAGES, "executions for unknown names\n{summary}");
+    // At-least-once: every extra execution comes from an attempt applied on the server whose
+    // answer the client never saw (a lost response, or a slow one past the timeout) ...
+    assert!(
+        extra <= stats.lost_responses + stats.slow,
+        "more extra executions than applied-but-unanswered attempts\n{summary}"
+    );
+    // ... and every message that got one is flagged as a possible duplicate.
+    assert!(
+        messages_with_extra <= possible_duplicates,
+        "extra executions not flagged as possible duplicates\n{summary}"
+    );
+    // Flags come only from unconfirmed attempts (timeouts, transport errors).
+    assert!(
+        possible_duplicates <= stats.lost_responses + stats.slow + stats.resets,
+        "{summary}"
+    );
+    assert!(stats.lost_responses > 0 && extra > 0, "no lost response caused a duplicate\n{summary}");
+    sfn.shutdown().await;
+}

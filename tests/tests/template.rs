@@ -1,0 +1,684 @@
+//! Invariants of the SAM template (`template.yaml`) that cfn-lint cannot know about.
+//!
+//! The template is parsed with serde_yaml. CloudFormation's short-form tags (`!Ref`, `!GetAtt`,
+//! `!Sub`, ...) arrive as tagged values and are rewritten to their long form (`{"Ref": ..}`,
+//! `{"Fn::GetAtt": [..]}`), so the checks below see one shape. Values are resolved with the
+//! parameters' defaults (`Ref` to a parameter, `Fn::FindInMap`); each check is a function that
+//! returns `Err` with a reason, and the `*_rejects_*` tests show that the checks do fail on a
+//! broken template.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Environment variables the Lambda runtime itself reads (set through LoggingConfig, or by hand).
+const RUNTIME_VARIABLES: &[&str] = &["AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL"];
+
+/// Managed policies the function's role may carry: the logs and X-Ray basics.
+const ALLOWED_MANAGED_POLICIES: &[&str] = &[
+    ":iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+    ":iam::aws:policy/AWSXrayWriteOnlyAccess",
+];
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Converts a YAML value to JSON, rewriting CloudFormation short-form tags to their long form.
+fn to_json(value: serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match value {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                Value::from(n.as_f64().expect("a YAML number is an i64, u64 or f64"))
+            }
+        }
+        Y::String(s) => Value::String(s),
+        Y::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Y::Mapping(mapping) => Value::Object(
+            mapping
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s,
+                        Y::Number(n) => n.to_string(),
+                        Y::Bool(b) => b.to_string(),
+                        other => panic!("unsupported mapping key {other:?}"),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(tagged) => {
+            let tag = tagged.tag.to_string();
+            let name = tag.trim_start_matches('!');
+            let inner = to_json(tagged.value);
+            let (key, inner) = match name {
+                "Ref" | "Condition" => (name.to_string(), inner),
+                // `!GetAtt Resource.Attribute` is a string; the long form is a list.
+                "GetAtt" => match inner {
+                    Value::String(s) => {
+                        let (resource, attribute) = s
+                            .split_once('.')
+                            .unwrap_or_else(|| panic!("!GetAtt {s:?} has no attribute"));
+                        ("Fn::GetAtt".to_string(), Value::from(vec![resource, attribute]))
+                    }
+                    other => ("Fn::GetAtt".to_string(), other),
+                },
+                other => (format!("Fn::{other}"), inner),
+            };
+            Value::Object(Map::from_iter([(key, inner)]))
+        }
+    }
+}
+
+fn load_template() -> Value {
+    let path = workspace_root().join("template.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+    to_json(yaml)
+}
+
+/// The template plus the parameter values to resolve with (defaults, optionally overridden).
+struct Template {
+    doc: Value,
+    params: BTreeMap<String, Value>,
+}
+
+impl Template {
+    fn new(doc: Value) -> Template {
+        let mut params = BTreeMap::new();
+        if let Some(parameters) = doc["Parameters"].as_object() {
+            for (name, p) in parameters {
+                if let Some(default) = p.get("Default") {
+                    params.insert(name.clone(), default.clone());
+                }
+            }
+        }
+        Template { doc, params }
+    }
+
+    fn load() -> Template {
+        Template::new(load_template())
+    }
+
+    fn with(mut self, name: &str, value: Value) -> Template {
+        self.params.insert(name.to_string(), value);
+        self
+    }
+
+    fn resources(&self) -> &Map<String, Value> {
+        self.doc["Resources"].as_object().expect("Resources is a mapping")
+    }
+
+    fn resources_of_type(&self, kind: &str) -> Vec<(&String, &Value)> {
+        self.resources().iter().filter(|(_, r)| r["Type"] == kind).collect()
+    }
+
+    /// The single resource of `kind`.
+    fn only(&self, kind: &str) -> Result<(&String, &Value), String> {
+        let all = self.resources_of_type(kind);
+        match all.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(format!("expected exactly one {kind}, found {}", all.len())),
+        }
+    }
+
+    fn function(&self) -> Result<&Value, String> {
+        Ok(self.only("AWS::Serverless::Function")?.1)
+    }
+
+    /// The function's single SQS event (the event source mapping).
+    fn sqs_event(&self) -> Result<&Value, String> {
+        let events = self.function()?["Properties"]["Events"]
+            .as_object()
+            .ok_or("the function has no Events")?;
+        let sqs: Vec<_> = events.values().filter(|e| e["Type"] == "SQS").collect();
+        match sqs.as_slice() {
+            [one] => Ok(&one["Properties"]),
+            _ => Err(format!("expected exactly one SQS event, found {}", sqs.len())),
+        }
+    }
+
+    /// The queue resource the SQS event reads (`Queue: !GetAtt X.Arn`).
+    fn work_queue(&self) -> Result<&Value, String> {
+        let queue = &self.sqs_event()?["Queue"];
+        let name = logical_id(queue).ok_or_else(|| format!("the SQS event's Queue {queue} names no resource"))?;
+        self.resources().get(name).ok_or_else(|| format!("no resource {name}"))
+    }
+
+    /// Resolves a value to a literal: scalars, `Ref` to a parameter, `Fn::FindInMap`.
+    fn resolve(&self, value: &Value) -> Result<Value, String> {
+        match value {
+            Value::Object(o) if o.len() == 1 && o.contains_key("Ref") => {
+                let name = o["Ref"].as_str().ok_or("Ref of a non-string")?;
+                self.params
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("Ref {name} is not a parameter with a value"))
+            }
+            Value::Object(o) if o.len() == 1 && o.contains_key("Fn::FindInMap") => {
+                let args = o["Fn::FindInMap"].as_array().ok_or("FindInMap takes a list")?;
+                let [map, top, second] = args.as_slice() else {
+                    return Err("FindInMap takes three arguments".into());
+                };
+                let key = |v: &Value| -> Result<String, String> {
+                    match self.resolve(v)? {
+                        Value::String(s) => Ok(s),
+                        Value::Number(n) => Ok(n.to_string()),
+                        other => Err(format!("FindInMap key {other}")),
+                    }
+                };
+                let (map, top, second) = (key(map)?, key(top)?, key(second)?);
+                self.doc["Mappings"][&map][&top]
+                    .get(&second)
+                    .cloned()
+                    .ok_or_else(|| format!("Mappings.{map}.{top}.{second} does not exist"))
+            }
+            Value::Object(_) | Value::Array(_) => Err(format!("cannot resolve {value}")),
+            scalar => Ok(scalar.clone()),
+        }
+    }
+
+    fn number(&self, value: &Value) -> Result<f64, String> {
+        match self.resolve(value)? {
+            Value::Number(n) => Ok(n.as_f64().expect("finite")),
+            Value::String(s) => s.parse().map_err(|_| format!("{s:?} is not a number")),
+            other => Err(format!("{other} is not a number")),
+        }
+    }
+
+    /// The values a Number parameter may take that matter for a bound: its AllowedValues, or its
+    /// default and its MinValue/MaxValue.
+    fn candidates(&self, name: &str) -> Vec<Value> {
+        let p = &self.doc["Parameters"][name];
+        if let Some(allowed) = p["AllowedValues"].as_array() {
+            return allowed.clone();
+        }
+        ["Default", "MinValue", "MaxValue"]
+            .iter()
+            .filter_map(|k| p.get(*k).cloned())
+            .collect()
+    }
+}
+
+/// The logical id named by `!Ref X` or `!GetAtt X.Attr`.
+fn logical_id(value: &Value) -> Option<&str> {
+    value
+        .get("Ref")
+        .and_then(Value::as_str)
+        .or_else(|| value.get("Fn::GetAtt")?.get(0)?.as_str())
+}
+
+/// The parameter named by `!Ref P`, when `value` is one.
+fn parameter_ref<'a>(t: &Template, value: &'a Value) -> Option<&'a str> {
+    let name = value.get("Ref")?.as_str()?;
+    t.doc["Parameters"].get(name).map(|_| name)
+}
+
+// ------------------------------------------------------------------------------------------ checks
+
+/// Visibility timeout >= 6 x function timeout + batching window, with the defaults, and for every
+/// allowed FunctionTimeout with the largest allowed batching window.
+fn check_visibility(t: &Template) -> Result<(), String> {
+    let holds = |t: &Template| -> Result<(f64, f64, f64), String> {
+        let visibility = t.number(&t.work_queue()?["Properties"]["VisibilityTimeout"])?;
+        let timeout = t.number(&t.function()?["Properties"]["Timeout"])?;
+        let window = match t.sqs_event()?.get("MaximumBatchingWindowInSeconds") {
+            Some(w) => t.number(w)?,
+            None => 0.0,
+        };
+        if visibility >= 6.0 * timeout + window {
+            Ok((visibility, timeout, window))
+        } else {
+            Err(format!(
+                "visibility timeout {visibility} < 6 x timeout {timeout} + window {window}"
+            ))
+        }
+    };
+    holds(t)?;
+    // The other parameter values the bound must hold for.
+    let timeout_param = parameter_ref(t, &t.function()?["Properties"]["Timeout"]);
+    let window_param = t
+        .sqs_event()?
+        .get("MaximumBatchingWindowInSeconds")
+        .and_then(|w| parameter_ref(t, w));
+    // `None`: that value is not a parameter, so it stays as the template has it.
+    let values = |p: Option<&str>| -> Vec<Option<Value>> {
+        p.map(|p| t.candidates(p).into_iter().map(Some).collect())
+            .unwrap_or_else(|| vec![None])
+    };
+    for timeout in values(timeout_param) {
+        for window in values(window_param) {
+            let mut varied = Template {
+                doc: t.doc.clone(),
+                params: t.params.clone(),
+            };
+            for (param, value) in [(timeout_param, &timeout), (window_param, &window)] {
+                if let (Some(param), Some(value)) = (param, value) {
+                    varied.params.insert(param.to_string(), value.clone());
+                }
+            }
+            holds(&varied).map_err(|e| format!("with FunctionTimeout {timeout:?}, window {window:?}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// ESM MaximumConcurrency <= reserved concurrency, and the function is told the same N.
+fn check_concurrency(t: &Template) -> Result<(), String> {
+    let props = &t.function()?["Properties"];
+    let maximum = t.number(
+        t.sqs_event()?["ScalingConfig"]
+            .get("MaximumConcurrency")
+            .ok_or("the SQS event has no ScalingConfig.MaximumConcurrency")?,
+    )?;
+    let reserved = t.number(
+        props
+            .get("ReservedConcurrentExecutions")
+            .ok_or("the function has no ReservedConcurrentExecutions")?,
+    )?;
+    if !(2.0..=1000.0).contains(&maximum) {
+        return Err(format!("MaximumConcurrency {maximum} is outside 2..=1000"));
+    }
+    if maximum > reserved {
+        return Err(format!(
+            "MaximumConcurrency {maximum} > ReservedConcurrentExecutions {reserved}"
+        ));
+    }
+    let told = props["Environment"]["Variables"]
+        .get("MAX_CONCURRENCY")
+        .ok_or("MAX_CONCURRENCY is not set")?;
+    if t.number(told)? != maximum {
+        return Err(format!(
+            "MAX_CONCURRENCY {told} differs from MaximumConcurrency {maximum}"
+        ));
+    }
+    Ok(())
+}
+
+/// The work queue's redrive: maxReceiveCount >= 5 (default and smallest allowed value).
+fn check_max_receive_count(t: &Template) -> Result<(), String> {
+    let policy = &t.work_queue()?["Properties"]["RedrivePolicy"];
+    let count = policy
+        .get("maxReceiveCount")
+        .ok_or("the work queue has no RedrivePolicy.maxReceiveCount")?;
+    if policy.get("deadLetterTargetArn").is_none() {
+        return Err("the work queue's RedrivePolicy has no deadLetterTargetArn".into());
+    }
+    let value = t.number(count)?;
+    if value < 5.0 {
+        return Err(format!("maxReceiveCount {value} < 5"));
+    }
+    if let Some(p) = parameter_ref(t, count) {
+        let min = t.doc["Parameters"][p]["MinValue"]
+            .as_f64()
+            .ok_or(format!("parameter {p} has no MinValue"))?;
+        if min < 5.0 {
+            return Err(format!("parameter {p} allows maxReceiveCount {min} < 5"));
+        }
+    }
+    Ok(())
+}
+
+fn check_batch_item_failures(t: &Template) -> Result<(), String> {
+    let types = t.sqs_event()?["FunctionResponseTypes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if types.iter().any(|v| v == "ReportBatchItemFailures") {
+        Ok(())
+    } else {
+        Err(format!("FunctionResponseTypes {types:?} lacks ReportBatchItemFailures"))
+    }
+}
+
+/// Every string inside `value` (intrinsics included), to find wildcards.
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+/// The policy statements the function's role gets from the template itself, plus its managed
+/// policies: from an explicit `Role: !GetAtt R.Arn`, or from the function's inline `Policies`.
+fn function_policies(t: &Template) -> Result<(Vec<Value>, Vec<Value>), String> {
+    let props = &t.function()?["Properties"];
+    let mut statements = Vec::new();
+    let mut managed = Vec::new();
+    let mut documents = Vec::new();
+    if let Some(role) = props.get("Role") {
+        let name = logical_id(role).ok_or_else(|| format!("Role {role} is not a role of this template"))?;
+        let role = &t.resources().get(name).ok_or_else(|| format!("no resource {name}"))?["Properties"];
+        for policy in role["Policies"].as_array().into_iter().flatten() {
+            documents.push(policy["PolicyDocument"].clone());
+        }
+        managed.extend(role["ManagedPolicyArns"].as_array().cloned().unwrap_or_default());
+    }
+    for policy in props["Policies"].as_array().into_iter().flatten() {
+        match policy {
+            Value::Object(o) if o.contains_key("Statement") => documents.push(policy.clone()),
+            // A managed policy name/ARN or a SAM policy template.
+            other => managed.push(other.clone()),
+        }
+    }
+    for document in documents {
+        match &document["Statement"] {
+            Value::Array(items) => statements.extend(items.iter().cloned()),
+            Value::Object(_) => statements.push(document["Statement"].clone()),
+            other => return Err(format!("policy Statement {other} is not a list")),
+        }
+    }
+    Ok((statements, managed))
+}
+
+fn check_least_privilege(t: &Template) -> Result<(), String> {
+    let (statements, managed) = function_policies(t)?;
+    if statements.is_empty() {
+        return Err("the function's role has no policy statements of its own".into());
+    }
+    for statement in &statements {
+        for key in ["NotAction", "NotResource"] {
+            if statement.get(key).is_some() {
+                return Err(format!("statement {statement} uses {key}"));
+            }
+        }
+        for key in ["Action", "Resource"] {
+            let value = statement
+                .get(key)
+                .ok_or_else(|| format!("statement {statement} has no {key}"))?;
+            let mut found = Vec::new();
+            strings(value, &mut found);
+            if let Some(wild) = found.iter().find(|s| s.contains('*')) {
+                return Err(format!("statement {} has a wildcard {key} {wild:?}", statement["Sid"]));
+            }
+        }
+    }
+    let actions: Vec<String> = statements
+        .iter()
+        .flat_map(|s| {
+            let mut found = Vec::new();
+            strings(&s["Action"], &mut found);
+            found
+        })
+        .collect();
+    if !actions.iter().any(|a| a == "states:StartExecution") {
+        return Err("the role cannot call states:StartExecution".into());
+    }
+    for policy in &managed {
+        let mut found = Vec::new();
+        strings(policy, &mut found);
+        let allowed = found
+            .iter()
+            .any(|s| ALLOWED_MANAGED_POLICIES.iter().any(|a| s.ends_with(a)));
+        if !allowed {
+            return Err(format!("managed policy {policy} is not one of the logs/X-Ray basics"));
+        }
+    }
+    Ok(())
+}
+
+fn check_environment(t: &Template, known: &[&str]) -> Result<(), String> {
+    let props = &t.function()?["Properties"];
+    let variables = props["Environment"]["Variables"]
+        .as_object()
+        .ok_or("the function has no environment")?;
+    for name in variables.keys() {
+        if !known.contains(&name.as_str()) && !RUNTIME_VARIABLES.contains(&name.as_str()) {
+            return Err(format!("environment variable {name} is not read by the function"));
+        }
+    }
+    if !variables.contains_key("STATE_MACHINE_ARN") {
+        return Err("STATE_MACHINE_ARN is not set".into());
+    }
+    let json_logs =
+        props["LoggingConfig"]["LogFormat"] == "JSON" || variables.get("AWS_LAMBDA_LOG_FORMAT") == Some(&"JSON".into());
+    if !json_logs {
+        return Err("logs are not JSON (LoggingConfig.LogFormat or AWS_LAMBDA_LOG_FORMAT)".into());
+    }
+    Ok(())
+}
+
+/// The budget's defaults are safe for Standard in every region (refill 150/s, bucket 800).
+fn check_budget_defaults(t: &Template) -> Result<(), String> {
+    let variables = &t.function()?["Properties"]["Environment"]["Variables"];
+    for (name, limit) in [("STARTS_PER_SECOND", 150.0), ("STARTS_BURST", 800.0)] {
+        let value = t.number(variables.get(name).ok_or_else(|| format!("{name} is not set"))?)?;
+        if value > limit {
+            return Err(format!(
+                "default {name} {value} exceeds the smallest Standard quota {limit}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_queues(t: &Template) -> Result<(), String> {
+    let queues = t.resources_of_type("AWS::SQS::Queue");
+    if queues.len() != 2 {
+        return Err(format!(
+            "expected a work queue and a DLQ, found {} queues",
+            queues.len()
+        ));
+    }
+    for (name, queue) in &queues {
+        if queue["Properties"]["SqsManagedSseEnabled"] != true && queue["Properties"].get("KmsMasterKeyId").is_none() {
+            return Err(format!("queue {name} is not encrypted"));
+        }
+    }
+    let dlq_ref = &t.work_queue()?["Properties"]["RedrivePolicy"]["deadLetterTargetArn"];
+    let dlq_name = logical_id(dlq_ref).ok_or("the work queue's DLQ is not in this template")?;
+    let dlq = &t.resources()[dlq_name]["Properties"];
+    if t.number(&dlq["MessageRetentionPeriod"])? != 1_209_600.0 {
+        return Err(format!("DLQ {dlq_name} does not keep messages 14 days"));
+    }
+    if dlq["RedriveAllowPolicy"]["redrivePermission"] != "byQueue" {
+        return Err(format!("DLQ {dlq_name} has no byQueue RedriveAllowPolicy"));
+    }
+    Ok(())
+}
+
+fn check_alarms(t: &Template) -> Result<(), String> {
+    let mut metrics = Vec::new();
+    for (name, alarm) in t.resources_of_type("AWS::CloudWatch::Alarm") {
+        let mut description = Vec::new();
+        strings(&alarm["Properties"]["AlarmDescription"], &mut description);
+        if description.concat().trim().len() < 40 {
+            return Err(format!("alarm {name} does not say what to do"));
+        }
+        metrics.push(
+            alarm["Properties"]["MetricName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    for wanted in [
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateAgeOfOldestMessage",
+        "ExecutionThrottled",
+        "Throttles",
+        "Errors",
+    ] {
+        if !metrics.iter().any(|m| m == wanted) {
+            return Err(format!("no alarm on {wanted}"));
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ tests
+
+/// The names `sfn_pacer::config` reads.
+fn known_variables() -> &'static [&'static str] {
+    sfn_pacer::config::VARIABLES
+}
+
+#[test]
+fn visibility_timeout_covers_six_function_timeouts_plus_window() {
+    check_visibility(&Template::load()).unwrap();
+}
+
+#[test]
+fn reserved_concurrency_covers_maximum_concurrency() {
+    check_concurrency(&Template::load()).unwrap();
+}
+
+#[test]
+fn max_receive_count_is_at_least_five() {
+    check_max_receive_count(&Template::load()).unwrap();
+}
+
+#[test]
+fn event_reports_batch_item_failures() {
+    check_batch_item_failures(&Template::load()).unwrap();
+}
+
+#[test]
+fn function_role_has_no_wildcards() {
+    check_least_privilege(&Template::load()).unwrap();
+}
+
+#[test]
+fn environment_names_are_read_by_the_function() {
+    check_environment(&Template::load(), known_variables()).unwrap();
+}
+
+#[test]
+fn budget_defaults_are_safe_in_every_region() {
+    check_budget_defaults(&Template::load()).unwrap();
+}
+
+#[test]
+fn queues_are_encrypted_and_the_dlq_keeps_messages_14_days() {
+    check_queues(&Template::load()).unwrap();
+}
+
+#[test]
+fn alarms_cover_the_failure_modes_and_say_what_to_do() {
+    check_alarms(&Template::load()).unwrap();
+}
+
+#[test]
+fn sample_state_machine_definition_is_valid_json() {
+    let t = Template::load();
+    let (_, machine) = t.only("AWS::Serverless::StateMachine").unwrap();
+    let uri = machine["Properties"]["DefinitionUri"]
+        .as_str()
+        .expect("DefinitionUri is a local path");
+    let text = std::fs::read_to_string(workspace_root().join(uri)).unwrap();
+    let definition: Value = serde_json::from_str(&text).unwrap();
+    let start = definition["StartAt"].as_str().expect("StartAt");
+    assert!(
+        definition["States"].get(start).is_some(),
+        "StartAt {start} is not a state"
+    );
+}
+
+// ------------------------------------------------------------------- the checks do fail
+
+fn edited(edit: impl FnOnce(&mut Value)) -> Template {
+    let mut doc = load_template();
+    edit(&mut doc);
+    Template::new(doc)
+}
+
+#[test]
+fn visibility_check_rejects_a_short_visibility_timeout() {
+    // 6 x 60 + 1 (the default window) is 361: 360 must fail.
+    let t = edited(|d| d["Resources"]["WorkQueue"]["Properties"]["VisibilityTimeout"] = 360.into());
+    assert!(check_visibility(&t).is_err());
+    // A mapping row too short for the largest window must fail too, even if the default is fine.
+    let t = edited(|d| d["Mappings"]["QueueVisibility"]["900"]["Seconds"] = (6 * 900 + 1).into());
+    assert!(check_visibility(&t).is_err());
+    // And a longer timeout, with the default parameters.
+    let t = Template::load().with("FunctionTimeout", 900.into());
+    assert!(check_visibility(&t).is_ok());
+}
+
+#[test]
+fn concurrency_check_rejects_reserved_below_maximum() {
+    let t = edited(|d| d["Resources"]["StarterFunction"]["Properties"]["ReservedConcurrentExecutions"] = 1.into());
+    assert!(check_concurrency(&t).is_err());
+}
+
+#[test]
+fn receive_count_check_rejects_fewer_than_five() {
+    let t = Template::load().with("MaxReceiveCount", 4.into());
+    assert!(check_max_receive_count(&t).is_err());
+    let t = edited(|d| d["Parameters"]["MaxReceiveCount"]["MinValue"] = 1.into());
+    assert!(check_max_receive_count(&t).is_err());
+}
+
+#[test]
+fn batch_item_failures_check_rejects_a_missing_response_type() {
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]["FunctionResponseTypes"] =
+            Value::Array(vec![])
+    });
+    assert!(check_batch_item_failures(&t).is_err());
+}
+
+#[test]
+fn least_privilege_check_rejects_wildcards() {
+    let statement = |d: &mut Value| -> Value {
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0].clone()
+    };
+    let t = edited(|d| {
+        let mut s = statement(d);
+        s["Resource"] = "*".into();
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0] = s;
+    });
+    assert!(check_least_privilege(&t).is_err());
+    let t = edited(|d| {
+        let mut s = statement(d);
+        s["Action"] = Value::from(vec!["sqs:*"]);
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0] = s;
+    });
+    assert!(check_least_privilege(&t).is_err());
+    let t = edited(|d| {
+        d["Resources"]["StarterRole"]["Properties"]["ManagedPolicyArns"]
+            .as_array_mut()
+            .unwrap()
+            .push("arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole".into())
+    });
+    assert!(check_least_privilege(&t).is_err());
+}
+
+#[test]
+fn environment_check_rejects_unknown_and_missing_names() {
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]["STARTS_PER_SECONDS"] = 1.into()
+    });
+    assert!(check_environment(&t, known_variables()).is_err());
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
+            .as_object_mut()
+            .unwrap()
+            .remove("STATE_MACHINE_ARN");
+    });
+    assert!(check_environment(&t, known_variables()).is_err());
+}
+
+#[test]
+fn short_form_tags_are_rewritten_to_long_form() {
+    let yaml = "a: !Ref P\nb: !GetAtt Q.Arn\nc: !Sub \"x-${P}\"\nd: !If [C, !Ref P, !Ref AWS::NoValue]\n";
+    let v = to_json(serde_yaml::from_str(yaml).unwrap());
+    assert_eq!(v["a"], serde_json::json!({"Ref": "P"}));
+    assert_eq!(v["b"], serde_json::json!({"Fn::GetAtt": ["Q", "Arn"]}));
+    assert_eq!(v["c"], serde_json::json!({"Fn::Sub": "x-${P}"}));
+    assert_eq!(
+        v["d"],
+        serde_json::json!({"Fn::If": ["C", {"Ref": "P"}, {"Ref": "AWS::NoValue"}]})
+    );
+}
