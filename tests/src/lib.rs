@@ -1,5 +1,5 @@
 //! Test support for sfn-pacer: a moto_server harness and fault-injecting endpoints.
 
-pub mod moto;
 pub mod fake_sfn;
+pub mod moto;
 pub mod sim;

@@ -129,7 +129,13 @@ pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "sfn-pacer-tests"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "sfn-pacer-tests",
+        ))
         .load()
         .await
 }
@@ -163,7 +169,13 @@ pub async fn provision(
     let sqs = aws_sdk_sqs::Client::new(sdk_config);
     let sfn = aws_sdk_sfn::Client::new(sdk_config);
     use aws_sdk_sqs::types::QueueAttributeName as A;
-    let dlq_url = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await?.queue_url.unwrap_or_default();
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await?
+        .queue_url
+        .unwrap_or_default();
     let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
     let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string();
     let queue_url = sqs
@@ -184,13 +196,16 @@ pub async fn provision(
         .send()
         .await?
         .state_machine_arn;
-    Ok(Stack { queue_url, queue_arn, dlq_url, dlq_arn, state_machine_arn })
+    Ok(Stack {
+        queue_url,
+        queue_arn,
+        dlq_url,
+        dlq_arn,
+        state_machine_arn,
+    })
 }
 
-async fn queue_arn(
-    sqs: &aws_sdk_sqs::Client,
-    url: &str,
-) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let attributes = sqs
         .get_queue_attributes()
         .queue_url(url)
@@ -210,7 +225,11 @@ pub async fn executions(
 ) -> Result<std::collections::BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>> {
     let sfn = aws_sdk_sfn::Client::new(sdk_config);
     let mut out = std::collections::BTreeMap::new();
-    let mut pages = sfn.list_executions().state_machine_arn(state_machine_arn).into_paginator().send();
+    let mut pages = sfn
+        .list_executions()
+        .state_machine_arn(state_machine_arn)
+        .into_paginator()
+        .send();
     while let Some(page) = pages.next().await {
         for e in page?.executions {
             let described = sfn.describe_execution().execution_arn(&e.execution_arn).send().await?;

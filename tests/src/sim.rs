@@ -119,8 +119,14 @@ impl SimQueue {
         s.next_id += 1;
         let id = format!("msg-{:09}", s.next_id);
         let now = Instant::now();
-        let message =
-            SimMessage { id: id.clone(), body: body.into(), receive_count: 0, visible_at: now, sent_at: now, receipt: None };
+        let message = SimMessage {
+            id: id.clone(),
+            body: body.into(),
+            receive_count: 0,
+            visible_at: now,
+            sent_at: now,
+            receipt: None,
+        };
         s.messages.insert(id.clone(), message);
         id
     }
@@ -130,19 +136,29 @@ impl SimQueue {
         let now = Instant::now();
         let mut s = self.lock();
         let mut records = Vec::new();
-        let visible: Vec<String> =
-            s.messages.values().filter(|m| m.visible_at <= now).map(|m| m.id.clone()).take(max * 2 + 16).collect();
+        let visible: Vec<String> = s
+            .messages
+            .values()
+            .filter(|m| m.visible_at <= now)
+            .map(|m| m.id.clone())
+            .take(max * 2 + 16)
+            .collect();
         for id in visible {
             if records.len() >= max {
                 break;
             }
-            let Some(m) = s.messages.get(&id).cloned() else { continue };
+            let Some(m) = s.messages.get(&id).cloned() else {
+                continue;
+            };
             if let Some(old) = &m.receipt {
                 s.receipts.remove(old);
             }
             if m.receive_count >= self.max_receive_count {
                 s.messages.remove(&id);
-                s.dlq.push(DlqEntry::Redriven { message_id: id, receive_count: m.receive_count });
+                s.dlq.push(DlqEntry::Redriven {
+                    message_id: id,
+                    receive_count: m.receive_count,
+                });
                 continue;
             }
             s.next_receipt += 1;
@@ -166,7 +182,9 @@ impl SimQueue {
         let now = Instant::now();
         let mut s = self.lock();
         for record in &event.records {
-            let (Some(id), Some(receipt)) = (&record.message_id, &record.receipt_handle) else { continue };
+            let (Some(id), Some(receipt)) = (&record.message_id, &record.receipt_handle) else {
+                continue;
+            };
             if failed.contains(id) {
                 continue;
             }
@@ -185,7 +203,12 @@ impl SimQueue {
         let now = Instant::now();
         let s = self.lock();
         let visible = s.messages.values().filter(|m| m.visible_at <= now).count();
-        Depth { visible, in_flight: s.messages.len() - visible, dlq: s.dlq.len(), deleted: s.deleted }
+        Depth {
+            visible,
+            in_flight: s.messages.len() - visible,
+            dlq: s.dlq.len(),
+            deleted: s.deleted,
+        }
     }
 
     /// Whether nothing is left in the queue (visible or in flight).
@@ -218,7 +241,11 @@ impl Queue for SimQueue {
             return Err(QueueError(format!("no queue {queue_arn}")));
         }
         let mut s = self.lock();
-        let id = s.receipts.get(receipt_handle).cloned().ok_or_else(|| QueueError("receipt handle is stale".into()))?;
+        let id = s
+            .receipts
+            .get(receipt_handle)
+            .cloned()
+            .ok_or_else(|| QueueError("receipt handle is stale".into()))?;
         if let Some(m) = s.messages.get_mut(&id) {
             m.visible_at = Instant::now() + Duration::from_secs(u64::from(seconds));
         }
@@ -295,8 +322,12 @@ pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: M
                 let result = tokio::time::timeout(budget, starter.process(event.clone(), deadline_ms)).await;
                 match result {
                     Ok(Ok(outcome)) => {
-                        let failed: Vec<String> =
-                            outcome.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+                        let failed: Vec<String> = outcome
+                            .response
+                            .batch_item_failures
+                            .iter()
+                            .map(|f| f.item_identifier.clone())
+                            .collect();
                         report.reported += failed.len() as u64;
                         queue.acknowledge(&event, &failed);
                     }
@@ -309,11 +340,15 @@ pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: M
     }
     let mut total = RunReport::default();
     for worker in workers {
-        if let Ok(r) = worker.await {
-            total.invocations += r.invocations;
-            total.failed_invocations += r.failed_invocations;
-            total.reported += r.reported;
-        }
+        // A panic in the handler must fail the test, not silently remove an instance.
+        let r = match worker.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a mapping worker did not finish: {e}"),
+        };
+        total.invocations += r.invocations;
+        total.failed_invocations += r.failed_invocations;
+        total.reported += r.reported;
     }
     total.elapsed = started.elapsed();
     total.drained = queue.is_drained();
@@ -340,7 +375,13 @@ mod tests {
         assert!(!q.is_drained());
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(q.receive(10).records.is_empty(), "the third receive redrives it");
-        assert_eq!(q.dlq(), vec![DlqEntry::Redriven { message_id: id, receive_count: 2 }]);
+        assert_eq!(
+            q.dlq(),
+            vec![DlqEntry::Redriven {
+                message_id: id,
+                receive_count: 2
+            }]
+        );
         assert!(q.is_drained());
     }
 
@@ -351,8 +392,18 @@ mod tests {
         let _b = q.send("b");
         let event = q.receive(10);
         q.acknowledge(&event, std::slice::from_ref(&a));
-        assert_eq!(q.depth(), Depth { visible: 0, in_flight: 1, dlq: 0, deleted: 1 });
-        q.change_visibility(q.arn(), event.records[0].receipt_handle.as_deref().unwrap(), 0).await.unwrap();
+        assert_eq!(
+            q.depth(),
+            Depth {
+                visible: 0,
+                in_flight: 1,
+                dlq: 0,
+                deleted: 1
+            }
+        );
+        q.change_visibility(q.arn(), event.records[0].receipt_handle.as_deref().unwrap(), 0)
+            .await
+            .unwrap();
         assert_eq!(q.depth().visible, 1);
     }
 }

@@ -45,7 +45,9 @@ fn deadline() -> u64 {
 }
 
 fn bodies(n: usize) -> Vec<String> {
-    (0..n).map(|i| json!({"order": i, "item": format!("widget-{i}")}).to_string()).collect()
+    (0..n)
+        .map(|i| json!({"order": i, "item": format!("widget-{i}")}).to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -57,17 +59,29 @@ async fn a_batch_starts_one_execution_per_message_and_a_redelivery_starts_none()
     let bodies = bodies(25);
 
     let outcome = starter.process(batch(&stack, &bodies), deadline()).await.unwrap();
-    assert!(outcome.response.batch_item_failures.is_empty(), "{:?}", outcome.response);
+    assert!(
+        outcome.response.batch_item_failures.is_empty(),
+        "{:?}",
+        outcome.response
+    );
     assert_eq!(outcome.report.started, 25);
     let started = executions(&sdk, &stack.state_machine_arn).await.unwrap();
     assert_eq!(started.len(), 25);
     for (i, body) in bodies.iter().enumerate() {
-        assert_eq!(started[&format!("0000-msg-{i:03}")], *body, "the body is the input, byte for byte");
+        assert_eq!(
+            started[&format!("0000-msg-{i:03}")],
+            *body,
+            "the body is the input, byte for byte"
+        );
     }
 
     let again = starter.process(batch(&stack, &bodies), deadline()).await.unwrap();
     assert!(again.response.batch_item_failures.is_empty());
-    assert_eq!(executions(&sdk, &stack.state_machine_arn).await.unwrap().len(), 25, "no new executions");
+    assert_eq!(
+        executions(&sdk, &stack.state_machine_arn).await.unwrap().len(),
+        25,
+        "no new executions"
+    );
 }
 
 #[tokio::test]
@@ -82,7 +96,12 @@ async fn a_bad_body_is_reported_and_the_rest_start() {
     let mut bodies = bodies(9);
     bodies.insert(4, "{not json".to_string());
     let outcome = starter.process(batch(&stack, &bodies), deadline()).await.unwrap();
-    let failed: Vec<_> = outcome.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+    let failed: Vec<_> = outcome
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
     assert_eq!(failed, vec!["0000-msg-004".to_string()]);
     assert_eq!(executions(&sdk, &stack.state_machine_arn).await.unwrap().len(), 9);
 }
@@ -93,7 +112,10 @@ async fn a_bad_body_goes_to_the_dlq_with_its_reason() {
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 30).await.unwrap();
     let starter = starter(&moto, config(&stack, &[])).await;
-    let outcome = starter.process(batch(&stack, &["not json".to_string()]), deadline()).await.unwrap();
+    let outcome = starter
+        .process(batch(&stack, &["not json".to_string()]), deadline())
+        .await
+        .unwrap();
     assert!(outcome.response.batch_item_failures.is_empty());
     assert_eq!(outcome.dispositions, vec![Disposition::DeadLettered]);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -136,7 +158,12 @@ async fn retries_are_delayed_with_change_message_visibility() {
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 1).await.unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    sqs.send_message().queue_url(&stack.queue_url).message_body("{}").send().await.unwrap();
+    sqs.send_message()
+        .queue_url(&stack.queue_url)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
     let received = sqs
         .receive_message()
         .queue_url(&stack.queue_url)
@@ -162,7 +189,10 @@ async fn retries_are_delayed_with_change_message_visibility() {
     assert_eq!(outcome.response.batch_item_failures.len(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let again = sqs.receive_message().queue_url(&stack.queue_url).send().await.unwrap();
-    assert!(again.messages.unwrap_or_default().is_empty(), "the message should still be invisible");
+    assert!(
+        again.messages.unwrap_or_default().is_empty(),
+        "the message should still be invisible"
+    );
 }
 
 #[tokio::test]
@@ -172,16 +202,35 @@ async fn the_sqs_adapter_changes_visibility_by_queue_arn() {
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 1).await.unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    sqs.send_message().queue_url(&stack.queue_url).message_body("{}").send().await.unwrap();
-    let receive = || sqs.receive_message().queue_url(&stack.queue_url).wait_time_seconds(0).send();
+    sqs.send_message()
+        .queue_url(&stack.queue_url)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
+    let receive = || {
+        sqs.receive_message()
+            .queue_url(&stack.queue_url)
+            .wait_time_seconds(0)
+            .send()
+    };
     let first = receive().await.unwrap().messages.unwrap_or_default();
     let handle = first[0].receipt_handle.clone().unwrap();
     let adapter = SqsQueue::new(&sdk, Duration::from_secs(2));
     adapter.change_visibility(&stack.queue_arn, &handle, 30).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(receive().await.unwrap().messages.unwrap_or_default().is_empty(), "hidden for 30 s, not the queue's 1 s");
+    assert!(
+        receive().await.unwrap().messages.unwrap_or_default().is_empty(),
+        "hidden for 30 s, not the queue's 1 s"
+    );
     adapter.change_visibility(&stack.queue_arn, &handle, 0).await.unwrap();
-    assert_eq!(receive().await.unwrap().messages.unwrap_or_default().len(), 1, "visible again at once");
-    let bad = adapter.change_visibility("arn:aws:sqs:us-east-1:123456789012:nope", &handle, 5).await;
+    assert_eq!(
+        receive().await.unwrap().messages.unwrap_or_default().len(),
+        1,
+        "visible again at once"
+    );
+    let bad = adapter
+        .change_visibility("arn:aws:sqs:us-east-1:123456789012:nope", &handle, 5)
+        .await;
     assert!(bad.is_err(), "an unknown queue is an error, not a panic");
 }

@@ -358,7 +358,16 @@ impl Invocation<'_> {
                     pacer.on_throttle(slot, Instant::now());
                 }
                 Class::Retryable => {
-                    unconfirmed |= matches!(error, StartError::Timeout | StartError::Transport(_));
+                    // The request may have been applied even though the answer was lost.
+                    unconfirmed |= matches!(
+                        error,
+                        StartError::Timeout
+                            | StartError::Transport(_)
+                            | StartError::Service {
+                                status: Some(500..),
+                                ..
+                            }
+                    );
                     tracing::warn!(name, attempt, error = %error, "StartExecution failed; will retry");
                 }
             }
@@ -412,6 +421,10 @@ impl Invocation<'_> {
             }
             return Disposition::Retry(rejection.reason.clone());
         };
+        if Instant::now() >= self.cutoff {
+            // No call starts after the cutoff, DLQ sends included: the next delivery sends it.
+            return Disposition::Retry(format!("{} (no time left to dead-letter)", rejection.reason));
+        }
         let mut all_sent = true;
         for m in self.distinct_members(unit) {
             match self

@@ -459,6 +459,45 @@ async fn express_counts_starts_after_unconfirmed_attempts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn express_counts_starts_after_a_500_as_possible_duplicates() {
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|_, n| (n == 0).then(|| service("InternalFailure", 500))),
+    );
+    let starter = Starter::new(
+        config(&[("WORKFLOW_TYPE", "express")]),
+        sfn,
+        Arc::new(FakeQueue::default()),
+    );
+    let outcome = starter.process(batch(1), deadline_in(60_000)).await.unwrap();
+    assert_eq!(outcome.report.possible_duplicates, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_failure_after_the_cutoff_is_reported_not_dead_lettered() {
+    // The first message takes the whole budget; the bad one comes after the cutoff.
+    let sfn = FakeSfn::new(Duration::from_millis(1500), Box::new(|_, _| None));
+    let queue = Arc::new(FakeQueue::default());
+    let c = config(&[
+        ("DLQ_URL", "http://q/dlq"),
+        ("MAX_IN_FLIGHT", "1"),
+        ("DEADLINE_MARGIN_MS", "1000"),
+        ("CALL_TIMEOUT_MS", "900"),
+        ("MAX_ATTEMPTS", "1"),
+    ]);
+    let starter = Starter::new(c, sfn, queue.clone());
+    let outcome = starter
+        .process(
+            event(vec![record("slow", "{}"), record("bad", "nope")]),
+            deadline_in(1_500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures(&outcome), vec!["slow".to_string(), "bad".to_string()]);
+    assert!(queue.dead_letters.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_call_slower_than_the_timeout_counts_as_a_timeout() {
     let sfn = FakeSfn::new(Duration::from_secs(10), Box::new(|_, _| None));
     let c = config(&[("CALL_TIMEOUT_MS", "500"), ("MAX_ATTEMPTS", "2")]);

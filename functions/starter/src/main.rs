@@ -12,8 +12,8 @@ async fn main() -> Result<(), Error> {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
+            // One line that names the variable; Lambda reports the init failure.
             tracing::error!("{e}");
-            eprintln!("{e}");
             std::process::exit(1);
         }
     };

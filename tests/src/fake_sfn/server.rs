@@ -59,7 +59,12 @@ async fn serve_connection(stream: TcpStream, state: FakeSfnState) {
         hyper::service::service_fn(move |request| handle(state.clone(), reset.clone(), request))
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true);
+    // No header-read timeout: an idle keep-alive connection is never closed by the server, so
+    // a pooled client connection never races a server-side close (no spurious errors).
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     // `select!` drops both futures (and so the hyper connection and its stream) before
     // running the chosen branch.

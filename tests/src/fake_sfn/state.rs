@@ -291,6 +291,8 @@ struct Inner {
     existing_names: ExistingNames,
     state_machines: HashSet<String>,
     request_ids: AtomicU64,
+    /// Every HTTP request received (outside the lock: counted before anything else).
+    requests: AtomicU64,
     locked: Mutex<Locked>,
 }
 
@@ -340,6 +342,7 @@ impl FakeSfnState {
                 existing_names: config.existing_names,
                 state_machines: config.state_machines,
                 request_ids: AtomicU64::new(0),
+                requests: AtomicU64::new(0),
                 locked: Mutex::new(locked),
             }),
         }
@@ -391,7 +394,9 @@ impl FakeSfnState {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.lock().stats.clone()
+        let mut stats = self.lock().stats.clone();
+        stats.requests = self.inner.requests.load(Ordering::Relaxed);
+        stats
     }
 
     /// New executions per time slot of `width` since server start: element `i` counts those
@@ -468,12 +473,13 @@ impl FakeSfnState {
         locked.name_counts.clear();
         locked.throttles.clear();
         locked.stats = Stats::default();
+        self.inner.requests.store(0, Ordering::Relaxed);
     }
 
     // ---- used by the server ----
 
     pub(crate) fn count_request(&self) {
-        self.lock().stats.requests += 1;
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn next_request_id(&self) -> String {
