@@ -3,7 +3,7 @@ SAM := $(VENV)/bin/sam
 CFN_LINT := $(VENV)/bin/cfn-lint
 # The template checks run offline: no credentials, no telemetry; the region only feeds pseudo-parameters.
 SAM_OFFLINE := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1}
-# Extra arguments, e.g. `make sam-build SAM_BUILD_ARGS="--parameter-overrides Architecture=x86_64"`.
+# Extra `sam build` arguments, e.g. `make sam-build SAM_BUILD_ARGS=--debug`.
 SAM_BUILD_ARGS ?=
 # `make deploy DEPLOY_ARGS=` deploys with the answers saved in samconfig.toml, without questions.
 DEPLOY_ARGS ?= --guided
