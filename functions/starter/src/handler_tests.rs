@@ -556,3 +556,94 @@ fn the_response_lists_each_retry_id_once_in_order() {
     assert_eq!(ids, vec!["a"]);
     assert!(respond(&[], &[]).batch_item_failures.is_empty());
 }
+
+// ---- Bad input: each case gets a clear outcome and loses nothing. ----
+
+fn dead_letter_codes(queue: &FakeQueue) -> Vec<String> {
+    queue
+        .dead_letters
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| match &l.attributes["sfn-pacer.error-code"] {
+            crate::dead_letter::AttributeValue::String(code, _) => code.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_empty_and_huge_bodies_are_dead_lettered_with_their_reason() {
+    let queue = Arc::new(FakeQueue::default());
+    let sfn = FakeSfn::ok();
+    let starter = Starter::new(config(&[("DLQ_URL", "http://q/dlq")]), sfn.clone(), queue.clone());
+    let mib = format!("\"{}\"", "x".repeat(1024 * 1024 - 2));
+    let records = vec![record("empty", ""), record("huge", &mib), record("ok", "{}")];
+    let outcome = starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    assert!(failures(&outcome).is_empty());
+    assert_eq!(
+        dead_letter_codes(&queue),
+        vec!["BodyNotJson".to_string(), "InputTooLarge".to_string()]
+    );
+    let letters = queue.dead_letters.lock().unwrap();
+    assert_eq!(letters[1].body.len(), 1024 * 1024, "the body goes to the DLQ unchanged");
+    assert_eq!(sfn.executions().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_a_missing_body_pointer_is_dead_lettered() {
+    let queue = Arc::new(FakeQueue::default());
+    let c = config(&[("DLQ_URL", "http://q/dlq"), ("EXECUTION_NAME", "body:/order/id")]);
+    let starter = Starter::new(c, FakeSfn::ok(), queue.clone());
+    let records = vec![
+        record("has", r#"{"order":{"id":"o-1"}}"#),
+        record("lacks", r#"{"order":{}}"#),
+    ];
+    let outcome = starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    assert_eq!(
+        outcome.dispositions,
+        vec![Disposition::Started, Disposition::DeadLettered]
+    );
+    assert_eq!(dead_letter_codes(&queue), vec!["NoUsableName".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_a_name_key_of_forbidden_characters_still_starts_under_a_valid_name() {
+    let sfn = FakeSfn::ok();
+    let c = config(&[("EXECUTION_NAME", "attribute:Key")]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let key = " ?*<>{}[]\"#%\\^|~`$&,;:/\t\u{1}é";
+    let mut r = record("m", "{}");
+    r["messageAttributes"] = json!({"Key": {"stringValue": key, "dataType": "String"}});
+    let outcome = starter.process(event(vec![r]), deadline_in(60_000)).await.unwrap();
+    assert_eq!(outcome.dispositions, vec![Disposition::Started]);
+    let name = sfn.executions().keys().next().unwrap().clone();
+    assert!(crate::name::is_valid_name(&name), "{name}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_binary_attributes_that_are_not_utf8() {
+    // As a name key: hashed into a valid name. In the envelope: base64, as SQS sends it.
+    let sfn = FakeSfn::ok();
+    let c = config(&[("EXECUTION_NAME", "attribute:Key"), ("INPUT", "envelope")]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let mut r = record("m", "not json either");
+    r["messageAttributes"] = json!({"Key": {"binaryValue": "//79", "dataType": "Binary"}});
+    let outcome = starter.process(event(vec![r]), deadline_in(60_000)).await.unwrap();
+    assert_eq!(outcome.dispositions, vec![Disposition::Started]);
+    let (name, input) = sfn.executions().into_iter().next().unwrap();
+    assert!(crate::name::is_valid_name(&name));
+    let input: serde_json::Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(input["messageAttributes"]["Key"]["binaryValue"], "//79");
+    assert_eq!(input["body"], "not json either");
+}
+
+#[test]
+fn bad_input_invalid_unicode_in_the_event_is_a_clear_error_not_a_panic() {
+    // A lone surrogate cannot be decoded: the runtime rejects the event (the whole batch is
+    // retried, nothing is lost). SQS itself never delivers such characters.
+    let raw = r#"{"Records":[{"messageId":"a","body":"{}","attributes":{"x":"\ud800"}}]}"#;
+    let error = serde_json::from_str::<SqsEvent>(raw).unwrap_err();
+    assert!(error.is_syntax(), "{error}");
+    assert!(error.to_string().contains("column"), "the error says where: {error}");
+}

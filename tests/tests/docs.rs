@@ -1,0 +1,54 @@
+//! The README's configuration table and the code's variables list the same names.
+
+use sfn_pacer::config::VARIABLES;
+use sfn_pacer_tests::moto::workspace_root;
+
+/// The variable names in the first column of the README's "## Configuration" table.
+fn readme_variables() -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Configuration")
+        .nth(1)
+        .expect("a Configuration section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_documents_exactly_the_variables_the_code_reads() {
+    let documented = readme_variables();
+    for v in VARIABLES {
+        assert!(
+            documented.iter().any(|d| d == v),
+            "{v} is read by the code but missing from the README table"
+        );
+    }
+    for d in &documented {
+        assert!(
+            VARIABLES.contains(&d.as_str()),
+            "{d} is in the README table but the code does not read it"
+        );
+    }
+    assert_eq!(documented.len(), VARIABLES.len(), "each variable once: {documented:?}");
+}
+
+#[test]
+fn the_readme_has_exactly_two_set_up_commands_near_the_top() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let quick_start = readme.split("\n## Quick start").nth(1).expect("a Quick start section");
+    let first_block = quick_start.split("```sh").nth(1).unwrap().split("```").next().unwrap();
+    let commands: Vec<&str> = first_block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert!(commands[0].starts_with("make demo"));
+    assert!(commands[1].starts_with("make test"));
+    let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == "make test"),
+        ".ci/run must call the README's test command"
+    );
+}
