@@ -25,8 +25,11 @@ fn a_missing_state_machine_arn_stops_init_with_a_message_naming_it() {
 #[test]
 fn a_bad_value_stops_init_with_a_json_line_naming_it() {
     let arn = "arn:aws:states:us-east-1:123456789012:stateMachine:m";
-    let (code, text) =
-        run(&[("STATE_MACHINE_ARN", arn), ("MAX_CONCURRENCY", "zero"), ("AWS_LAMBDA_LOG_FORMAT", "JSON")]);
+    let (code, text) = run(&[
+        ("STATE_MACHINE_ARN", arn),
+        ("MAX_CONCURRENCY", "zero"),
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+    ]);
     assert_eq!(code, Some(1));
     let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(line["level"], "ERROR");

@@ -1,0 +1,23 @@
+## The local demo and try-out (issue 4): tools/demo (`sfn-pacer-demo`). See README "Quick start" and "Local try-out".
+# Extra arguments of `make demo`, e.g. DEMO_ARGS="--messages 5000 --rate 200 --max-concurrency 4 --bad-share 0.01".
+DEMO_ARGS ?=
+# Extra arguments of `make watch`, e.g. WATCH_ARGS="--moto-port 5001".
+WATCH_ARGS ?=
+# The event `make invoke` sends.
+EVENT ?= events/batch.json
+
+.PHONY: demo watch invoke
+
+## make demo: moto + the function under cargo lambda watch + local ESM + producer, a live line, then a report.
+demo: venv
+	cargo build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/sfn-pacer-demo run $(DEMO_ARGS)
+
+## make watch: moto on 127.0.0.1:5000 with the resources events/*.json name, and the function under cargo lambda watch.
+watch: venv
+	cargo build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/sfn-pacer-demo serve $(WATCH_ARGS)
+
+## make invoke: send $(EVENT) to the function that `make watch` runs.
+invoke:
+	cargo lambda invoke starter --invoke-address 127.0.0.1 --invoke-port 9000 --data-file $(EVENT)

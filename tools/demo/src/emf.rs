@@ -1,0 +1,153 @@
+//! The function's CloudWatch EMF lines (one per invocation, on the starter's stdout), summed.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The counts of one invocation's EMF document.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmfSample {
+    /// `Received`: records in the batch.
+    pub received: u64,
+    /// `Started`: executions started.
+    pub started: u64,
+    /// `Duplicates`: executions that already existed.
+    pub duplicates: u64,
+    /// `Retried`: in-invocation retries.
+    pub retried: u64,
+    /// `Throttled`: throttled attempts.
+    pub throttled: u64,
+    /// `Failed`: records listed in `batchItemFailures`.
+    pub failed: u64,
+    /// `DeadLettered`: records the function sent to the DLQ.
+    pub dead_lettered: u64,
+}
+
+/// Parses one stdout line; `None` unless it is an EMF document (a JSON object with `_aws`).
+pub fn parse_line(line: &str) -> Option<EmfSample> {
+    let line = line.trim();
+    if !line.starts_with('{') {
+        return None;
+    }
+    let doc: Value = serde_json::from_str(line).ok()?;
+    doc.get("_aws")?.get("CloudWatchMetrics")?;
+    let count = |name: &str| -> u64 {
+        match doc.get(name) {
+            Some(v) => v
+                .as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f.round() as u64)
+                })
+                .unwrap_or(0),
+            None => 0,
+        }
+    };
+    Some(EmfSample {
+        received: count("Received"),
+        started: count("Started"),
+        duplicates: count("Duplicates"),
+        retried: count("Retried"),
+        throttled: count("Throttled"),
+        failed: count("Failed"),
+        dead_lettered: count("DeadLettered"),
+    })
+}
+
+/// The sums over every invocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FunctionTotals {
+    /// EMF documents seen (invocations, the warm-up included).
+    pub invocations: u64,
+    /// Records received (a redelivered message counts again).
+    pub received: u64,
+    /// Executions started, as the function counted them.
+    pub started: u64,
+    /// Duplicates: messages whose execution already existed (acknowledged).
+    pub duplicates: u64,
+    /// In-invocation retries.
+    pub retried: u64,
+    /// Throttled attempts.
+    pub throttled: u64,
+    /// Records reported in `batchItemFailures`.
+    pub failed: u64,
+    /// Records the function sent to the DLQ.
+    pub dead_lettered: u64,
+}
+
+impl FunctionTotals {
+    /// Adds one invocation.
+    pub fn add(&mut self, s: &EmfSample) {
+        self.invocations += 1;
+        self.received += s.received;
+        self.started += s.started;
+        self.duplicates += s.duplicates;
+        self.retried += s.retried;
+        self.throttled += s.throttled;
+        self.failed += s.failed;
+        self.dead_lettered += s.dead_lettered;
+    }
+}
+
+/// Totals plus when starts happened (seconds since the run began, count), for rates.
+#[derive(Clone, Debug, Default)]
+pub struct EmfLog {
+    /// The sums.
+    pub totals: FunctionTotals,
+    /// `(seconds since the run began, started)` per invocation that started something.
+    pub starts: Vec<(f64, u64)>,
+}
+
+impl EmfLog {
+    /// Records one invocation seen at `at_seconds`.
+    pub fn record(&mut self, at_seconds: f64, sample: &EmfSample) {
+        self.totals.add(sample);
+        if sample.started > 0 {
+            self.starts.push((at_seconds, sample.started));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"BatchDuration":412.5,"DeadLettered":1,"Duplicates":2,"EffectiveRate":21.8,"Failed":0,"FunctionName":"starter","PacingDelay":30.0,"Received":10,"Retried":3,"Started":7,"Throttled":1,"_aws":{"CloudWatchMetrics":[{"Dimensions":[["FunctionName"]],"Metrics":[{"Name":"Started","Unit":"Count"}],"Namespace":"SfnPacer"}],"Timestamp":1795304163993}}"#;
+
+    #[test]
+    fn emf_lines_parse_and_other_lines_do_not() {
+        let s = parse_line(LINE).unwrap();
+        assert_eq!(
+            s,
+            EmfSample {
+                received: 10,
+                started: 7,
+                duplicates: 2,
+                retried: 3,
+                throttled: 1,
+                failed: 0,
+                dead_lettered: 1
+            }
+        );
+        assert_eq!(parse_line(&format!("  {LINE}\r")), Some(s));
+        assert_eq!(parse_line(" INFO batch summary received=10 started=7"), None);
+        assert_eq!(parse_line(r#"{"Started":7}"#), None, "JSON without _aws is a log line");
+        assert_eq!(parse_line("{not json"), None);
+        assert_eq!(parse_line(""), None);
+    }
+
+    #[test]
+    fn totals_sum_invocations_and_remember_when_starts_happened() {
+        let mut log = EmfLog::default();
+        let s = parse_line(LINE).unwrap();
+        log.record(1.0, &s);
+        log.record(2.5, &s);
+        log.record(3.0, &EmfSample::default());
+        assert_eq!(log.totals.invocations, 3);
+        assert_eq!(log.totals.started, 14);
+        assert_eq!(log.totals.duplicates, 4);
+        assert_eq!(log.totals.received, 20);
+        assert_eq!(log.totals.dead_lettered, 2);
+        assert_eq!(log.starts, vec![(1.0, 7), (2.5, 7)]);
+    }
+}

@@ -1,0 +1,248 @@
+//! `sfn-pacer-demo`: the whole sfn-pacer system on this machine, on moto (no AWS account).
+//!
+//! Exit codes: 0 every message accounted for (`run`) or stopped by Ctrl-C (`serve`);
+//! 1 the run failed or a message is unaccounted for; 2 setup error; 130 interrupted (`run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use sfn_pacer_demo::procs::Supervisor;
+use sfn_pacer_demo::rate;
+use sfn_pacer_demo::run::{self, RunConfig};
+use sfn_pacer_demo::serve::{self, ServeConfig};
+
+/// The whole sfn-pacer system on this machine, on the moto AWS emulator: no AWS account needed.
+#[derive(Parser, Debug)]
+#[command(name = "sfn-pacer-demo", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Run the demo: moto, the function under cargo lambda watch (N instances), the local
+    /// event source mapping and the producer; a live line; then a report. Exits 0 only if
+    /// every good message has exactly one execution and every bad one is in the DLQ.
+    Run(RunArgs),
+    /// Start moto on a fixed port (resources matching events/*.json) and the function under
+    /// cargo lambda watch, for `make invoke`. Runs until Ctrl-C.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Messages to produce.
+    #[arg(long, value_name = "N", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    messages: u64,
+    /// The global StartExecution budget, starts per second (STARTS_PER_SECOND).
+    #[arg(long, value_name = "STARTS_PER_SECOND", default_value_t = 100.0)]
+    rate: f64,
+    /// The global burst, in starts (STARTS_BURST). Default: one second's worth (= --rate).
+    #[arg(long, value_name = "STARTS")]
+    burst: Option<f64>,
+    /// Function instances sharing the budget: MAX_CONCURRENCY and the ESM's MaximumConcurrency.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_concurrency: u32,
+    /// Fraction (0 to 1) of bad messages (bodies that are not JSON; they belong in the DLQ).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.002)]
+    bad_share: f64,
+    /// The ESM's batch size (above 10 uses a 1-second batching window).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    batch_size: u16,
+    /// Seed of the generator (which messages are bad).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Hard bound of the run, in seconds, from the producer's start.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    max_seconds: f64,
+    /// The producer's pace, messages per second. Default: --rate. (Faster, the queue grows
+    /// until --max-queue-depth holds the producer back.)
+    #[arg(long, value_name = "MSGS_PER_SECOND")]
+    produce_rate: Option<f64>,
+    /// Hold the producer back while more than N messages are sent but not yet started or
+    /// dead-lettered, so that moto's queue stays shallow (its SQS slows down as the queue
+    /// deepens). Default: the larger of 100 and 2 x batch size x instances.
+    #[arg(long, value_name = "N")]
+    max_queue_depth: Option<u64>,
+    /// The work queue's maxReceiveCount (the redrive to the DLQ).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_receive_count: u32,
+    /// Also write the report as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    report_json: Option<PathBuf>,
+    /// Folder for the logs of every run (a sub-folder per run).
+    #[arg(long, value_name = "DIR", default_value = "demo-out")]
+    out_dir: PathBuf,
+    /// When stderr is not a terminal: print the status line every SECONDS seconds (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    progress_seconds: f64,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// moto's port on 127.0.0.1.
+    #[arg(long, value_name = "PORT", default_value_t = 5000)]
+    moto_port: u16,
+    /// The invoke API's port on 127.0.0.1 (cargo lambda watch --invoke-port).
+    #[arg(long, value_name = "PORT", default_value_t = 9000)]
+    invoke_port: u16,
+    /// The function's STARTS_PER_SECOND.
+    #[arg(long, value_name = "STARTS_PER_SECOND", default_value_t = 100.0)]
+    rate: f64,
+    /// The function's STARTS_BURST.
+    #[arg(long, value_name = "STARTS", default_value_t = 100.0)]
+    burst: f64,
+    /// The longest wait for the first build and answer of the function, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    build_timeout: u64,
+    /// Stop after this many seconds at most (default: a day).
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    max_seconds: u64,
+    /// Folder for moto's log.
+    #[arg(long, value_name = "DIR", default_value = "demo-out")]
+    out_dir: PathBuf,
+}
+
+fn positive(name: &str, value: f64) -> Result<f64, String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("--{name} must be a positive number, got {value}"))
+    }
+}
+
+fn run_config(a: RunArgs) -> Result<RunConfig, String> {
+    let rate = positive("rate", a.rate)?;
+    let burst = positive("burst", a.burst.unwrap_or(rate))?;
+    let produce_rate = positive(
+        "produce-rate",
+        a.produce_rate.unwrap_or_else(|| rate::default_produce_rate(rate)),
+    )?;
+    if !(0.0..=1.0).contains(&a.bad_share) {
+        return Err(format!("--bad-share must be between 0 and 1, got {}", a.bad_share));
+    }
+    let max_seconds = positive("max-seconds", a.max_seconds)?;
+    if !(a.progress_seconds.is_finite() && a.progress_seconds >= 0.0) {
+        return Err(format!(
+            "--progress-seconds must be 0 or more, got {}",
+            a.progress_seconds
+        ));
+    }
+    Ok(RunConfig {
+        messages: a.messages,
+        rate,
+        burst,
+        max_concurrency: a.max_concurrency,
+        bad_share: a.bad_share,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        max_seconds,
+        produce_rate,
+        max_receive_count: a.max_receive_count,
+        report_json: a.report_json,
+        out_dir: a.out_dir,
+        progress_seconds: a.progress_seconds,
+        max_queue_depth: a
+            .max_queue_depth
+            .unwrap_or_else(|| rate::default_max_queue_depth(a.batch_size, a.max_concurrency)),
+    })
+}
+
+/// Completes on Ctrl-C, SIGTERM or SIGHUP; names the signal.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = wait(SignalKind::interrupt()) => "interrupted",
+        _ = wait(SignalKind::terminate()) => "terminated",
+        _ = wait(SignalKind::hangup()) => "hung up",
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sup = Supervisor::new();
+    let serving = matches!(cli.command, Commands::Serve(_));
+    let work = async {
+        match cli.command {
+            Commands::Run(args) => {
+                let cfg = match run_config(args) {
+                    Ok(cfg) => cfg,
+                    Err(e) => {
+                        eprintln!("sfn-pacer-demo: {e}");
+                        return 2;
+                    }
+                };
+                match run::run(&cfg, &sup).await {
+                    Ok(report) => {
+                        println!("{}", report.render());
+                        if report.ok {
+                            0
+                        } else {
+                            1
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("sfn-pacer-demo: {}", e.message());
+                        e.exit_code()
+                    }
+                }
+            }
+            Commands::Serve(a) => {
+                let cfg = ServeConfig {
+                    moto_port: a.moto_port,
+                    invoke_port: a.invoke_port,
+                    rate: a.rate,
+                    burst: a.burst,
+                    build_timeout: a.build_timeout,
+                    max_seconds: a.max_seconds,
+                    out_dir: a.out_dir,
+                };
+                match serve::serve(&cfg, &sup).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("sfn-pacer-demo: {}", e.message());
+                        e.exit_code()
+                    }
+                }
+            }
+        }
+    };
+    let (code, signal) = tokio::select! {
+        code = work => (code, None),
+        signal = shutdown_signal() => (if serving { 0 } else { 130 }, Some(signal)),
+    };
+    let running = sup.running().len();
+    if let Some(signal) = signal {
+        eprintln!("\nsfn-pacer-demo: {signal}: stopping the {running} process(es) it started…");
+    }
+    // A second Ctrl-C skips the grace period.
+    tokio::select! {
+        _ = sup.stop_all(Duration::from_secs(5)) => {}
+        _ = shutdown_signal() => {
+            sup.stop_all(Duration::ZERO).await;
+        }
+    }
+    if signal.is_some() {
+        let left = sup.running();
+        if left.is_empty() {
+            eprintln!("sfn-pacer-demo: every process stopped");
+        } else {
+            let names: Vec<String> = left.iter().map(|h| format!("{} (pid {})", h.name, h.pid)).collect();
+            eprintln!("sfn-pacer-demo: still running: {}", names.join(", "));
+        }
+    }
+    ExitCode::from(code)
+}
