@@ -150,7 +150,11 @@ mod tests {
         assert_eq!(efficiency(10.0, 12.5), Some(0.8));
         assert_eq!(efficiency(0.0, 0.3), Some(0.0));
         assert_eq!(efficiency(0.0, 0.0), Some(1.0));
-        assert_eq!(efficiency(10.0, 0.0), None, "no time for a positive ideal is a bug upstream");
+        assert_eq!(
+            efficiency(10.0, 0.0),
+            None,
+            "no time for a positive ideal is a bug upstream"
+        );
         assert_eq!(efficiency(10.0, f64::INFINITY), None, "not drained");
         assert_eq!(efficiency(10.0, f64::NAN), None);
     }
@@ -186,9 +190,17 @@ mod tests {
         // Origin 1 s: 900 ms and 500 ms are before it and ignored.
         assert_eq!(series(&times, ms(1000), ms(1000), 0), vec![2, 1, 1]);
         assert_eq!(series(&times, Duration::ZERO, ms(1000), 0), vec![2, 2, 1, 1]);
-        assert_eq!(series(&times, Duration::ZERO, ms(1000), 6), vec![2, 2, 1, 1, 0, 0], "padded");
+        assert_eq!(
+            series(&times, Duration::ZERO, ms(1000), 6),
+            vec![2, 2, 1, 1, 0, 0],
+            "padded"
+        );
         assert_eq!(series(&[], Duration::ZERO, ms(1000), 2), vec![0, 0]);
-        assert_eq!(series(&times, Duration::ZERO, Duration::ZERO, 1), vec![0], "a zero width counts nothing");
+        assert_eq!(
+            series(&times, Duration::ZERO, Duration::ZERO, 1),
+            vec![0],
+            "a zero width counts nothing"
+        );
         let total: u64 = series(&times, Duration::ZERO, ms(250), 0).iter().sum();
         assert_eq!(total, times.len() as u64, "every event counted once");
     }

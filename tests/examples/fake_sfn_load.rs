@@ -27,10 +27,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(sfn.endpoint())
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new("test", "test", None, None, "fake-sfn-load"))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "fake-sfn-load",
+        ))
         .load()
         .await;
-    let config = aws_sdk_sfn::config::Builder::from(&sdk).retry_config(RetryConfig::disabled()).build();
+    let config = aws_sdk_sfn::config::Builder::from(&sdk)
+        .retry_config(RetryConfig::disabled())
+        .build();
     let client = aws_sdk_sfn::Client::from_conf(config);
 
     let next = Arc::new(AtomicU64::new(0));

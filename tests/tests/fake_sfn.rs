@@ -70,7 +70,10 @@ fn bucket_one_token_takes_exactly_one_over_rate_seconds() {
     assert!(!b.try_take(Duration::from_nanos(3_333_333)));
     assert!(b.try_take(Duration::from_nanos(3_333_334)));
     assert!(!b.try_take(Duration::from_nanos(3_333_334)));
-    assert_eq!(b.time_to_next_token(Duration::from_nanos(3_333_334)), Some(Duration::from_nanos(3_333_333)));
+    assert_eq!(
+        b.time_to_next_token(Duration::from_nanos(3_333_334)),
+        Some(Duration::from_nanos(3_333_333))
+    );
 }
 
 #[test]
@@ -147,7 +150,13 @@ async fn client_with(endpoint: &str, retry: RetryConfig, attempt_timeout: Option
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new("test", "test", None, None, "fake-sfn-tests"))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "fake-sfn-tests",
+        ))
         .load()
         .await;
     let mut builder = aws_sdk_sfn::config::Builder::from(&sdk).retry_config(retry);
@@ -158,7 +167,13 @@ async fn client_with(endpoint: &str, retry: RetryConfig, attempt_timeout: Option
 }
 
 async fn start(client: &Client, name: &str, input: &str) -> StartResult {
-    client.start_execution().state_machine_arn(SM).name(name).input(input).send().await
+    client
+        .start_execution()
+        .state_machine_arn(SM)
+        .name(name)
+        .input(input)
+        .send()
+        .await
 }
 
 fn code(result: &StartResult) -> Option<String> {
@@ -176,7 +191,10 @@ fn status(result: &StartResult) -> Option<u16> {
 }
 
 fn is_connection_error(result: &StartResult) -> bool {
-    matches!(result, Err(SdkError::DispatchFailure(_)) | Err(SdkError::ResponseError(_)))
+    matches!(
+        result,
+        Err(SdkError::DispatchFailure(_)) | Err(SdkError::ResponseError(_))
+    )
 }
 
 async fn fake(faults: Faults) -> (FakeSfnHandle, Client) {
@@ -195,10 +213,16 @@ async fn start_execution_succeeds_and_is_recorded() {
 
     let before = std::time::SystemTime::now();
     let out = start(&client, "order-1", r#"{"id":1}"#).await.unwrap();
-    assert_eq!(out.execution_arn(), "arn:aws:states:us-east-1:123456789012:execution:sfn-pacer-fake:order-1");
+    assert_eq!(
+        out.execution_arn(),
+        "arn:aws:states:us-east-1:123456789012:execution:sfn-pacer-fake:order-1"
+    );
     let start_secs = out.start_date().secs();
     let before_secs = before.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((start_secs - before_secs).abs() <= 2, "startDate {start_secs} vs now {before_secs}");
+    assert!(
+        (start_secs - before_secs).abs() <= 2,
+        "startDate {start_secs} vs now {before_secs}"
+    );
 
     let records = sfn.executions();
     assert_eq!(records.len(), 1);
@@ -209,7 +233,10 @@ async fn start_execution_succeeds_and_is_recorded() {
     assert!(records[0].accepted_at <= sfn.elapsed());
     assert_eq!(sfn.execution("order-1").unwrap(), records[0]);
     let stats = sfn.stats();
-    assert_eq!((stats.requests, stats.start_execution_requests, stats.started), (1, 1, 1));
+    assert_eq!(
+        (stats.requests, stats.start_execution_requests, stats.started),
+        (1, 1, 1)
+    );
     assert_eq!(sfn.starts_per_second_series().iter().sum::<u64>(), 1);
 }
 
@@ -246,10 +273,17 @@ async fn closed_executions_and_already_exists_policy() {
     let result = start(&client, "will-close", "{}").await;
     assert_eq!(code(&result).as_deref(), Some("ExecutionAlreadyExists"));
 
-    let strict = FakeSfn::builder().existing_names(ExistingNames::AlreadyExists).start().await.unwrap();
+    let strict = FakeSfn::builder()
+        .existing_names(ExistingNames::AlreadyExists)
+        .start()
+        .await
+        .unwrap();
     let client = self::client(&strict.endpoint()).await;
     start(&client, "n", "{}").await.unwrap();
-    assert_eq!(code(&start(&client, "n", "{}").await).as_deref(), Some("ExecutionAlreadyExists"));
+    assert_eq!(
+        code(&start(&client, "n", "{}").await).as_deref(),
+        Some("ExecutionAlreadyExists")
+    );
     assert_eq!(strict.stats().already_exists, 1);
 }
 
@@ -286,7 +320,10 @@ async fn validation_errors() {
 
     let bad_name = start(&client, "has space", "{}").await;
     assert_eq!(code(&bad_name).as_deref(), Some("InvalidName"));
-    assert_eq!(code(&start(&client, &"x".repeat(81), "{}").await).as_deref(), Some("InvalidName"));
+    assert_eq!(
+        code(&start(&client, &"x".repeat(81), "{}").await).as_deref(),
+        Some("InvalidName")
+    );
 
     let not_json = start(&client, "nj", "{not json").await;
     assert_eq!(code(&not_json).as_deref(), Some("InvalidExecutionInput"));
@@ -299,11 +336,19 @@ async fn validation_errors() {
     let other = "arn:aws:states:us-east-1:123456789012:stateMachine:unknown";
     let missing = client.start_execution().state_machine_arn(other).name("m").send().await;
     assert_eq!(code(&missing).as_deref(), Some("StateMachineDoesNotExist"));
-    let malformed = client.start_execution().state_machine_arn("nope").name("m").send().await;
+    let malformed = client
+        .start_execution()
+        .state_machine_arn("nope")
+        .name("m")
+        .send()
+        .await;
     assert_eq!(code(&malformed).as_deref(), Some("InvalidArn"));
 
     let stats = sfn.stats();
-    assert_eq!((stats.invalid_name, stats.invalid_input, stats.state_machine_missing), (2, 2, 1));
+    assert_eq!(
+        (stats.invalid_name, stats.invalid_input, stats.state_machine_missing),
+        (2, 2, 1)
+    );
     assert_eq!((stats.invalid_arn, stats.started), (1, 1));
 }
 
@@ -312,14 +357,23 @@ async fn describe_and_list_executions() {
     let (_sfn, client) = fake(Faults::default()).await;
     let out = start(&client, "d1", r#"{"k":"v"}"#).await.unwrap();
     start(&client, "d2", "{}").await.unwrap();
-    let described = client.describe_execution().execution_arn(out.execution_arn()).send().await.unwrap();
+    let described = client
+        .describe_execution()
+        .execution_arn(out.execution_arn())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(described.name(), Some("d1"));
     assert_eq!(described.input(), Some(r#"{"k":"v"}"#));
     assert_eq!(described.status().as_str(), "RUNNING");
     let listed = client.list_executions().state_machine_arn(SM).send().await.unwrap();
     let names: Vec<&str> = listed.executions().iter().map(|e| e.name()).collect();
     assert_eq!(names, ["d2", "d1"]);
-    let missing = client.describe_execution().execution_arn(format!("{}x", out.execution_arn())).send().await;
+    let missing = client
+        .describe_execution()
+        .execution_arn(format!("{}x", out.execution_arn()))
+        .send()
+        .await;
     assert_eq!(missing.unwrap_err().code(), Some("ExecutionDoesNotExist"));
 }
 
@@ -349,31 +403,46 @@ async fn quota_throttles_after_the_bucket_empties() {
 
 #[tokio::test]
 async fn initial_throttle_window_by_calls_then_success() {
-    let (sfn, client) = fake(Faults { initial_throttle: Some(InitialThrottle::Calls(2)), ..Faults::default() }).await;
+    let (sfn, client) = fake(Faults {
+        initial_throttle: Some(InitialThrottle::Calls(2)),
+        ..Faults::default()
+    })
+    .await;
     for _ in 0..2 {
         let result = start(&client, "w", "{}").await;
         assert_eq!(code(&result).as_deref(), Some("ThrottlingException"));
     }
     start(&client, "w", "{}").await.unwrap();
     let stats = sfn.stats();
-    assert_eq!((stats.throttled_initial, stats.started, stats.start_execution_requests), (2, 1, 3));
+    assert_eq!(
+        (stats.throttled_initial, stats.started, stats.start_execution_requests),
+        (2, 1, 3)
+    );
     assert!(sfn.throttles().iter().all(|t| t.cause == ThrottleCause::InitialWindow));
 }
 
 #[tokio::test]
 async fn initial_throttle_window_by_time_then_success() {
     let (sfn, client) = fake(Faults::default()).await;
-    sfn.set_faults(Faults { initial_throttle: Some(InitialThrottle::For(ms(300))), ..Faults::default() }).unwrap();
+    sfn.set_faults(Faults {
+        initial_throttle: Some(InitialThrottle::For(ms(500))),
+        ..Faults::default()
+    })
+    .unwrap();
     let result = start(&client, "t", "{}").await;
     assert_eq!(code(&result).as_deref(), Some("ThrottlingException"));
-    tokio::time::sleep(ms(350)).await;
+    tokio::time::sleep(ms(550)).await;
     start(&client, "t", "{}").await.unwrap();
     assert_eq!(sfn.stats().throttled_initial, 1);
 }
 
 #[tokio::test]
 async fn random_faults_are_reproducible_from_the_seed() {
-    let faults = Faults { throttle_probability: 0.3, error_500_probability: 0.2, ..Faults::default() };
+    let faults = Faults {
+        throttle_probability: 0.3,
+        error_500_probability: 0.2,
+        ..Faults::default()
+    };
     let mut outcomes = Vec::new();
     for _ in 0..2 {
         let sfn = FakeSfn::builder().faults(faults).seed(1234).start().await.unwrap();
@@ -384,7 +453,10 @@ async fn random_faults_are_reproducible_from_the_seed() {
         }
         let stats = sfn.stats();
         assert_eq!(stats.throttled_random + stats.injected_500 + stats.started, 40);
-        assert!(stats.throttled_random > 0 && stats.injected_500 > 0 && stats.started > 0, "{stats:?}");
+        assert!(
+            stats.throttled_random > 0 && stats.injected_500 > 0 && stats.started > 0,
+            "{stats:?}"
+        );
         outcomes.push(run);
     }
     assert_eq!(outcomes[0], outcomes[1]);
@@ -392,18 +464,36 @@ async fn random_faults_are_reproducible_from_the_seed() {
 
 #[tokio::test]
 async fn invalid_fault_probabilities_are_refused() {
-    let bad = Faults { throttle_probability: 0.7, error_503_probability: 0.5, ..Faults::default() };
+    let bad = Faults {
+        throttle_probability: 0.7,
+        error_503_probability: 0.5,
+        ..Faults::default()
+    };
     assert!(FakeSfn::builder().faults(bad).start().await.is_err());
     let (sfn, _client) = fake(Faults::default()).await;
-    assert!(sfn.set_faults(Faults { reset_probability: 1.5, ..Faults::default() }).is_err());
-    assert!(sfn.set_faults(Faults { reset_probability: f64::NAN, ..Faults::default() }).is_err());
+    assert!(sfn
+        .set_faults(Faults {
+            reset_probability: 1.5,
+            ..Faults::default()
+        })
+        .is_err());
+    assert!(sfn
+        .set_faults(Faults {
+            reset_probability: f64::NAN,
+            ..Faults::default()
+        })
+        .is_err());
 }
 
 // ---------------------------------------------------------------- 5xx, resets, lost and slow responses
 
 #[tokio::test]
 async fn status_500_is_a_retryable_service_error() {
-    let (sfn, client) = fake(Faults { error_500_probability: 1.0, ..Faults::default() }).await;
+    let (sfn, client) = fake(Faults {
+        error_500_probability: 1.0,
+        ..Faults::default()
+    })
+    .await;
     let result = start(&client, "five", "{}").await;
     assert!(matches!(result, Err(SdkError::ServiceError(_))));
     assert_eq!(status(&result), Some(500));
@@ -411,7 +501,10 @@ async fn status_500_is_a_retryable_service_error() {
     assert_eq!(sfn.execution_count(), 0);
 
     // The SDK's standard retry treats it as transient: 3 attempts reach the server.
-    let retry = RetryConfig::standard().with_max_attempts(3).with_initial_backoff(ms(1)).with_max_backoff(ms(5));
+    let retry = RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(ms(1))
+        .with_max_backoff(ms(5));
     let retrying = client_with(&sfn.endpoint(), retry, None).await;
     sfn.clear();
     let result = start(&retrying, "five", "{}").await;
@@ -422,8 +515,12 @@ async fn status_500_is_a_retryable_service_error() {
 
 #[tokio::test]
 async fn plain_503_has_no_error_code() {
-    let (sfn, client) =
-        fake(Faults { error_503_probability: 1.0, plain_5xx: true, ..Faults::default() }).await;
+    let (sfn, client) = fake(Faults {
+        error_503_probability: 1.0,
+        plain_5xx: true,
+        ..Faults::default()
+    })
+    .await;
     let result = start(&client, "503", "{}").await;
     assert!(matches!(result, Err(SdkError::ServiceError(_))));
     assert_eq!(status(&result), Some(503));
@@ -433,7 +530,11 @@ async fn plain_503_has_no_error_code() {
 
 #[tokio::test]
 async fn connection_reset_gives_a_dispatch_or_response_error() {
-    let (sfn, client) = fake(Faults { reset_probability: 1.0, ..Faults::default() }).await;
+    let (sfn, client) = fake(Faults {
+        reset_probability: 1.0,
+        ..Faults::default()
+    })
+    .await;
     let result = start(&client, "rst", "{}").await;
     assert!(is_connection_error(&result), "{result:?}");
     assert_eq!(sfn.execution_count(), 0);
@@ -446,7 +547,11 @@ async fn connection_reset_gives_a_dispatch_or_response_error() {
 
 #[tokio::test]
 async fn lost_response_by_reset_records_the_execution() {
-    let (sfn, client) = fake(Faults { lost_response_probability: 1.0, ..Faults::default() }).await;
+    let (sfn, client) = fake(Faults {
+        lost_response_probability: 1.0,
+        ..Faults::default()
+    })
+    .await;
     let result = start(&client, "lost", r#"{"n":1}"#).await;
     assert!(is_connection_error(&result), "{result:?}");
     let record = sfn.execution("lost").expect("applied although the response was lost");
@@ -473,12 +578,21 @@ async fn lost_response_by_500_records_the_execution() {
 }
 
 fn slow(mode: SlowMode, delay: Duration) -> Faults {
-    Faults { slow_probability: 1.0, slow_delay: delay, slow_mode: mode, ..Faults::default() }
+    Faults {
+        slow_probability: 1.0,
+        slow_delay: delay,
+        slow_mode: mode,
+        ..Faults::default()
+    }
 }
 
 #[tokio::test]
 async fn slow_not_applied_times_out_and_records_nothing() {
-    let sfn = FakeSfn::builder().faults(slow(SlowMode::NotApplied, ms(400))).start().await.unwrap();
+    let sfn = FakeSfn::builder()
+        .faults(slow(SlowMode::NotApplied, ms(400)))
+        .start()
+        .await
+        .unwrap();
     let client = client_with(&sfn.endpoint(), RetryConfig::disabled(), Some(ms(150))).await;
     let result = start(&client, "slow", "{}").await;
     assert!(matches!(result, Err(SdkError::TimeoutError(_))), "{result:?}");
@@ -489,7 +603,11 @@ async fn slow_not_applied_times_out_and_records_nothing() {
 
 #[tokio::test]
 async fn slow_then_applied_records_after_the_client_gave_up() {
-    let sfn = FakeSfn::builder().faults(slow(SlowMode::SlowThenApplied, ms(300))).start().await.unwrap();
+    let sfn = FakeSfn::builder()
+        .faults(slow(SlowMode::SlowThenApplied, ms(300)))
+        .start()
+        .await
+        .unwrap();
     let client = client_with(&sfn.endpoint(), RetryConfig::disabled(), Some(ms(100))).await;
     let result = start(&client, "late", "{}").await;
     assert!(matches!(result, Err(SdkError::TimeoutError(_))), "{result:?}");
@@ -501,7 +619,11 @@ async fn slow_then_applied_records_after_the_client_gave_up() {
 
 #[tokio::test]
 async fn applied_then_slow_records_before_responding() {
-    let sfn = FakeSfn::builder().faults(slow(SlowMode::AppliedThenSlow, ms(300))).start().await.unwrap();
+    let sfn = FakeSfn::builder()
+        .faults(slow(SlowMode::AppliedThenSlow, ms(300)))
+        .start()
+        .await
+        .unwrap();
     let client = client_with(&sfn.endpoint(), RetryConfig::disabled(), Some(ms(100))).await;
     let result = start(&client, "early", "{}").await;
     assert!(matches!(result, Err(SdkError::TimeoutError(_))), "{result:?}");
