@@ -64,7 +64,11 @@ impl RuntimeApi {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let Ok((stream, _)) = accepted else {
+                            // E.g. out of file descriptors: back off instead of spinning.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
                         tokio::spawn(serve(stream, s.clone(), a.clone(), stopped.clone()));
                     }
                     _ = stopped_accept.changed() => break,
