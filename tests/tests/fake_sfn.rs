@@ -147,18 +147,7 @@ async fn client(endpoint: &str) -> Client {
 }
 
 async fn client_with(endpoint: &str, retry: RetryConfig, attempt_timeout: Option<Duration>) -> Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "fake-sfn-tests",
-        ))
-        .load()
-        .await;
+    let sdk = sfn_pacer_tests::moto::sdk_config_for(endpoint).await;
     let mut builder = aws_sdk_sfn::config::Builder::from(&sdk).retry_config(retry);
     if let Some(timeout) = attempt_timeout {
         builder = builder.timeout_config(TimeoutConfig::builder().operation_attempt_timeout(timeout).build());

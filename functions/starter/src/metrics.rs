@@ -128,37 +128,65 @@ impl Report {
 
     /// The EMF document for this report: metrics in `namespace`, dimension `FunctionName`.
     pub fn emf(&self, namespace: &str, function_name: &str, timestamp_ms: u64) -> Value {
-        let metrics: [(&str, &str, Value); 9] = [
-            ("Started", "Count", json!(self.started)),
-            ("Duplicates", "Count", json!(self.duplicates)),
-            ("Retried", "Count", json!(self.retried)),
-            ("Throttled", "Count", json!(self.throttled)),
-            ("Failed", "Count", json!(self.failed)),
-            ("DeadLettered", "Count", json!(self.dead_lettered)),
-            ("PacingDelay", "Milliseconds", json!(self.pacing_delay_ms)),
-            ("BatchDuration", "Milliseconds", json!(self.elapsed_ms)),
-            ("EffectiveRate", "Count/Second", json!(self.effective_rate_per_second)),
-        ];
         let mut root = Map::new();
+        let mut declared = Vec::new();
+        for (name, get, _) in COUNTS {
+            declared.push(json!({"Name": name, "Unit": "Count"}));
+            root.insert(name.into(), json!(get(self)));
+        }
+        for (name, unit, value) in [
+            ("PacingDelay", "Milliseconds", self.pacing_delay_ms),
+            ("BatchDuration", "Milliseconds", self.elapsed_ms),
+            ("EffectiveRate", "Count/Second", self.effective_rate_per_second),
+        ] {
+            declared.push(json!({"Name": name, "Unit": unit}));
+            root.insert(name.into(), json!(value));
+        }
         root.insert(
             "_aws".into(),
             json!({
                 "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{
-                    "Namespace": namespace,
-                    "Dimensions": [["FunctionName"]],
-                    "Metrics": metrics.iter().map(|(n, u, _)| json!({"Name": n, "Unit": u})).collect::<Vec<_>>(),
-                }],
+                "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": [["FunctionName"]], "Metrics": declared}],
             }),
         );
         root.insert("FunctionName".into(), json!(function_name));
-        for (name, _, value) in metrics {
-            root.insert(name.into(), value);
-        }
-        root.insert("Received".into(), json!(self.received));
         Value::Object(root)
     }
+
+    /// Reads the counts back from an EMF document written by [`Report::emf`]; `None` when
+    /// `doc` is not an EMF document. (The local demo sums these from the function's stdout.)
+    pub fn from_emf(doc: &Value) -> Option<Report> {
+        doc.get("_aws")?.get("CloudWatchMetrics")?;
+        let mut report = Report::default();
+        for (name, _, set) in COUNTS {
+            set(&mut report, doc.get(name).and_then(Value::as_u64).unwrap_or(0));
+        }
+        let float = |name: &str| doc.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+        report.pacing_delay_ms = float("PacingDelay");
+        report.elapsed_ms = float("BatchDuration");
+        report.effective_rate_per_second = float("EffectiveRate");
+        Some(report)
+    }
 }
+
+/// A count's EMF name, how to read it from a report and how to set it.
+type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
+
+/// The count metrics, in the order the EMF document declares them: the one list of names.
+const COUNTS: [CountMetric; 8] = [
+    ("Received", |r| r.received, |r, v| r.received = v),
+    ("Started", |r| r.started, |r, v| r.started = v),
+    ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
+    ("Retried", |r| r.retried, |r, v| r.retried = v),
+    ("Throttled", |r| r.throttled, |r, v| r.throttled = v),
+    ("Failed", |r| r.failed, |r, v| r.failed = v),
+    ("DeadLettered", |r| r.dead_lettered, |r, v| r.dead_lettered = v),
+    (
+        "PossibleDuplicates",
+        |r| r.possible_duplicates,
+        |r, v| r.possible_duplicates = v,
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -265,5 +293,25 @@ mod tests {
         assert_eq!(doc["BatchDuration"], 12.5);
         // One line of JSON, as CloudWatch Logs expects.
         assert!(!doc.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn a_report_reads_back_from_its_emf_document() {
+        let r = Report {
+            received: 10,
+            started: 7,
+            duplicates: 2,
+            retried: 3,
+            throttled: 1,
+            failed: 1,
+            dead_lettered: 1,
+            possible_duplicates: 0,
+            pacing_delay_ms: 30.5,
+            elapsed_ms: 412.5,
+            effective_rate_per_second: 17.0,
+        };
+        let doc = r.emf("SfnPacer", "f", 1);
+        assert_eq!(Report::from_emf(&doc), Some(r));
+        assert_eq!(Report::from_emf(&json!({"Started": 7})), None, "not EMF without _aws");
     }
 }

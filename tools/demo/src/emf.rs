@@ -2,25 +2,10 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use sfn_pacer::metrics::Report;
 
-/// The counts of one invocation's EMF document.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EmfSample {
-    /// `Received`: records in the batch.
-    pub received: u64,
-    /// `Started`: executions started.
-    pub started: u64,
-    /// `Duplicates`: executions that already existed.
-    pub duplicates: u64,
-    /// `Retried`: in-invocation retries.
-    pub retried: u64,
-    /// `Throttled`: throttled attempts.
-    pub throttled: u64,
-    /// `Failed`: records listed in `batchItemFailures`.
-    pub failed: u64,
-    /// `DeadLettered`: records the function sent to the DLQ.
-    pub dead_lettered: u64,
-}
+/// The counts of one invocation's EMF document: the function's own report, read back.
+pub type EmfSample = Report;
 
 /// Parses one stdout line; `None` unless it is an EMF document (a JSON object with `_aws`).
 pub fn parse_line(line: &str) -> Option<EmfSample> {
@@ -29,29 +14,7 @@ pub fn parse_line(line: &str) -> Option<EmfSample> {
         return None;
     }
     let doc: Value = serde_json::from_str(line).ok()?;
-    doc.get("_aws")?.get("CloudWatchMetrics")?;
-    let count = |name: &str| -> u64 {
-        match doc.get(name) {
-            Some(v) => v
-                .as_u64()
-                .or_else(|| {
-                    v.as_f64()
-                        .filter(|f| f.is_finite() && *f >= 0.0)
-                        .map(|f| f.round() as u64)
-                })
-                .unwrap_or(0),
-            None => 0,
-        }
-    };
-    Some(EmfSample {
-        received: count("Received"),
-        started: count("Started"),
-        duplicates: count("Duplicates"),
-        retried: count("Retried"),
-        throttled: count("Throttled"),
-        failed: count("Failed"),
-        dead_lettered: count("DeadLettered"),
-    })
+    Report::from_emf(&doc)
 }
 
 /// The sums over every invocation.
@@ -117,18 +80,16 @@ mod tests {
     #[test]
     fn emf_lines_parse_and_other_lines_do_not() {
         let s = parse_line(LINE).unwrap();
-        assert_eq!(
-            s,
-            EmfSample {
-                received: 10,
-                started: 7,
-                duplicates: 2,
-                retried: 3,
-                throttled: 1,
-                failed: 0,
-                dead_lettered: 1
-            }
+        let counts = (
+            s.received,
+            s.started,
+            s.duplicates,
+            s.retried,
+            s.throttled,
+            s.failed,
+            s.dead_lettered,
         );
+        assert_eq!(counts, (10, 7, 2, 3, 1, 0, 1));
         assert_eq!(parse_line(&format!("  {LINE}\r")), Some(s));
         assert_eq!(parse_line(" INFO batch summary received=10 started=7"), None);
         assert_eq!(parse_line(r#"{"Started":7}"#), None, "JSON without _aws is a log line");
