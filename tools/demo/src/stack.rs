@@ -246,43 +246,17 @@ pub async fn start_moto_preferring_single_threaded(
     }
 }
 
-/// A queue's message counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueCounts {
-    /// `ApproximateNumberOfMessages`.
-    pub visible: u64,
-    /// `ApproximateNumberOfMessagesNotVisible`: in flight, or waiting out a visibility backoff.
-    pub not_visible: u64,
-    /// `ApproximateNumberOfMessagesDelayed`.
-    pub delayed: u64,
-}
+pub use local_esm::runner::QueueCounts;
 
-impl QueueCounts {
-    /// Every message in the queue.
-    pub fn total(&self) -> u64 {
-        self.visible + self.not_visible + self.delayed
-    }
-}
-
-/// Reads a queue's counts.
+/// Reads a queue's counts, bounded in time.
 pub async fn queue_counts(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<QueueCounts, String> {
-    let out = bounded(
-        "GetQueueAttributes",
-        sqs.get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send(),
-    )
-    .await?;
-    let attributes = out.attributes.unwrap_or_default();
-    let get = |name: &QueueAttributeName| -> u64 { attributes.get(name).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    Ok(QueueCounts {
-        visible: get(&QueueAttributeName::ApproximateNumberOfMessages),
-        not_visible: get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        delayed: get(&QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-    })
+    match tokio::time::timeout(CALL_TIMEOUT, local_esm::sqs::queue_counts(sqs, url)).await {
+        Ok(result) => result.map_err(|e| format!("GetQueueAttributes: {e}")),
+        Err(_) => Err(format!(
+            "GetQueueAttributes: no answer within {} s",
+            CALL_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Every execution of a state machine: (name, ARN), by ListExecutions.

@@ -210,21 +210,25 @@ impl Queue for SqsQueue {
     }
 
     async fn counts(&self) -> Result<QueueCounts, String> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| DisplayErrorContext(&e).to_string())?;
-        let a = out.attributes();
-        Ok(QueueCounts {
-            visible: count(a, QueueAttributeName::ApproximateNumberOfMessages),
-            not_visible: count(a, QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            delayed: count(a, QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-        })
+        queue_counts(&self.client, &self.url).await
     }
+}
+
+/// A queue's message counts (GetQueueAttributes: visible, not visible, delayed).
+pub async fn queue_counts(client: &Client, url: &str) -> Result<QueueCounts, String> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    let a = out.attributes();
+    Ok(QueueCounts {
+        visible: count(a, QueueAttributeName::ApproximateNumberOfMessages),
+        not_visible: count(a, QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        delayed: count(a, QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    })
 }
