@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use serde_json::json;
 use sfn_pacer::dead_letter::{AttributeValue, DeadLetter};
 use sfn_pacer::queue::{Queue, QueueError};
@@ -198,6 +198,18 @@ impl SimQueue {
         }
     }
 
+    /// Applies a partial batch response as the ESM does: deletes every record of `event`
+    /// not listed in `response`; returns how many records it listed.
+    pub fn apply_response(&self, event: &SqsEvent, response: &SqsBatchResponse) -> u64 {
+        let failed: Vec<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        self.acknowledge(event, &failed);
+        failed.len() as u64
+    }
+
     /// The counts now.
     pub fn depth(&self) -> Depth {
         let now = Instant::now();
@@ -321,16 +333,7 @@ pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: M
                 report.invocations += 1;
                 let result = tokio::time::timeout(budget, starter.process(event.clone(), deadline_ms)).await;
                 match result {
-                    Ok(Ok(outcome)) => {
-                        let failed: Vec<String> = outcome
-                            .response
-                            .batch_item_failures
-                            .iter()
-                            .map(|f| f.item_identifier.clone())
-                            .collect();
-                        report.reported += failed.len() as u64;
-                        queue.acknowledge(&event, &failed);
-                    }
+                    Ok(Ok(outcome)) => report.reported += queue.apply_response(&event, &outcome.response),
                     // A handler error or a timeout: the whole batch comes back.
                     Ok(Err(_)) | Err(_) => report.failed_invocations += 1,
                 }

@@ -673,14 +673,7 @@ async fn express_chaos(seed: u64) {
                 let deadline = sfn_pacer::handler::now_epoch_ms() + 10_000;
                 let outcome = starter.process(event.clone(), deadline).await.unwrap();
                 possible += outcome.report.possible_duplicates;
-                let failed: Vec<String> = outcome
-                    .response
-                    .batch_item_failures
-                    .iter()
-                    .map(|f| f.item_identifier.clone())
-                    .collect();
-                reported += failed.len() as u64;
-                queue.acknowledge(&event, &failed);
+                reported += queue.apply_response(&event, &outcome.response);
             }
             (possible, reported)
         }));

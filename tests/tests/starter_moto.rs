@@ -152,8 +152,8 @@ async fn a_missing_state_machine_reports_every_message_without_a_handler_error()
     assert!(outcome.dispositions.iter().all(|d| matches!(d, Disposition::Retry(_))));
 }
 
-#[tokio::test]
-async fn retries_are_delayed_with_change_message_visibility() {
+/// moto with the stack (the queue's visibility timeout is 1 s) and one `{}` message queued.
+async fn one_message_on_a_queue_with_a_1_s_visibility() -> (Moto, aws_config::SdkConfig, Stack, aws_sdk_sqs::Client) {
     let moto = Moto::start().unwrap();
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 1).await.unwrap();
@@ -164,6 +164,12 @@ async fn retries_are_delayed_with_change_message_visibility() {
         .send()
         .await
         .unwrap();
+    (moto, sdk, stack, sqs)
+}
+
+#[tokio::test]
+async fn retries_are_delayed_with_change_message_visibility() {
+    let (moto, _sdk, stack, sqs) = one_message_on_a_queue_with_a_1_s_visibility().await;
     let received = sqs
         .receive_message()
         .queue_url(&stack.queue_url)
@@ -198,16 +204,7 @@ async fn retries_are_delayed_with_change_message_visibility() {
 #[tokio::test]
 async fn the_sqs_adapter_changes_visibility_by_queue_arn() {
     use sfn_pacer::queue::Queue;
-    let moto = Moto::start().unwrap();
-    let sdk = moto.sdk_config().await;
-    let stack = provision(&sdk, "work", 5, 1).await.unwrap();
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    sqs.send_message()
-        .queue_url(&stack.queue_url)
-        .message_body("{}")
-        .send()
-        .await
-        .unwrap();
+    let (_moto, sdk, stack, sqs) = one_message_on_a_queue_with_a_1_s_visibility().await;
     let receive = || {
         sqs.receive_message()
             .queue_url(&stack.queue_url)
