@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sfn_pacer_tests::fake_sfn::{FakeSfn, FakeSfnHandle};
+use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sfn::config::retry::RetryConfig;
-use sfn_pacer_tests::fake_sfn::{FakeSfn, FakeSfnHandle};
+use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 
 use crate::common::{sdk_config, BenchError, Runtimes, SERVER_THREAD, STATE_MACHINE_ARN};
 use crate::cpu;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The state machine every benchmark starts (the fake accepts any well-formed ARN).
-pub const STATE_MACHINE_ARN: &str = sfn_pacer_tests::fake_sfn::DEFAULT_STATE_MACHINE_ARN;
+pub const STATE_MACHINE_ARN: &str = local_stack::fake_sfn::DEFAULT_STATE_MACHINE_ARN;
 
 /// Thread-name prefix of the runtime that serves the fake Step Functions endpoint; its CPU
 /// time is read per thread and kept apart from the client side's.
@@ -60,7 +60,7 @@ pub fn config(pairs: &[(&str, String)]) -> Result<Config, BenchError> {
 
 /// The SDK configuration for a local endpoint: dummy credentials, us-east-1.
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    sfn_pacer_tests::moto::sdk_config_for(endpoint).await
+    local_stack::moto::sdk_config_for(endpoint).await
 }
 
 /// A StartExecution that succeeds at once, recording when each call was made.

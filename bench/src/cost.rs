@@ -12,8 +12,8 @@ use sfn_pacer::queue::{Queue, QueueError};
 use sfn_pacer::start::StartExecution;
 use sfn_pacer::Starter;
 
+use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 use sfn_pacer::aws::SfnStarter;
-use sfn_pacer_tests::fake_sfn::{FakeSfn, FakeSfnHandle};
 
 use crate::common::{body, config, sdk_config, BenchError, InstantStart, Runtimes, SERVER_THREAD};
 use crate::cpu;

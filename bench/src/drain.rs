@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use aws_sdk_sfn::config::retry::{RetryConfig, RetryPartition};
 use aws_sdk_sfn::config::timeout::TimeoutConfig;
+use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
+use local_stack::sim::{drive, DlqEntry, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::start::StartExecution;
 use sfn_pacer::Starter;
-use sfn_pacer_tests::fake_sfn::{FakeSfn, FakeSfnHandle};
-use sfn_pacer_tests::sim::{drive, DlqEntry, Mapping, SimQueue};
 
 use crate::common::{body, config, sdk_config, BenchError, RequestDelay, Runtimes, SERVER_THREAD};
 use crate::cpu;
@@ -333,6 +333,7 @@ async fn run_on(
     }
     let mapping = Mapping {
         batch_size: scenario.batch_size(settings),
+        batching_window: DEFAULT_BATCHING_WINDOW,
         function_timeout: settings.function_timeout,
         short_deadline: None,
         max_run: settings.max_run,

@@ -23,7 +23,7 @@ mod pacing;
 mod report;
 mod stats;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,9 @@ struct Cli {
     /// Skip the callgrind instruction count.
     #[arg(long)]
     no_callgrind: bool,
+    /// Spawns of the bootstrap whose init-to-ready times give the median.
+    #[arg(long, default_value_t = 10)]
+    init_spawns: usize,
     /// The bootstrap to measure (default: <target dir>/release/starter).
     #[arg(long)]
     bootstrap: Option<PathBuf>,
@@ -149,17 +152,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+        .unwrap_or_else(|| local_stack::paths::workspace_root().join("target"))
 }
 
 fn parse_quota(text: &str) -> Result<(u64, f64), BenchError> {
@@ -416,7 +412,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             .bootstrap
             .clone()
             .unwrap_or_else(|| target_dir().join("release").join("starter"));
-        let b = bootstrap::measure(&runtimes, &exe, 10, 20)?;
+        let b = bootstrap::measure(&runtimes, &exe, cli.init_spawns, 20)?;
         note(
             &overall,
             format!(

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use local_stack::sim::{drive, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
 use sfn_pacer::start::StartExecution;
 use sfn_pacer::Starter;
-use sfn_pacer_tests::sim::{drive, Mapping, SimQueue};
 
 use crate::common::{body, config, BenchError, InstantStart, Runtimes};
 use crate::stats;
@@ -67,6 +67,7 @@ pub fn run(
         }
         let mapping = Mapping {
             batch_size,
+            batching_window: DEFAULT_BATCHING_WINDOW,
             function_timeout: Duration::from_secs(60),
             short_deadline: None,
             max_run: window + Duration::from_secs(5),

@@ -1,5 +1,2 @@
-//! Test support for sfn-pacer: a moto_server harness and fault-injecting endpoints.
-
-pub mod fake_sfn;
-pub mod moto;
-pub mod sim;
+//! The integration tests of sfn-pacer live in `tests/`; what they share is the local stack
+//! (`sfn-pacer-local-stack`).

@@ -24,6 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use local_stack::fake_sfn::{
+    ExistingNames, FakeSfn, Faults, LostResponseMode, SlowMode, Stats, DEFAULT_STATE_MACHINE_ARN,
+};
+use local_stack::moto::sdk_config_for;
+use local_stack::sim::{drive, DlqEntry, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -33,11 +38,6 @@ use sfn_pacer::dead_letter::DeadLetter;
 use sfn_pacer::queue::{Queue, QueueError};
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
 use sfn_pacer::{Config, Starter};
-use sfn_pacer_tests::fake_sfn::{
-    ExistingNames, FakeSfn, Faults, LostResponseMode, SlowMode, Stats, DEFAULT_STATE_MACHINE_ARN,
-};
-use sfn_pacer_tests::moto::sdk_config_for;
-use sfn_pacer_tests::sim::{drive, DlqEntry, Mapping, SimQueue};
 use tokio::time::Instant;
 
 /// The seed when `CHAOS_SEED` is not set.
@@ -327,19 +327,19 @@ async fn chaos_every_message_is_started_or_dead_lettered_exactly_once() {
 async fn standard_chaos(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     // Both slow modes apply the request on the server; both lost modes too. The seed picks.
-    let slow_mode = if seed % 2 == 0 {
+    let slow_mode = if seed.is_multiple_of(2) {
         SlowMode::SlowThenApplied
     } else {
         SlowMode::AppliedThenSlow
     };
-    let lost_response_mode = if (seed / 2) % 2 == 0 {
+    let lost_response_mode = if (seed / 2).is_multiple_of(2) {
         LostResponseMode::Reset
     } else {
         LostResponseMode::Status500
     };
     // A name already taken answers like a running execution (the same one back) or like a
     // closed one (`ExecutionAlreadyExists`, a duplicate to acknowledge). The seed picks.
-    let existing_names = if (seed / 4) % 2 == 0 {
+    let existing_names = if (seed / 4).is_multiple_of(2) {
         ExistingNames::ReturnRunning
     } else {
         ExistingNames::AlreadyExists
@@ -402,6 +402,7 @@ async fn standard_chaos(seed: u64) {
         .collect();
     let mapping = Mapping {
         batch_size: 20,
+        batching_window: DEFAULT_BATCHING_WINDOW,
         function_timeout: FUNCTION_TIMEOUT,
         short_deadline: Some((SHORT_EVERY, SHORT_DEADLINE)),
         max_run: MAX_RUN,
@@ -650,40 +651,27 @@ async fn express_chaos(seed: u64) {
         ("RETRY_BASE_SECONDS", "1".into()),
         ("RETRY_MAX_SECONDS", "2".into()),
     ]);
-    // A small mapping of our own: `drive` does not return the handlers' reports.
     let began = Instant::now();
-    let stop_at = began + Duration::from_secs(30);
     let unconfirmed = Arc::new(Unconfirmed::default());
-    let mut workers = Vec::new();
-    for _ in 0..2 {
-        let sfn_client = Arc::new(CountingSfn {
-            inner: SfnStarter::new(&sdk, config.call_timeout),
-            unconfirmed: unconfirmed.clone(),
-        });
-        let starter = Starter::new(config.clone(), sfn_client, queue.clone());
-        let queue = queue.clone();
-        workers.push(tokio::spawn(async move {
-            let (mut possible, mut reported) = (0u64, 0u64);
-            while Instant::now() < stop_at && !queue.is_drained() {
-                let event = queue.receive(25);
-                if event.records.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                let deadline = sfn_pacer::handler::now_epoch_ms() + 10_000;
-                let outcome = starter.process(event.clone(), deadline).await.unwrap();
-                possible += outcome.report.possible_duplicates;
-                reported += queue.apply_response(&event, &outcome.response);
-            }
-            (possible, reported)
-        }));
-    }
-    let (mut possible_duplicates, mut reported) = (0, 0);
-    for worker in workers {
-        let (p, r) = worker.await.unwrap();
-        possible_duplicates += p;
-        reported += r;
-    }
+    let starters: Vec<Arc<Starter>> = (0..2)
+        .map(|_| {
+            let sfn_client = Arc::new(CountingSfn {
+                inner: SfnStarter::new(&sdk, config.call_timeout),
+                unconfirmed: unconfirmed.clone(),
+            });
+            Arc::new(Starter::new(config.clone(), sfn_client, queue.clone()))
+        })
+        .collect();
+    let mapping = Mapping {
+        batch_size: 25,
+        batching_window: DEFAULT_BATCHING_WINDOW,
+        function_timeout: Duration::from_secs(10),
+        short_deadline: None,
+        max_run: Duration::from_secs(30),
+        idle_poll: Duration::from_millis(20),
+    };
+    let run = drive(queue.clone(), starters, mapping).await;
+    let (possible_duplicates, reported) = (run.possible_duplicates, run.reported);
     let stats = sfn.stats();
     let executions = sfn.executions();
     let mut per_name: HashMap<&str, u64> = HashMap::new();

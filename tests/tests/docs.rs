@@ -1,7 +1,7 @@
 //! The README's configuration table and the code's variables list the same names.
 
+use local_stack::paths::workspace_root;
 use sfn_pacer::config::VARIABLES;
-use sfn_pacer_tests::moto::workspace_root;
 
 /// The variable names in the first column of the README's "## Configuration" table.
 fn readme_variables() -> Vec<String> {

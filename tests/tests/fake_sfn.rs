@@ -1,4 +1,4 @@
-//! Tests of the fake Step Functions endpoint (`sfn_pacer_tests::fake_sfn`): the token bucket
+//! Tests of the fake Step Functions endpoint (`local_stack::fake_sfn`): the token bucket
 //! under an explicit clock, name validation, and the server driven by the real `aws-sdk-sfn`
 //! client on loopback. Every test is bounded (well under a few seconds).
 
@@ -9,7 +9,7 @@ use aws_sdk_sfn::config::timeout::TimeoutConfig;
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sfn::operation::start_execution::{StartExecutionError, StartExecutionOutput};
 use aws_sdk_sfn::Client;
-use sfn_pacer_tests::fake_sfn::{
+use local_stack::fake_sfn::{
     is_valid_execution_name, ExistingNames, FakeSfn, FakeSfnHandle, Faults, InitialThrottle, LostResponseMode,
     SlowMode, ThrottleCause, TokenBucket, DEFAULT_STATE_MACHINE_ARN, MAX_INPUT_BYTES,
 };
@@ -147,7 +147,7 @@ async fn client(endpoint: &str) -> Client {
 }
 
 async fn client_with(endpoint: &str, retry: RetryConfig, attempt_timeout: Option<Duration>) -> Client {
-    let sdk = sfn_pacer_tests::moto::sdk_config_for(endpoint).await;
+    let sdk = local_stack::moto::sdk_config_for(endpoint).await;
     let mut builder = aws_sdk_sfn::config::Builder::from(&sdk).retry_config(retry);
     if let Some(timeout) = attempt_timeout {
         builder = builder.timeout_config(TimeoutConfig::builder().operation_attempt_timeout(timeout).build());

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use local_stack::moto::{executions, provision, Moto, Stack};
 use serde_json::json;
 use sfn_pacer::aws::{SfnStarter, SqsQueue};
 use sfn_pacer::{Config, Disposition, Starter};
-use sfn_pacer_tests::moto::{executions, provision, Moto, Stack};
 
 fn config(stack: &Stack, extra: &[(&str, &str)]) -> Config {
     let mut all: Vec<(String, String)> = vec![
@@ -52,7 +52,7 @@ fn bodies(n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_batch_starts_one_execution_per_message_and_a_redelivery_starts_none() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 30).await.unwrap();
     let starter = starter(&moto, config(&stack, &[])).await;
@@ -86,7 +86,7 @@ async fn a_batch_starts_one_execution_per_message_and_a_redelivery_starts_none()
 
 #[tokio::test]
 async fn a_bad_body_is_reported_and_the_rest_start() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 30).await.unwrap();
     // Without DLQ_URL the bad message is reported in batchItemFailures.
@@ -108,7 +108,7 @@ async fn a_bad_body_is_reported_and_the_rest_start() {
 
 #[tokio::test]
 async fn a_bad_body_goes_to_the_dlq_with_its_reason() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 30).await.unwrap();
     let starter = starter(&moto, config(&stack, &[])).await;
@@ -141,7 +141,7 @@ async fn a_bad_body_goes_to_the_dlq_with_its_reason() {
 
 #[tokio::test]
 async fn a_missing_state_machine_reports_every_message_without_a_handler_error() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 30).await.unwrap();
     let mut c = config(&stack, &[]);
@@ -154,7 +154,7 @@ async fn a_missing_state_machine_reports_every_message_without_a_handler_error()
 
 /// moto with the stack (the queue's visibility timeout is 1 s) and one `{}` message queued.
 async fn one_message_on_a_queue_with_a_1_s_visibility() -> (Moto, aws_config::SdkConfig, Stack, aws_sdk_sqs::Client) {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let sdk = moto.sdk_config().await;
     let stack = provision(&sdk, "work", 5, 1).await.unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);

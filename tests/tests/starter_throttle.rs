@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use local_stack::fake_sfn::{FakeSfn, Faults, InitialThrottle, DEFAULT_STATE_MACHINE_ARN};
+use local_stack::moto::sdk_config_for;
+use local_stack::sim::SimQueue;
 use serde_json::json;
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::{Config, Starter};
-use sfn_pacer_tests::fake_sfn::{FakeSfn, Faults, InitialThrottle, DEFAULT_STATE_MACHINE_ARN};
-use sfn_pacer_tests::moto::sdk_config_for;
-use sfn_pacer_tests::sim::SimQueue;
 
 fn batch(queue_arn: &str, n: usize) -> SqsEvent {
     let records: Vec<_> = (0..n)

@@ -7,9 +7,9 @@
 //! returns `Err` with a reason, and the `*_rejects_*` tests show that the checks do fail on a
 //! broken template.
 
+use local_stack::paths::workspace_root;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// Environment variables the Lambda runtime itself reads (set through LoggingConfig, or by hand).
 const RUNTIME_VARIABLES: &[&str] = &["AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL"];
@@ -19,10 +19,6 @@ const ALLOWED_MANAGED_POLICIES: &[&str] = &[
     ":iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
     ":iam::aws:policy/AWSXrayWriteOnlyAccess",
 ];
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Converts a YAML value to JSON, rewriting CloudFormation short-form tags to their long form.
 fn to_json(value: serde_yaml::Value) -> Value {

@@ -14,6 +14,24 @@ use crate::dead_letter::{AttributeValue, DeadLetter};
 use crate::queue::{Queue, QueueError};
 use crate::start::{StartError, StartExecution, StartRequest, Started};
 
+/// The one HTTPS client of every SDK client in the workspace: hyper 1 + rustls with *ring*.
+///
+/// Why not the SDK's default client: its default features add a second, legacy HTTP/TLS stack
+/// and aws-lc-rs, which made the bootstrap 14.7 MB; this one keeps it under 10 MB (BENCHMARKS.md)
+/// with the same TLS (rustls, the system's trust roots).
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
+/// `aws_config::defaults` with [`https_client`]: the loader for every SDK config (the
+/// function, tools, tests). Region, credentials and endpoints come from the environment as usual.
+pub fn sdk_config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client())
+}
+
 /// StartExecution through `aws-sdk-sfn`, one attempt per call: the SDK's retries are off,
 /// because the pacer owns throttling and retries.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
             std::process::exit(1);
         }
     };
-    let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk_config = sfn_pacer::aws::sdk_config_loader().load().await;
     let sfn = Arc::new(SfnStarter::new(&sdk_config, config.call_timeout));
     let queue = Arc::new(SqsQueue::new(&sdk_config, config.call_timeout));
     let starter = Starter::new(config, sfn, queue);

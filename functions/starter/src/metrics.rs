@@ -108,6 +108,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// The counts by EMF name, in the order the EMF document declares them.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        COUNTS.iter().map(move |(name, get, _)| (*name, get(self)))
+    }
+
+    /// Adds `other`'s counts to these (the durations and the rate are left as they are).
+    pub fn add_counts(&mut self, other: &Report) {
+        for (_, get, set) in COUNTS {
+            set(self, get(self).saturating_add(get(other)));
+        }
+    }
+
     /// Writes the one summary log line of the invocation.
     pub fn log(&self) {
         tracing::info!(

@@ -46,14 +46,8 @@ pub fn expected_messages(count: u64, bad_share: f64, seed: u64, id_prefix: &str)
         .collect())
 }
 
-/// An execution found in Step Functions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Execution {
-    /// Its name (the SQS message id).
-    pub name: String,
-    /// Its input.
-    pub input: String,
-}
+/// An execution found in Step Functions (its name is the SQS message id).
+pub use local_stack::moto::Execution;
 
 /// A message found in the DLQ.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

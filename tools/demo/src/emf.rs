@@ -18,37 +18,33 @@ pub fn parse_line(line: &str) -> Option<EmfSample> {
 }
 
 /// The sums over every invocation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FunctionTotals {
     /// EMF documents seen (invocations, the warm-up included).
     pub invocations: u64,
-    /// Records received (a redelivered message counts again).
-    pub received: u64,
-    /// Executions started, as the function counted them.
-    pub started: u64,
-    /// Duplicates: messages whose execution already existed (acknowledged).
-    pub duplicates: u64,
-    /// In-invocation retries.
-    pub retried: u64,
-    /// Throttled attempts.
-    pub throttled: u64,
-    /// Records reported in `batchItemFailures`.
-    pub failed: u64,
-    /// Records the function sent to the DLQ.
-    pub dead_lettered: u64,
+    /// The function's counts, summed (records received, a redelivered message counting again;
+    /// started, duplicates, retried, throttled, failed, dead-lettered, possible duplicates).
+    pub counts: Report,
 }
 
 impl FunctionTotals {
     /// Adds one invocation.
     pub fn add(&mut self, s: &EmfSample) {
         self.invocations += 1;
-        self.received += s.received;
-        self.started += s.started;
-        self.duplicates += s.duplicates;
-        self.retried += s.retried;
-        self.throttled += s.throttled;
-        self.failed += s.failed;
-        self.dead_lettered += s.dead_lettered;
+        self.counts.add_counts(s);
+    }
+}
+
+/// `{"invocations": n, "Received": n, "Started": n, …}`: the counts under their EMF names.
+impl Serialize for FunctionTotals {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("invocations", &self.invocations)?;
+        for (name, value) in self.counts.counts() {
+            map.serialize_entry(name, &value)?;
+        }
+        map.end()
     }
 }
 
@@ -105,10 +101,10 @@ mod tests {
         log.record(2.5, &s);
         log.record(3.0, &EmfSample::default());
         assert_eq!(log.totals.invocations, 3);
-        assert_eq!(log.totals.started, 14);
-        assert_eq!(log.totals.duplicates, 4);
-        assert_eq!(log.totals.received, 20);
-        assert_eq!(log.totals.dead_lettered, 2);
+        assert_eq!(log.totals.counts.started, 14);
+        assert_eq!(log.totals.counts.duplicates, 4);
+        assert_eq!(log.totals.counts.received, 20);
+        assert_eq!(log.totals.counts.dead_lettered, 2);
         assert_eq!(log.starts, vec![(1.0, 7), (2.5, 7)]);
     }
 }

@@ -4,14 +4,12 @@
 //!   `local-esm` + `producer`, a live line, then the [`accounting`] and the [`report`].
 //! - [`serve`]: moto on a fixed port and the function under plain `cargo lambda watch`, for
 //!   `make invoke`.
-//! - [`procs`]: the child processes (process groups, reaping, stopping).
 //! - [`emf`], [`rate`], [`accounting`]: the arithmetic, without a network.
 
 pub mod accounting;
 pub mod emf;
 pub mod feed;
 pub mod live;
-pub mod procs;
 pub mod rate;
 pub mod report;
 pub mod run;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use sfn_pacer_demo::procs::Supervisor;
+use local_stack::process::Supervisor;
 use sfn_pacer_demo::rate;
 use sfn_pacer_demo::run::{self, RunConfig};
 use sfn_pacer_demo::serve::{self, ServeConfig};

@@ -9,11 +9,6 @@ pub fn instance_rate(global_rate: f64, instances: u32) -> f64 {
     global_rate / f64::from(instances.max(1))
 }
 
-/// One instance's share of the global burst, at least one start.
-pub fn instance_burst(global_burst: f64, instances: u32) -> f64 {
-    (global_burst / f64::from(instances.max(1))).max(1.0)
-}
-
 /// The fastest possible drain of `messages` already queued, under a token bucket of `burst`
 /// and `rate` per second: `max(0, (messages − burst) / rate)` seconds.
 pub fn ideal_drain_seconds(messages: u64, burst: f64, rate: f64) -> f64 {
@@ -97,8 +92,6 @@ mod tests {
     fn the_budget_is_split_like_the_function_splits_it() {
         assert!(close(instance_rate(100.0, 4), 25.0));
         assert!(close(instance_rate(100.0, 0), 100.0), "0 instances is treated as 1");
-        assert!(close(instance_burst(100.0, 4), 25.0));
-        assert!(close(instance_burst(2.0, 4), 1.0), "never below one start");
     }
 
     #[test]

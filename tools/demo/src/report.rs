@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::accounting::Accounting;
 use crate::emf::FunctionTotals;
-use crate::procs::ProcessRecord;
+use local_stack::process::ProcessRecord;
 
 /// The parameters of the run.
 #[derive(Clone, Debug, Serialize)]
@@ -131,12 +131,12 @@ impl Report {
             "  executions         {} started (counted in moto with ListExecutions); {} of {} good messages have exactly one",
             self.executions_in_moto, a.good_started_once, a.good
         );
-        let restarts = f.started.saturating_sub(self.executions_in_moto);
+        let restarts = f.counts.started.saturating_sub(self.executions_in_moto);
         let _ = writeln!(
             s,
             "  duplicates         {} ExecutionAlreadyExists (EMF Duplicates, summed over {} invocations); \
              {restarts} idempotent re-start(s) of a running execution (EMF Started {} - {} in moto)",
-            f.duplicates, f.invocations, f.started, self.executions_in_moto
+            f.counts.duplicates, f.invocations, f.counts.started, self.executions_in_moto
         );
         if let (Some(records), Some(sent)) = (
             self.esm.as_ref().and_then(|v| v.get("records")).and_then(Value::as_u64),
@@ -165,7 +165,7 @@ impl Report {
         let _ = writeln!(
             s,
             "  function           started {}, retried {}, throttled {}, failed (batchItemFailures) {}, dead-lettered {}",
-            f.started, f.retried, f.throttled, f.failed, f.dead_lettered
+            f.counts.started, f.counts.retried, f.counts.throttled, f.counts.failed, f.counts.dead_lettered
         );
         let drained = if self.drained {
             ""

@@ -26,11 +26,14 @@ use crate::accounting::{account, expected_messages};
 use crate::emf::{self, EmfLog};
 use crate::feed::{self, FeedState, Feeder};
 use crate::live::{Live, Status};
-use crate::procs::{Handle, Supervisor};
 use crate::rate;
 use crate::report::{Parameters, Report, Timing};
-use crate::stack::{self, aws_env, log_to, Endpoints, REGION};
-use crate::tools::{self, Binaries};
+use crate::stack;
+use crate::tools::Binaries;
+use local_stack::moto::{self, aws_env, log_to, Endpoints, Moto, MotoOptions, REGION};
+use local_stack::paths;
+use local_stack::process::{Handle, Supervisor};
+use local_stack::DisplayErrorContext;
 
 /// The function name at the invoke endpoint (the binary's name).
 pub const FUNCTION_NAME: &str = "starter";
@@ -186,7 +189,7 @@ fn last_json_line(path: &Path) -> Option<Value> {
 
 /// Posts an empty SQS batch to the function until it answers (at most `timeout`).
 pub async fn warm_up(invoke_port: u16, timeout: Duration, owners: &[Handle]) -> Result<(), String> {
-    let client = stack::http_client()?;
+    let client = moto::http_client()?;
     let url = format!("http://127.0.0.1:{invoke_port}/2015-03-31/functions/{FUNCTION_NAME}/invocations");
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no answer");
@@ -208,7 +211,7 @@ pub async fn warm_up(invoke_port: u16, timeout: Duration, owners: &[Handle]) -> 
                 }
                 last_error = format!("HTTP {status}: {body}");
             }
-            Ok(Err(e)) => last_error = stack::error_chain(&e),
+            Ok(Err(e)) => last_error = DisplayErrorContext(&e).to_string(),
             Err(_) => break,
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -224,7 +227,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     let total_t0 = Instant::now();
     let setup = DemoError::Setup;
     let bins = Binaries::next_to_current_exe().map_err(setup)?;
-    let cargo_lambda = tools::cargo_lambda().map_err(DemoError::Setup)?;
+    let cargo_lambda = paths::cargo_lambda().map_err(DemoError::Setup)?;
     let expected = expected_messages(cfg.messages, cfg.bad_share, cfg.seed, ID_PREFIX).map_err(DemoError::Setup)?;
     let bad = expected.iter().filter(|e| !e.good).count();
     let run_dir = cfg
@@ -245,7 +248,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     );
 
     // 1. moto (one process for SQS, one for Step Functions) and the resources.
-    let port = || sfn_pacer_tests::moto::free_port().map_err(|e| DemoError::Setup(format!("no free port: {e}")));
+    let port = || moto::free_port().map_err(|e| DemoError::Setup(format!("no free port: {e}")));
     let sqs_port = port()?;
     let mut sfn_port = port()?;
     for _ in 0..10 {
@@ -255,27 +258,38 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         sfn_port = port()?;
     }
     let (sqs_log, sfn_log) = (log("moto-sqs.log"), log("moto-sfn.log"));
+    let options = |name: &str, port: u16, log: PathBuf| MotoOptions {
+        name: name.to_string(),
+        port: Some(port),
+        log: Some(log),
+        single_threaded: false,
+    };
+    let (sqs_options, sfn_options) = (
+        options("moto_server-sqs", sqs_port, sqs_log),
+        options("moto_server-sfn", sfn_port, sfn_log),
+    );
     let (moto_sqs, moto_sfn) = tokio::try_join!(
-        stack::start_moto_preferring_single_threaded(sup, "moto_server-sqs", sqs_port, &sqs_log),
-        stack::start_moto_preferring_single_threaded(sup, "moto_server-sfn", sfn_port, &sfn_log),
+        Moto::start_preferring_single_threaded(sup, &sqs_options),
+        Moto::start_preferring_single_threaded(sup, &sfn_options),
     )
     .map_err(DemoError::Setup)?;
     let endpoints = Endpoints {
-        sqs: format!("http://127.0.0.1:{sqs_port}"),
-        sfn: format!("http://127.0.0.1:{sfn_port}"),
+        sqs: moto_sqs.endpoint(),
+        sfn: moto_sfn.endpoint(),
     };
-    let sqs = aws_sdk_sqs::Client::new(&sfn_pacer_tests::moto::sdk_config_for(&endpoints.sqs).await);
-    let sfn = aws_sdk_sfn::Client::new(&sfn_pacer_tests::moto::sdk_config_for(&endpoints.sfn).await);
+    let sqs_sdk = moto_sqs.sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sqs_sdk);
+    let sfn = aws_sdk_sfn::Client::new(&moto_sfn.sdk_config().await);
     // The queues (and an unused state machine) on the SQS moto, the state machine on the other.
-    let stack = stack::provision(
-        &sfn_pacer_tests::moto::sdk_config_for(&endpoints.sqs).await,
+    let stack = moto::provision(
+        &sqs_sdk,
         RESOURCE_NAME,
         cfg.max_receive_count,
         VISIBILITY_TIMEOUT_SECONDS,
     )
     .await
     .map_err(DemoError::Setup)?;
-    let state_machine_arn = stack::create_state_machine(&sfn, RESOURCE_NAME)
+    let state_machine_arn = moto::create_state_machine(&sfn, RESOURCE_NAME)
         .await
         .map_err(DemoError::Setup)?;
     eprintln!(
@@ -284,7 +298,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     );
 
     // 2. The Runtime API, and N starter instances polling it.
-    let invoke_port = sfn_pacer_tests::moto::free_port().map_err(|e| DemoError::Setup(format!("no free port: {e}")))?;
+    let invoke_port = moto::free_port().map_err(|e| DemoError::Setup(format!("no free port: {e}")))?;
     let mut command = Command::new(&cargo_lambda);
     command
         .args([
@@ -296,12 +310,12 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
             "--invoke-port",
         ])
         .arg(invoke_port.to_string())
-        .current_dir(tools::workspace_root());
+        .current_dir(paths::workspace_root());
     log_to(&mut command, &log("cargo-lambda-watch.log")).map_err(DemoError::Setup)?;
     let (watch, _) = sup
         .spawn("cargo-lambda-watch", command)
         .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", cargo_lambda.display())))?;
-    stack::wait_for_port(
+    moto::wait_for_port(
         invoke_port,
         Duration::from_secs(60),
         &watch,
@@ -331,7 +345,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stack::log_file(&path).map_err(DemoError::Setup)?);
+            .stderr(moto::log_file(&path).map_err(DemoError::Setup)?);
         let (handle, pipes) = sup
             .spawn(&name, command)
             .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", bins.starter.display())))?;
@@ -389,8 +403,8 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     }
     command
         .stdin(Stdio::null())
-        .stdout(stack::log_file(&log("local-esm.out")).map_err(DemoError::Setup)?)
-        .stderr(stack::log_file(&log("local-esm.log")).map_err(DemoError::Setup)?);
+        .stdout(moto::log_file(&log("local-esm.out")).map_err(DemoError::Setup)?)
+        .stderr(moto::log_file(&log("local-esm.log")).map_err(DemoError::Setup)?);
     let (esm, _) = sup
         .spawn("local-esm", command)
         .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", bins.local_esm.display())))?;
@@ -403,8 +417,8 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         .args(["--queue-url", &stack.queue_url, "--stdin", "--quiet", "--summary-json"])
         .args(["--endpoint-url", &endpoints.sqs, "--region", REGION])
         .stdin(Stdio::piped())
-        .stdout(stack::log_file(&log("producer.out")).map_err(DemoError::Setup)?)
-        .stderr(stack::log_file(&log("producer.log")).map_err(DemoError::Setup)?);
+        .stdout(moto::log_file(&log("producer.out")).map_err(DemoError::Setup)?)
+        .stderr(moto::log_file(&log("producer.log")).map_err(DemoError::Setup)?);
     let produce_t0 = t0.elapsed().as_secs_f64();
     let (producer, pipes) = sup
         .spawn("producer", command)
@@ -427,7 +441,12 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
 
     // Watch until the producer is done and the queue is empty, or the bound.
     let mut live = Live::new(Duration::from_secs_f64(cfg.progress_seconds.max(0.0)));
-    let mut must_run: Vec<Handle> = vec![moto_sqs.clone(), moto_sfn.clone(), watch.clone(), esm.clone()];
+    let mut must_run: Vec<Handle> = vec![
+        moto_sqs.handle.clone(),
+        moto_sfn.handle.clone(),
+        watch.clone(),
+        esm.clone(),
+    ];
     must_run.extend(starters.iter().cloned());
     let mut status = Status {
         target: cfg.rate,
@@ -485,7 +504,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         status.dlq = stack::queue_counts(&sqs, &stack.dlq_url).await.ok().map(|c| c.total());
         {
             let guard = emf_log.lock().unwrap_or_else(|p| p.into_inner());
-            status.started = guard.totals.started;
+            status.started = guard.totals.counts.started;
             status.rate = rate::window_rate(&guard.starts, t0.elapsed().as_secs_f64(), rate::WINDOW_SECONDS);
         }
         status.elapsed_seconds = now;
@@ -533,12 +552,10 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
 
     // Count what happened, in moto.
     let count_t0 = Instant::now();
-    let listed = stack::list_executions(&sfn, &state_machine_arn)
+    let listed = moto::list_executions(&sfn, &state_machine_arn)
         .await
         .map_err(DemoError::Run)?;
-    let executions = stack::describe_executions(&sfn, &listed)
-        .await
-        .map_err(DemoError::Run)?;
+    let executions = moto::describe_executions(&sfn, &listed).await.map_err(DemoError::Run)?;
     let dead_letters = stack::read_queue(&sqs, &stack.dlq_url, Duration::from_secs(600), Duration::from_secs(60))
         .await
         .map_err(DemoError::Run)?;
@@ -549,7 +566,8 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         dead_letters.len(),
         count_t0.elapsed().as_secs_f64()
     );
-    sup.stop(&[moto_sqs, moto_sfn], STOP_GRACE).await;
+    sup.stop(&[moto_sqs.handle.clone(), moto_sfn.handle.clone()], STOP_GRACE)
+        .await;
     sup.stop_all(STOP_GRACE).await;
 
     let producer_summary = last_json_line(&log("producer.out"));
@@ -564,7 +582,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         .and_then(Value::as_u64);
     let (function, starts) = {
         let guard = emf_log.lock().unwrap_or_else(|p| p.into_inner());
-        (guard.totals, guard.starts.clone())
+        (guard.totals.clone(), guard.starts.clone())
     };
     let executions_in_moto = listed.len() as u64;
     let achieved = rate::per_second(executions_in_moto, drain_seconds);

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-use crate::procs::Supervisor;
+use local_stack::moto::{self, aws_env, Endpoints, Moto, MotoOptions};
+use local_stack::paths;
+use local_stack::process::Supervisor;
+
 use crate::run::{function_env, warm_up, DemoError, FUNCTION_NAME};
-use crate::stack::{self, aws_env, Endpoints};
-use crate::tools;
+use crate::stack;
 
 /// The resources' name: `events/*.json` name the queue `arn:aws:sqs:us-east-1:123456789012:sfn-pacer-work`.
 pub const NAME: &str = "sfn-pacer-work";
@@ -36,8 +38,8 @@ pub struct ServeConfig {
 
 /// Runs until `max_seconds` or a child's end; the caller handles Ctrl-C and the cleanup.
 pub async fn serve(cfg: &ServeConfig, sup: &Supervisor) -> Result<(), DemoError> {
-    let cargo_lambda = tools::cargo_lambda().map_err(DemoError::Setup)?;
-    if stack::port_in_use(cfg.invoke_port) {
+    let cargo_lambda = paths::cargo_lambda().map_err(DemoError::Setup)?;
+    if moto::port_in_use(cfg.invoke_port) {
         return Err(DemoError::Setup(format!(
             "127.0.0.1:{} is already in use (another `make watch`?): stop it, or pass --invoke-port",
             cfg.invoke_port
@@ -47,12 +49,15 @@ pub async fn serve(cfg: &ServeConfig, sup: &Supervisor) -> Result<(), DemoError>
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", log_dir.display())))?;
     let moto_log = log_dir.join("moto.log");
-    let moto = stack::start_moto(sup, "moto_server", cfg.moto_port, &moto_log, false)
-        .await
-        .map_err(DemoError::Setup)?;
-    let endpoint = format!("http://127.0.0.1:{}", cfg.moto_port);
-    let sdk = sfn_pacer_tests::moto::sdk_config_for(&endpoint).await;
-    let stack = stack::provision(&sdk, NAME, 5, 60).await.map_err(DemoError::Setup)?;
+    let options = MotoOptions {
+        port: Some(cfg.moto_port),
+        log: Some(moto_log.clone()),
+        ..MotoOptions::default()
+    };
+    let server = Moto::start_in(sup, &options).await.map_err(DemoError::Setup)?;
+    let endpoint = server.endpoint();
+    let sdk = server.sdk_config().await;
+    let stack = moto::provision(&sdk, NAME, 5, 60).await.map_err(DemoError::Setup)?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let fifo_url = stack::create_fifo_queue(&sqs, &format!("{NAME}.fifo"), 60)
@@ -63,7 +68,7 @@ pub async fn serve(cfg: &ServeConfig, sup: &Supervisor) -> Result<(), DemoError>
     command
         .args(["lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port"])
         .arg(cfg.invoke_port.to_string())
-        .current_dir(tools::workspace_root())
+        .current_dir(paths::workspace_root())
         .stdin(Stdio::null());
     aws_env(&mut command, &Endpoints::single(&endpoint));
     command.envs(function_env(
@@ -76,14 +81,14 @@ pub async fn serve(cfg: &ServeConfig, sup: &Supervisor) -> Result<(), DemoError>
     let (watch, _) = sup
         .spawn("cargo-lambda-watch", command)
         .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", cargo_lambda.display())))?;
-    stack::wait_for_port(cfg.invoke_port, Duration::from_secs(60), &watch, "see its output above")
+    moto::wait_for_port(cfg.invoke_port, Duration::from_secs(60), &watch, "see its output above")
         .await
         .map_err(DemoError::Setup)?;
     eprintln!("sfn-pacer-demo: building and starting the function (the first build can take minutes)…");
     warm_up(
         cfg.invoke_port,
         Duration::from_secs(cfg.build_timeout),
-        &[watch.clone(), moto.clone()],
+        &[watch.clone(), server.handle.clone()],
     )
     .await
     .map_err(DemoError::Setup)?;
@@ -115,12 +120,12 @@ pub async fn serve(cfg: &ServeConfig, sup: &Supervisor) -> Result<(), DemoError>
     let mut last = (0, 0);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        for h in [&moto, &watch] {
+        for h in [&server.handle, &watch] {
             if let Some(exit) = h.exit() {
                 return Err(DemoError::Run(format!("{} stopped unexpectedly ({exit})", h.name)));
             }
         }
-        let executions = stack::list_executions(&sfn, &stack.state_machine_arn)
+        let executions = moto::list_executions(&sfn, &stack.state_machine_arn)
             .await
             .map(|e| e.len());
         let dlq = stack::queue_counts(&sqs, &stack.dlq_url).await.map(|c| c.total());

@@ -1,5 +1,5 @@
-//! Where the programs the demo runs are: the workspace's binaries next to the demo's own
-//! executable, `moto_server` and `cargo-lambda` from the project's `.venv` or the `PATH`.
+//! The workspace binaries the demo runs, next to the demo's own executable (`moto_server` and
+//! `cargo-lambda` are found by `local_stack::paths`).
 
 use std::path::{Path, PathBuf};
 
@@ -45,45 +45,6 @@ impl Binaries {
     }
 }
 
-/// The workspace root: the `cargo lambda` commands run there.
-pub fn workspace_root() -> PathBuf {
-    sfn_pacer_tests::moto::workspace_root()
-}
-
-/// `name` in a folder of the `PATH`.
-pub fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// `moto_server`: `$MOTO_SERVER`, the project's `.venv`, else the `PATH`.
-pub fn moto_server() -> Result<PathBuf, String> {
-    let preferred = sfn_pacer_tests::moto::moto_server_path();
-    if preferred.is_file() {
-        return Ok(preferred);
-    }
-    on_path("moto_server").ok_or_else(|| {
-        format!(
-            "moto_server not found ({} does not exist, nor is it on the PATH): run `make venv` (or set MOTO_SERVER)",
-            preferred.display()
-        )
-    })
-}
-
-/// `cargo-lambda`: the `PATH` (the Makefile puts `.venv/bin` first), else the project's `.venv`.
-pub fn cargo_lambda() -> Result<PathBuf, String> {
-    if let Some(path) = on_path("cargo-lambda") {
-        return Ok(path);
-    }
-    let venv = workspace_root().join(".venv/bin/cargo-lambda");
-    if venv.is_file() {
-        return Ok(venv);
-    }
-    Err("cargo-lambda not found on the PATH nor in .venv/bin: run `make venv`".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,10 +62,5 @@ mod tests {
         let b = Binaries::in_dir(&dir).unwrap();
         assert!(b.local_esm.ends_with("local-esm"));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_workspace_root_holds_the_workspace_manifest() {
-        assert!(workspace_root().join("Cargo.toml").is_file());
     }
 }

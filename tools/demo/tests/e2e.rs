@@ -11,14 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use local_stack::paths::{venv_bin, workspace_root};
 use serde_json::Value;
 
 const BUILD_LIMIT: Duration = Duration::from_secs(240);
 const RUN_LIMIT: Duration = Duration::from_secs(150);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Waits for `child` at most `limit`; on a timeout sends SIGTERM (the demo then stops what it
 /// started), waits a little more, kills it, and fails the test.
@@ -111,7 +108,7 @@ fn three_hundred_messages_end_to_end() {
     let out_dir = std::env::temp_dir().join(format!("sfn-pacer-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).expect("create the output folder");
     let report_path = out_dir.join("report.json");
-    let venv_bin = workspace_root().join(".venv/bin");
+    let venv_bin = venv_bin();
     let path = std::env::join_paths(
         std::iter::once(venv_bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )

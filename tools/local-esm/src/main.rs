@@ -3,18 +3,17 @@
 //! Exit codes: 0 stopped normally (`--until-empty`, `--max-seconds`, Ctrl-C or SIGTERM);
 //! 1 a poller failed; 2 usage or setup error; 130 a second Ctrl-C cut the shutdown short.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 
-use local_esm::event::region_from_arn;
-use local_esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
-use local_esm::invoke::HttpInvoker;
-use local_esm::runner::{self, EsmConfig, StopReason, Summary};
-use local_esm::sqs::SqsQueue;
+use local_stack::esm::event::region_from_arn;
+use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::invoke::HttpInvoker;
+use local_stack::esm::runner::{self, EsmConfig, StopReason, Summary, SHORT_POLL_PAUSE};
+use local_stack::esm::sqs::SqsQueue;
 
 /// Poll an SQS queue and invoke a function with SQS events, like AWS's event source mapping
 /// with ReportBatchItemFailures: acknowledged messages are deleted, reported failures (and
@@ -82,12 +81,8 @@ struct Cli {
     #[arg(long)]
     summary_json: bool,
 
-    /// AWS endpoint URL (default: AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_SQS, else AWS).
-    #[arg(long, value_name = "URL")]
-    endpoint_url: Option<String>,
-    /// AWS region (default: AWS_REGION / the AWS profile).
-    #[arg(long)]
-    region: Option<String>,
+    #[command(flatten)]
+    aws: local_stack::cli::AwsArgs,
 }
 
 fn seconds(name: &str, value: f64, min: f64, max: f64) -> Result<Duration, String> {
@@ -101,14 +96,7 @@ fn seconds(name: &str, value: f64, min: f64, max: f64) -> Result<Duration, Strin
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    local_stack::cli::init_tracing("info");
     let summary_json = cli.summary_json;
     let run = run(cli);
     // A second Ctrl-C cuts the graceful shutdown short.
@@ -183,18 +171,12 @@ async fn run(cli: Cli) -> Result<Summary, String> {
         return Err("--batch-size above 10 needs a --batching-window of at least 1 second (as on AWS)".into());
     }
 
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+    let loader = cli.aws.sdk_loader().timeout_config(
         aws_config::timeout::TimeoutConfig::builder()
             // Long polls take up to 20 s.
             .operation_attempt_timeout(Duration::from_secs(30))
             .build(),
     );
-    if let Some(endpoint) = &cli.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let Some(region) = &cli.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
     let sdk_config = loader.load().await;
     let client = aws_sdk_sqs::Client::new(&sdk_config);
     let info = SqsQueue::resolve(&client, cli.queue_url.as_deref(), cli.queue_name.as_deref()).await?;
@@ -239,6 +221,7 @@ async fn run(cli: Cli) -> Result<Summary, String> {
         until_empty: cli.until_empty,
         empty_polls: cli.empty_polls,
         poll_interval,
+        empty_receive_pause: SHORT_POLL_PAUSE,
         max_run,
         progress_interval: (!progress.is_zero()).then_some(progress),
     };

@@ -18,12 +18,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use local_esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
-use local_esm::invoke::HttpInvoker;
-use local_esm::runner::{self, EsmConfig, StopReason};
-use local_esm::sqs::SqsQueue;
+use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::invoke::HttpInvoker;
+use local_stack::esm::runner::{self, EsmConfig, StopReason};
+use local_stack::esm::sqs::SqsQueue;
+use local_stack::moto::Moto;
 use serde_json::json;
-use sfn_pacer_tests::moto::Moto;
 
 /// One record as the fake function saw it.
 #[derive(Clone, Debug)]
@@ -203,7 +203,7 @@ fn summary_of(output: &std::process::Output) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_are_deleted_failures_retried_then_redriven_to_the_dlq() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let client = Client::new(&moto.sdk_config().await);
     let (fake, port) = start_fake().await;
     let (url, dlq_url) = create_queues(&client, "esm-main", Some(2)).await;
@@ -234,6 +234,7 @@ async fn acknowledged_are_deleted_failures_retried_then_redriven_to_the_dlq() {
         until_empty: true,
         empty_polls: 2,
         poll_interval: Duration::from_millis(500),
+        empty_receive_pause: runner::SHORT_POLL_PAUSE,
         max_run: Some(Duration::from_secs(40)),
         progress_interval: None,
     };
@@ -307,7 +308,7 @@ async fn acknowledged_are_deleted_failures_retried_then_redriven_to_the_dlq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_leaves_the_batch_on_function_errors_and_stops_on_sigterm() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let client = Client::new(&moto.sdk_config().await);
     let (fake, port) = start_fake().await;
     let (url, _) = create_queues(&client, "esm-errors", None).await;
@@ -367,7 +368,7 @@ async fn binary_leaves_the_batch_on_function_errors_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_fails_whole_batches_on_invalid_responses_and_timeouts() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let client = Client::new(&moto.sdk_config().await);
     let (_fake, port) = start_fake().await;
     let (url, _) = create_queues(&client, "esm-invalid", None).await;
@@ -413,7 +414,7 @@ async fn binary_fails_whole_batches_on_invalid_responses_and_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_refuses_a_large_batch_without_a_window() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_local-esm"));
     command.args(["--queue-name", "whatever", "--batch-size", "100"]);
     env_for(&mut command, &moto);

@@ -95,25 +95,14 @@ struct Cli {
     #[arg(long)]
     summary_json: bool,
 
-    /// AWS endpoint URL (default: AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_SQS, else AWS).
-    #[arg(long, value_name = "URL")]
-    endpoint_url: Option<String>,
-    /// AWS region (default: AWS_REGION / the AWS profile).
-    #[arg(long)]
-    region: Option<String>,
+    #[command(flatten)]
+    aws: local_stack::cli::AwsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    local_stack::cli::init_tracing("warn");
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -178,14 +167,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
             ));
         }
     }
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(endpoint) = &cli.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let Some(region) = &cli.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    let sdk_config = loader.load().await;
+    let sdk_config = cli.aws.sdk_loader().load().await;
     let client = aws_sdk_sqs::Client::new(&sdk_config);
 
     let queue_url = resolve_queue_url(&client, cli.queue_url.as_deref(), cli.queue_name.as_deref()).await?;

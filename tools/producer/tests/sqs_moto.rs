@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 use indicatif::ProgressBar;
+use local_stack::moto::Moto;
 use producer::input::{spawn_reader, Decoration, GenerateConfig, Generator, Source};
 use producer::send::{self, SendConfig};
 use producer::sqs::SqsSender;
-use sfn_pacer_tests::moto::Moto;
 
 async fn create_queue(client: &Client, name: &str) -> String {
     let mut request = client.create_queue().queue_name(name);
@@ -67,7 +67,7 @@ fn is_json(body: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_95_messages_including_5_bad() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let client = Client::new(&moto.sdk_config().await);
     let url = create_queue(&client, "producer-it").await;
 
@@ -120,7 +120,7 @@ async fn sends_95_messages_including_5_bad() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_sends_to_a_fifo_queue_and_prints_a_json_summary() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let client = Client::new(&moto.sdk_config().await);
     let url = create_queue(&client, "producer-bin.fifo").await;
 
@@ -183,7 +183,7 @@ async fn binary_sends_to_a_fifo_queue_and_prints_a_json_summary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_fails_clearly_on_a_missing_queue() {
-    let moto = Moto::start().unwrap();
+    let moto = Moto::start().await.unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_producer"))
         .args(["--queue-name", "does-not-exist", "--generate", "3"])
         .env("AWS_ENDPOINT_URL", moto.endpoint())

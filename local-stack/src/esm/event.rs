@@ -12,114 +12,80 @@
 //! FIFO queues add `MessageGroupId`, `MessageDeduplicationId` and `SequenceNumber` to
 //! `attributes`. The system attributes are passed on as SQS returned them.
 
-use std::collections::BTreeMap;
+//! The types are `aws_lambda_events`' own ([`SqsMessage`], [`SqsEvent`]): the event is what that
+//! crate serialises, the same type the function deserialises.
 
-use serde::Serialize;
+pub use aws_lambda_events::encodings::Base64Data;
+pub use aws_lambda_events::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
+
+/// One message as received from SQS, in the shape of its record in the event. Every receive
+/// sets `message_id` and `receipt_handle`; the event source fields are set by [`sqs_event`].
+pub type ReceivedMessage = SqsMessage;
 
 /// Bytes a record adds to the event beyond its body, receipt handle and attributes (keys,
 /// ARN, region, quoting); an over-estimate used to keep events under the invoke payload limit.
 const RECORD_OVERHEAD_BYTES: usize = 512;
 
-/// One message as received from SQS.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReceivedMessage {
-    /// The SQS message id.
-    pub message_id: String,
-    /// The receipt handle of this receive.
-    pub receipt_handle: String,
-    /// The body.
-    pub body: String,
-    /// The MD5 of the body (hex), as SQS computed it.
-    pub md5_of_body: String,
-    /// System attributes (`ApproximateReceiveCount`, `SentTimestamp`, …) by name.
-    pub attributes: BTreeMap<String, String>,
-    /// Message attributes by name.
-    pub message_attributes: BTreeMap<String, MessageAttribute>,
+/// Binary data for a record's attribute (the type is `#[non_exhaustive]`).
+pub fn base64_data(bytes: &[u8]) -> Base64Data {
+    let mut data = Base64Data::default();
+    data.extend_from_slice(bytes);
+    data
 }
 
-/// A message attribute, in the event's shape.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MessageAttribute {
-    /// The value of a `String` or `Number` attribute.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub string_value: Option<String>,
-    /// The value of a `Binary` attribute, base64-encoded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub binary_value: Option<String>,
-    /// Reserved by SQS; always empty in practice.
-    pub string_list_values: Vec<String>,
-    /// Reserved by SQS; always empty in practice (base64 items).
-    pub binary_list_values: Vec<String>,
-    /// `String`, `Number`, `Binary`, or one of those with a custom suffix.
-    pub data_type: String,
+/// The message id of a received message ("" if SQS gave none).
+pub fn message_id(m: &ReceivedMessage) -> &str {
+    m.message_id.as_deref().unwrap_or_default()
 }
 
-impl ReceivedMessage {
-    /// An over-estimate of this message's size in the event JSON, in bytes.
-    pub fn estimated_size(&self) -> usize {
-        let attributes: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        let message_attributes: usize = self
-            .message_attributes
-            .iter()
-            .map(|(k, v)| {
-                k.len()
-                    + v.string_value.as_ref().map_or(0, String::len)
-                    + v.binary_value.as_ref().map_or(0, String::len)
-                    + v.data_type.len()
-                    + 96
-            })
-            .sum();
-        // Escaping can double a body's size in the worst case (mostly quotes or controls
-        // would be more); bodies are JSON strings in the event.
-        self.body.len() * 2
-            + self.receipt_handle.len()
-            + self.message_id.len()
-            + self.md5_of_body.len()
-            + attributes
-            + message_attributes
-            + RECORD_OVERHEAD_BYTES
-    }
+/// The receipt handle of a received message ("" if SQS gave none).
+pub fn receipt_handle(m: &ReceivedMessage) -> &str {
+    m.receipt_handle.as_deref().unwrap_or_default()
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Record<'a> {
-    message_id: &'a str,
-    receipt_handle: &'a str,
-    body: &'a str,
-    attributes: &'a BTreeMap<String, String>,
-    message_attributes: &'a BTreeMap<String, MessageAttribute>,
-    md5_of_body: &'a str,
-    event_source: &'static str,
-    #[serde(rename = "eventSourceARN")]
-    event_source_arn: &'a str,
-    aws_region: &'a str,
+/// An over-estimate of a message's size in the event JSON, in bytes.
+pub fn estimated_size(m: &ReceivedMessage) -> usize {
+    let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let attributes: usize = m.attributes.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    let message_attributes: usize = m
+        .message_attributes
+        .iter()
+        .map(|(k, v)| {
+            let binary = v.binary_value.as_ref().map_or(0, |b| b.0.len() * 4 / 3 + 4);
+            k.len() + len(&v.string_value) + binary + len(&v.data_type) + 96
+        })
+        .sum();
+    // Escaping can double a body's size in the worst case (mostly quotes or controls
+    // would be more); bodies are JSON strings in the event.
+    len(&m.body) * 2
+        + len(&m.receipt_handle)
+        + len(&m.message_id)
+        + len(&m.md5_of_body)
+        + len(&m.md5_of_message_attributes)
+        + attributes
+        + message_attributes
+        + RECORD_OVERHEAD_BYTES
 }
 
-#[derive(Serialize)]
-struct Event<'a> {
-    #[serde(rename = "Records")]
-    records: Vec<Record<'a>>,
+/// The SQS event for a batch: the messages with `eventSource`, `eventSourceARN` and `awsRegion` set.
+pub fn sqs_event(messages: &[ReceivedMessage], queue_arn: &str, region: &str) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| {
+            let mut record = m.clone();
+            record.event_source = Some("aws:sqs".to_string());
+            record.event_source_arn = Some(queue_arn.to_string());
+            record.aws_region = Some(region.to_string());
+            record
+        })
+        .collect();
+    event
 }
 
 /// The SQS event for a batch, as JSON bytes.
 pub fn event_json(messages: &[ReceivedMessage], queue_arn: &str, region: &str) -> Result<Vec<u8>, serde_json::Error> {
-    let records = messages
-        .iter()
-        .map(|m| Record {
-            message_id: &m.message_id,
-            receipt_handle: &m.receipt_handle,
-            body: &m.body,
-            attributes: &m.attributes,
-            message_attributes: &m.message_attributes,
-            md5_of_body: &m.md5_of_body,
-            event_source: "aws:sqs",
-            event_source_arn: queue_arn,
-            aws_region: region,
-        })
-        .collect();
-    serde_json::to_vec(&Event { records })
+    serde_json::to_vec(&sqs_event(messages, queue_arn, region))
 }
 
 /// The region of an ARN (`arn:aws:sqs:<region>:<account>:<name>`), if it has one.
@@ -131,18 +97,15 @@ pub fn region_from_arn(arn: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lambda_events::sqs::SqsEvent;
 
     const ARN: &str = "arn:aws:sqs:eu-west-1:123456789012:work";
 
     fn message(id: &str, body: &str) -> ReceivedMessage {
-        let mut m = ReceivedMessage {
-            message_id: id.into(),
-            receipt_handle: format!("rh-{id}"),
-            body: body.into(),
-            md5_of_body: "0123456789abcdef0123456789abcdef".into(),
-            ..ReceivedMessage::default()
-        };
+        let mut m = ReceivedMessage::default();
+        m.message_id = Some(id.into());
+        m.receipt_handle = Some(format!("rh-{id}"));
+        m.body = Some(body.into());
+        m.md5_of_body = Some("0123456789abcdef0123456789abcdef".into());
         for (k, v) in [
             ("ApproximateReceiveCount", "2"),
             ("SentTimestamp", "1700000000000"),
@@ -151,14 +114,10 @@ mod tests {
         ] {
             m.attributes.insert(k.into(), v.into());
         }
-        m.message_attributes.insert(
-            "key".into(),
-            MessageAttribute {
-                string_value: Some(format!("k-{id}")),
-                data_type: "String".into(),
-                ..Default::default()
-            },
-        );
+        let mut key = SqsMessageAttribute::default();
+        key.string_value = Some(format!("k-{id}"));
+        key.data_type = Some("String".into());
+        m.message_attributes.insert("key".into(), key);
         m
     }
 
@@ -181,7 +140,7 @@ mod tests {
         assert_eq!(key["dataType"], "String");
         assert_eq!(key["stringListValues"], serde_json::json!([]));
         assert_eq!(key["binaryListValues"], serde_json::json!([]));
-        assert!(key.get("binaryValue").is_none());
+        assert!(key["binaryValue"].is_null());
     }
 
     #[test]
@@ -191,14 +150,10 @@ mod tests {
         fifo.attributes.insert("MessageDeduplicationId".into(), "d2".into());
         fifo.attributes
             .insert("SequenceNumber".into(), "18849496460467696128".into());
-        fifo.message_attributes.insert(
-            "blob".into(),
-            MessageAttribute {
-                binary_value: Some(aws_smithy_types::base64::encode(b"\x00\x01")),
-                data_type: "Binary".into(),
-                ..Default::default()
-            },
-        );
+        let mut blob = SqsMessageAttribute::default();
+        blob.binary_value = Some(base64_data(&[0, 1]));
+        blob.data_type = Some("Binary".into());
+        fifo.message_attributes.insert("blob".into(), blob);
         let bytes = event_json(&[message("m1", "{}"), fifo], ARN, "eu-west-1").unwrap();
         let event: SqsEvent = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(event.records.len(), 2);
@@ -231,6 +186,6 @@ mod tests {
     fn size_estimate_covers_the_json() {
         let m = message("m1", &"\"".repeat(1000));
         let actual = event_json(std::slice::from_ref(&m), ARN, "eu-west-1").unwrap().len();
-        assert!(m.estimated_size() >= actual, "{} < {actual}", m.estimated_size());
+        assert!(estimated_size(&m) >= actual, "{} < {actual}", estimated_size(&m));
     }
 }

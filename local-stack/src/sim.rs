@@ -6,24 +6,34 @@
 //! - a receive hides a message for the visibility timeout and bumps its receive count;
 //! - a message received more than `max_receive_count` times is moved to the DLQ by the
 //!   redrive instead of being delivered (as SQS does);
-//! - the mapping deletes every record not listed in `batchItemFailures`; a failed
-//!   invocation (handler error or timeout) deletes nothing;
+//! - a delete needs the receipt handle of the current receive (a stale one fails, as in SQS);
 //! - ChangeMessageVisibility and the function's own DLQ sends go through [`Queue`].
 //!
-//! The ESM driver [`drive`] runs K workers, one per simulated Lambda instance, each with
-//! its own [`Starter`] (its own pacer), invoking them one batch at a time.
+//! It is driven by the one mapping loop ([`crate::esm::run`], as an [`esm::runner::Queue`]):
+//! [`drive`] runs it with K pollers, one per simulated Lambda instance, each with its own
+//! [`Starter`] (its own pacer), invoked in-process ([`InProcess`]).
+//!
+//! What it leaves out: FIFO queues (group ordering and blocking), delay queues, SQS's 1 MiB
+//! message size limit, and the latency of SQS calls (every call is instant).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use serde_json::json;
 use sfn_pacer::dead_letter::{AttributeValue, DeadLetter};
 use sfn_pacer::queue::{Queue, QueueError};
 use sfn_pacer::Starter;
 use tokio::time::Instant;
+
+use crate::esm::event::{ReceivedMessage, SqsMessage};
+use crate::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use crate::esm::in_process::InProcess;
+use crate::esm::runner::{self as esm, EsmConfig, QueueCounts, ReceiptEntry};
+use crate::moto::REGION;
+
+/// How often a long poll looks for visible messages again, while none are.
+const LONG_POLL_STEP: Duration = Duration::from_millis(20);
 
 /// Why a message is in the DLQ.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +78,8 @@ struct State {
     next_id: u64,
     /// Time from send to the acknowledgement that removed it, per deleted message.
     latencies: Vec<Duration>,
+    /// Receives of each message id so far (kept after the message is gone).
+    receive_counts: HashMap<String, u32>,
 }
 
 /// An in-memory SQS standard queue with a redrive policy.
@@ -131,8 +143,8 @@ impl SimQueue {
         id
     }
 
-    /// Receives up to `max` visible messages as an SQS event, applying the redrive first.
-    pub fn receive(&self, max: usize) -> SqsEvent {
+    /// Receives up to `max` visible messages, applying the redrive first (a short poll).
+    pub fn receive(&self, max: usize) -> Vec<ReceivedMessage> {
         let now = Instant::now();
         let mut s = self.lock();
         let mut records = Vec::new();
@@ -168,46 +180,24 @@ impl SimQueue {
             entry.receive_count += 1;
             entry.visible_at = now + self.visibility_timeout;
             entry.receipt = Some(receipt.clone());
-            records.push(json!({
-                "messageId": entry.id, "receiptHandle": receipt, "body": entry.body,
-                "attributes": {"ApproximateReceiveCount": entry.receive_count.to_string(), "SentTimestamp": "0"},
-                "eventSource": "aws:sqs", "eventSourceARN": self.arn, "awsRegion": "us-east-1",
-            }));
+            records.push(record(entry, receipt));
+            s.receive_counts.insert(id, m.receive_count + 1);
         }
-        serde_json::from_value(json!({ "Records": records })).unwrap_or_default()
+        records
     }
 
-    /// Deletes every record of `event` whose id is not in `failed` (the ESM's acknowledgement).
-    pub fn acknowledge(&self, event: &SqsEvent, failed: &[String]) {
+    /// Deletes the message of a receipt handle, if it is the current receive's (as in SQS).
+    fn delete_receipt(&self, receipt: &str) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
-        for record in &event.records {
-            let (Some(id), Some(receipt)) = (&record.message_id, &record.receipt_handle) else {
-                continue;
-            };
-            if failed.contains(id) {
-                continue;
-            }
-            // Only the current receive may delete: a stale receipt does nothing, as in SQS.
-            if s.receipts.remove(receipt).is_some() {
-                if let Some(m) = s.messages.remove(id) {
-                    s.deleted += 1;
-                    s.latencies.push(now - m.sent_at);
-                }
-            }
+        let Some(id) = s.receipts.remove(receipt) else {
+            return false;
+        };
+        if let Some(m) = s.messages.remove(&id) {
+            s.deleted += 1;
+            s.latencies.push(now - m.sent_at);
         }
-    }
-
-    /// Applies a partial batch response as the ESM does: deletes every record of `event`
-    /// not listed in `response`; returns how many records it listed.
-    pub fn apply_response(&self, event: &SqsEvent, response: &SqsBatchResponse) -> u64 {
-        let failed: Vec<String> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
-        self.acknowledge(event, &failed);
-        failed.len() as u64
+        true
     }
 
     /// The counts now.
@@ -228,6 +218,11 @@ impl SimQueue {
         self.lock().messages.is_empty()
     }
 
+    /// How often the message `id` has been received.
+    pub fn receive_count(&self, id: &str) -> u32 {
+        self.lock().receive_counts.get(id).copied().unwrap_or(0)
+    }
+
     /// The DLQ's entries.
     pub fn dlq(&self) -> Vec<DlqEntry> {
         self.lock().dlq.clone()
@@ -236,6 +231,64 @@ impl SimQueue {
     /// Send-to-delete times of the deleted messages.
     pub fn latencies(&self) -> Vec<Duration> {
         self.lock().latencies.clone()
+    }
+}
+
+/// The event record of a receive.
+fn record(m: &SimMessage, receipt: String) -> ReceivedMessage {
+    let mut r = SqsMessage::default();
+    r.message_id = Some(m.id.clone());
+    r.receipt_handle = Some(receipt);
+    r.body = Some(m.body.clone());
+    r.attributes
+        .insert("ApproximateReceiveCount".into(), m.receive_count.to_string());
+    r.attributes.insert("SentTimestamp".into(), "0".into());
+    r
+}
+
+impl esm::Queue for SimQueue {
+    /// Waits up to `wait` for a visible message, as a long poll does (to the millisecond, where
+    /// SQS takes whole seconds).
+    async fn receive(&self, max_messages: i32, wait: Duration) -> Result<Vec<ReceivedMessage>, String> {
+        let max = usize::try_from(max_messages.clamp(1, 10)).unwrap_or(10);
+        let deadline = Instant::now() + wait.min(Duration::from_secs(20));
+        loop {
+            let messages = SimQueue::receive(self, max);
+            if !messages.is_empty() || Instant::now() >= deadline {
+                return Ok(messages);
+            }
+            tokio::time::sleep(LONG_POLL_STEP.min(deadline - Instant::now())).await;
+        }
+    }
+
+    async fn delete(&self, entries: &[ReceiptEntry]) -> Result<Vec<(String, String)>, String> {
+        Ok(entries
+            .iter()
+            .filter(|(_, receipt)| !self.delete_receipt(receipt))
+            .map(|(id, _)| (id.clone(), "ReceiptHandleIsInvalid".to_string()))
+            .collect())
+    }
+
+    async fn release(&self, entries: &[ReceiptEntry]) -> Result<(), String> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        for (_, receipt) in entries {
+            if let Some(id) = s.receipts.get(receipt).cloned() {
+                if let Some(m) = s.messages.get_mut(&id) {
+                    m.visible_at = now;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, String> {
+        let depth = self.depth();
+        Ok(QueueCounts {
+            visible: depth.visible as u64,
+            not_visible: depth.in_flight as u64,
+            delayed: 0,
+        })
     }
 }
 
@@ -275,11 +328,19 @@ impl Queue for SimQueue {
     }
 }
 
+/// The batching window of simulated runs: long enough to gather a batch from a deep queue
+/// (receives are instant here), short enough not to delay the last, partial batches.
+pub const DEFAULT_BATCHING_WINDOW: Duration = Duration::from_millis(10);
+
 /// How the simulated event source mapping invokes the function.
 #[derive(Debug, Clone)]
 pub struct Mapping {
     /// Records per invocation (BatchSize).
     pub batch_size: usize,
+    /// `MaximumBatchingWindowInSeconds`: above 10 records a batch is gathered from several
+    /// receives, for at most this long (as on AWS, a BatchSize above 10 needs one; here it may
+    /// be shorter than AWS's 1 s minimum: [`DEFAULT_BATCHING_WINDOW`]).
+    pub batching_window: Duration,
     /// The function timeout: the deadline given to each invocation. An invocation still
     /// running at this time is cut off and its whole batch returns to the queue.
     pub function_timeout: Duration,
@@ -288,7 +349,7 @@ pub struct Mapping {
     pub short_deadline: Option<(u64, Duration)>,
     /// The whole run stops after this long, drained or not.
     pub max_run: Duration,
-    /// How long a worker sleeps when nothing is visible.
+    /// How long a poller pauses when nothing is visible.
     pub idle_poll: Duration,
 }
 
@@ -301,83 +362,89 @@ pub struct RunReport {
     pub failed_invocations: u64,
     /// Records listed in `batchItemFailures`, summed over invocations.
     pub reported: u64,
+    /// The handlers' `possible_duplicates` (Express), summed over invocations.
+    pub possible_duplicates: u64,
     /// Wall time from the start to the queue being drained (or `max_run`).
     pub elapsed: Duration,
     /// Whether the queue was drained.
     pub drained: bool,
 }
 
-/// Runs one worker per starter (one per simulated Lambda instance) until the queue is
-/// drained or `mapping.max_run` passes. Bounded in time by construction.
+/// Runs the mapping loop with one poller per starter (one per simulated Lambda instance)
+/// until the queue is drained or `mapping.max_run` passes. Bounded in time by construction.
 pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: Mapping) -> RunReport {
-    let started = Instant::now();
-    let stop_at = started + mapping.max_run;
-    let invocation_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for starter in starters {
-        let (queue, mapping, counter) = (queue.clone(), mapping.clone(), invocation_counter.clone());
-        workers.push(tokio::spawn(async move {
-            let mut report = RunReport::default();
-            while Instant::now() < stop_at && !queue.is_drained() {
-                let event = queue.receive(mapping.batch_size);
-                if event.records.is_empty() {
-                    tokio::time::sleep(mapping.idle_poll).await;
-                    continue;
-                }
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                let budget = match mapping.short_deadline {
-                    Some((every, short)) if every > 0 && n % every == 0 => short,
-                    _ => mapping.function_timeout,
-                };
-                let deadline_ms = sfn_pacer::handler::now_epoch_ms() + budget.as_millis() as u64;
-                report.invocations += 1;
-                let result = tokio::time::timeout(budget, starter.process(event.clone(), deadline_ms)).await;
-                match result {
-                    Ok(Ok(outcome)) => report.reported += queue.apply_response(&event, &outcome.response),
-                    // A handler error or a timeout: the whole batch comes back.
-                    Ok(Err(_)) | Err(_) => report.failed_invocations += 1,
-                }
-            }
-            report
-        }));
+    let pollers = starters.len();
+    let invoker = Arc::new(InProcess::new(
+        starters,
+        mapping.function_timeout,
+        mapping.short_deadline,
+    ));
+    let config = EsmConfig {
+        gather: GatherConfig {
+            batch_size: mapping.batch_size,
+            window: mapping.batching_window,
+            wait_seconds: 0,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+        },
+        max_concurrency: pollers,
+        function_timeout: mapping.function_timeout,
+        queue_arn: queue.arn().to_string(),
+        region: REGION.to_string(),
+        until_empty: true,
+        empty_polls: 1,
+        // Each check counts the queue (O(messages)): at most every 10 ms.
+        poll_interval: mapping.idle_poll.max(Duration::from_millis(10)),
+        empty_receive_pause: mapping.idle_poll,
+        max_run: Some(mapping.max_run),
+        progress_interval: None,
+    };
+    let summary = esm::run(queue.clone(), invoker.clone(), config, std::future::pending()).await;
+    assert!(
+        summary.stop_reason != esm::StopReason::WorkerFailed,
+        "a mapping poller failed: {summary:?}"
+    );
+    RunReport {
+        invocations: summary.batches,
+        failed_invocations: summary.function_errors + summary.invalid_responses + summary.timeouts,
+        reported: summary.reported_failures,
+        possible_duplicates: invoker.possible_duplicates(),
+        elapsed: Duration::from_secs_f64(summary.elapsed_seconds),
+        drained: queue.is_drained(),
     }
-    let mut total = RunReport::default();
-    for worker in workers {
-        // A panic in the handler must fail the test, not silently remove an instance.
-        let r = match worker.await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("a mapping worker did not finish: {e}"),
-        };
-        total.invocations += r.invocations;
-        total.failed_invocations += r.failed_invocations;
-        total.reported += r.reported;
-    }
-    total.elapsed = started.elapsed();
-    total.drained = queue.is_drained();
-    total
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::esm::event::{message_id, receipt_handle};
+    use crate::esm::runner::Queue as _;
+
+    /// The mapping's acknowledgement: deletes every received message not in `failed`.
+    async fn acknowledge(q: &SimQueue, received: &[ReceivedMessage], failed: &[String]) {
+        let entries: Vec<ReceiptEntry> = received
+            .iter()
+            .filter(|m| !failed.iter().any(|f| f == message_id(m)))
+            .map(|m| (message_id(m).to_string(), receipt_handle(m).to_string()))
+            .collect();
+        q.delete(&entries).await.unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn receive_hides_counts_and_redrives() {
         let q = SimQueue::new("q", 2, Duration::from_secs(10));
         let id = q.send("{}");
         let first = q.receive(10);
-        assert_eq!(first.records.len(), 1);
-        assert_eq!(first.records[0].attributes["ApproximateReceiveCount"], "1");
-        assert!(q.receive(10).records.is_empty(), "hidden while in flight");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].attributes["ApproximateReceiveCount"], "1");
+        assert!(q.receive(10).is_empty(), "hidden while in flight");
         tokio::time::advance(Duration::from_secs(11)).await;
         let second = q.receive(10);
-        assert_eq!(second.records[0].attributes["ApproximateReceiveCount"], "2");
+        assert_eq!(second[0].attributes["ApproximateReceiveCount"], "2");
         // A stale receipt cannot delete.
-        q.acknowledge(&first, &[]);
+        acknowledge(&q, &first, &[]).await;
         assert!(!q.is_drained());
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(q.receive(10).records.is_empty(), "the third receive redrives it");
+        assert!(q.receive(10).is_empty(), "the third receive redrives it");
         assert_eq!(
             q.dlq(),
             vec![DlqEntry::Redriven {
@@ -394,7 +461,7 @@ mod tests {
         let a = q.send("a");
         let _b = q.send("b");
         let event = q.receive(10);
-        q.acknowledge(&event, std::slice::from_ref(&a));
+        acknowledge(&q, &event, std::slice::from_ref(&a)).await;
         assert_eq!(
             q.depth(),
             Depth {
@@ -404,7 +471,7 @@ mod tests {
                 deleted: 1
             }
         );
-        q.change_visibility(q.arn(), event.records[0].receipt_handle.as_deref().unwrap(), 0)
+        q.change_visibility(q.arn(), receipt_handle(&event[0]), 0)
             .await
             .unwrap();
         assert_eq!(q.depth().visible, 1);

@@ -1,7 +1,5 @@
 //! The `aws-sdk-sqs` side of the mapping.
 
-use std::collections::BTreeMap;
-
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName,
@@ -9,8 +7,11 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 
-use crate::event::{MessageAttribute, ReceivedMessage};
-use crate::runner::{Queue, QueueCounts, ReceiptEntry};
+use std::time::Duration;
+
+use super::event::{base64_data, ReceivedMessage, SqsMessageAttribute};
+use super::gather::MAX_WAIT_SECONDS;
+use super::runner::{Queue, QueueCounts, ReceiptEntry};
 
 /// What the mapping needs to know about its queue.
 #[derive(Clone, Debug)]
@@ -89,41 +90,38 @@ impl SqsQueue {
     }
 }
 
-/// A received SDK message in the event's terms (`None` without an id or receipt handle).
+/// A received SDK message as its event record (`None` without an id or receipt handle).
 pub fn received_message(m: &Message) -> Option<ReceivedMessage> {
-    let attributes: BTreeMap<String, String> = m
-        .attributes()
-        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect())
-        .unwrap_or_default();
-    let message_attributes = m
-        .message_attributes()
-        .map(|a| {
-            a.iter()
-                .map(|(name, v)| {
-                    let attribute = MessageAttribute {
-                        string_value: v.string_value().map(str::to_string),
-                        binary_value: v.binary_value().map(|b| aws_smithy_types::base64::encode(b.as_ref())),
-                        string_list_values: v.string_list_values().to_vec(),
-                        binary_list_values: v
-                            .binary_list_values()
-                            .iter()
-                            .map(|b| aws_smithy_types::base64::encode(b.as_ref()))
-                            .collect(),
-                        data_type: v.data_type().to_string(),
-                    };
-                    (name.clone(), attribute)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(ReceivedMessage {
-        message_id: m.message_id()?.to_string(),
-        receipt_handle: m.receipt_handle()?.to_string(),
-        body: m.body().unwrap_or_default().to_string(),
-        md5_of_body: m.md5_of_body().unwrap_or_default().to_string(),
-        attributes,
-        message_attributes,
-    })
+    let mut out = ReceivedMessage::default();
+    out.message_id = Some(m.message_id()?.to_string());
+    out.receipt_handle = Some(m.receipt_handle()?.to_string());
+    out.body = Some(m.body().unwrap_or_default().to_string());
+    out.md5_of_body = m.md5_of_body().map(str::to_string);
+    out.md5_of_message_attributes = m.md5_of_message_attributes().map(str::to_string);
+    if let Some(attributes) = m.attributes() {
+        out.attributes = attributes
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+            .collect();
+    }
+    for (name, v) in m.message_attributes().into_iter().flatten() {
+        let bytes = |b: &aws_smithy_types::Blob| base64_data(b.as_ref());
+        let mut attribute = SqsMessageAttribute::default();
+        attribute.string_value = v.string_value().map(str::to_string);
+        attribute.binary_value = v.binary_value().map(bytes);
+        attribute.string_list_values = v.string_list_values().to_vec();
+        attribute.binary_list_values = v.binary_list_values().iter().map(bytes).collect();
+        attribute.data_type = Some(v.data_type().to_string());
+        out.message_attributes.insert(name.clone(), attribute);
+    }
+    Some(out)
+}
+
+/// `WaitTimeSeconds` for a long poll of `wait`: whole seconds, rounded up (a receive returns as
+/// soon as messages arrive anyway), at most 20.
+pub fn wait_time_seconds(wait: Duration) -> i32 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    i32::try_from(seconds.min(u64::try_from(MAX_WAIT_SECONDS).unwrap_or(20))).unwrap_or(MAX_WAIT_SECONDS)
 }
 
 fn count(attributes: Option<&std::collections::HashMap<QueueAttributeName, String>>, name: QueueAttributeName) -> u64 {
@@ -134,13 +132,13 @@ fn count(attributes: Option<&std::collections::HashMap<QueueAttributeName, Strin
 }
 
 impl Queue for SqsQueue {
-    async fn receive(&self, max_messages: i32, wait_seconds: i32) -> Result<Vec<ReceivedMessage>, String> {
+    async fn receive(&self, max_messages: i32, wait: Duration) -> Result<Vec<ReceivedMessage>, String> {
         let out = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max_messages.clamp(1, 10))
-            .wait_time_seconds(wait_seconds.clamp(0, 20))
+            .wait_time_seconds(wait_time_seconds(wait))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
             .send()
@@ -231,4 +229,19 @@ pub async fn queue_counts(client: &Client, url: &str) -> Result<QueueCounts, Str
         not_visible: count(a, QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         delayed: count(a, QueueAttributeName::ApproximateNumberOfMessagesDelayed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up_to_whole_seconds_at_most_twenty() {
+        assert_eq!(wait_time_seconds(Duration::ZERO), 0);
+        assert_eq!(wait_time_seconds(Duration::from_millis(1)), 1);
+        // 4.9 s left: rounded up to 5.
+        assert_eq!(wait_time_seconds(Duration::from_millis(4_900)), 5);
+        assert_eq!(wait_time_seconds(Duration::from_secs(5)), 5);
+        assert_eq!(wait_time_seconds(Duration::from_secs(300)), 20);
+    }
 }

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::event::{event_json, ReceivedMessage};
-use crate::gather::{GatherConfig, Gatherer, Next};
-use crate::response::{decide, InvokeOutcome, Verdict};
+use super::event::{event_json, message_id, receipt_handle, ReceivedMessage};
+use super::gather::{GatherConfig, Gatherer, Next};
+use super::response::{decide, InvokeOutcome, Verdict};
 
 /// Most entries of one `DeleteMessageBatch` / `ChangeMessageVisibilityBatch` call.
 const MAX_BATCH_ENTRIES: usize = 10;
@@ -21,8 +21,8 @@ const MAX_BATCH_ENTRIES: usize = 10;
 const DELETE_ATTEMPTS: u32 = 3;
 /// Pause after a failed receive, or after an empty short poll.
 const RECEIVE_PAUSE: Duration = Duration::from_secs(1);
-/// Pause after an empty receive with `WaitTimeSeconds` 0.
-const SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
+/// The `local-esm` tool's pause after an empty receive with `WaitTimeSeconds` 0.
+pub const SHORT_POLL_PAUSE: Duration = Duration::from_millis(200);
 /// Longest time releasing held messages may take on shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time, beyond the function timeout, that pollers get to finish after a stop.
@@ -52,11 +52,11 @@ pub type ReceiptEntry = (String, String);
 /// The queue side.
 pub trait Queue: Send + Sync + 'static {
     /// `ReceiveMessage` with all system and message attributes. `max_messages` is 1 to 10,
-    /// `wait_seconds` 0 to 20.
+    /// `wait` (the long poll) 0 to 20 s.
     fn receive(
         &self,
         max_messages: i32,
-        wait_seconds: i32,
+        wait: Duration,
     ) -> impl Future<Output = Result<Vec<ReceivedMessage>, String>> + Send;
     /// `DeleteMessageBatch` of at most 10 entries; returns the entries that failed (id, reason).
     fn delete(&self, entries: &[ReceiptEntry]) -> impl Future<Output = Result<Vec<(String, String)>, String>> + Send;
@@ -68,9 +68,10 @@ pub trait Queue: Send + Sync + 'static {
 
 /// The function side.
 pub trait Invoker: Send + Sync + 'static {
-    /// Invokes the function synchronously with an event (JSON bytes). The caller bounds it
-    /// with the function timeout.
-    fn invoke(&self, payload: Vec<u8>) -> impl Future<Output = InvokeOutcome> + Send;
+    /// Invokes the function synchronously with an event (JSON bytes), for poller `poller`
+    /// (0 to `max_concurrency` − 1: an in-process invoker runs one function instance per
+    /// poller). The caller bounds it with the function timeout.
+    fn invoke(&self, poller: usize, payload: Vec<u8>) -> impl Future<Output = InvokeOutcome> + Send;
 }
 
 /// The mapping's settings.
@@ -93,6 +94,8 @@ pub struct EsmConfig {
     pub empty_polls: u32,
     /// Time between queue checks for `until_empty`.
     pub poll_interval: Duration,
+    /// Pause after an empty receive with `WaitTimeSeconds` 0 ([`SHORT_POLL_PAUSE`] for SQS).
+    pub empty_receive_pause: Duration,
     /// Hard bound on the run time (`None`: none).
     pub max_run: Option<Duration>,
     /// Time between progress log lines (`None`: none).
@@ -310,17 +313,17 @@ async fn poller_loop<Q: Queue, I: Invoker>(poller: usize, shared: Arc<Shared<Q, 
             break;
         }
         match gatherer.next(Instant::now()) {
-            Next::Receive {
-                max_messages,
-                wait_seconds,
-            } => {
+            Next::Receive { max_messages, wait } => {
                 let received = tokio::select! {
                     _ = stopped(&mut stop) => break,
-                    received = shared.queue.receive(max_messages, wait_seconds) => received,
+                    received = shared.queue.receive(max_messages, wait) => received,
                 };
                 match received {
                     Ok(messages) => {
-                        if messages.is_empty() && wait_seconds == 0 && pause(&mut stop, SHORT_POLL_PAUSE).await {
+                        if messages.is_empty()
+                            && wait.is_zero()
+                            && pause(&mut stop, shared.config.empty_receive_pause).await
+                        {
                             break;
                         }
                         add(&stats.held, messages.len() as u64);
@@ -348,7 +351,7 @@ async fn poller_loop<Q: Queue, I: Invoker>(poller: usize, shared: Arc<Shared<Q, 
         let entries: Vec<ReceiptEntry> = held
             .iter()
             .enumerate()
-            .map(|(i, m)| (i.to_string(), m.receipt_handle.clone()))
+            .map(|(i, m)| (i.to_string(), receipt_handle(m).to_string()))
             .collect();
         let release = async {
             for chunk in entries.chunks(MAX_BATCH_ENTRIES) {
@@ -370,13 +373,15 @@ async fn process_batch<Q: Queue, I: Invoker>(poller: usize, shared: &Shared<Q, I
     let config = &shared.config;
     add(&stats.batches, 1);
     add(&stats.records, batch.len() as u64);
-    let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(message_id).collect();
     let outcome = match event_json(batch, &config.queue_arn, &config.region) {
         Err(e) => InvokeOutcome::Transport(format!("cannot serialize the event: {e}")),
-        Ok(payload) => match tokio::time::timeout(config.function_timeout, shared.invoker.invoke(payload)).await {
-            Ok(outcome) => outcome,
-            Err(_) => InvokeOutcome::TimedOut(config.function_timeout),
-        },
+        Ok(payload) => {
+            match tokio::time::timeout(config.function_timeout, shared.invoker.invoke(poller, payload)).await {
+                Ok(outcome) => outcome,
+                Err(_) => InvokeOutcome::TimedOut(config.function_timeout),
+            }
+        }
     };
     if matches!(outcome, InvokeOutcome::Response { .. }) {
         add(&stats.invocations, 1);
@@ -414,7 +419,7 @@ async fn process_batch<Q: Queue, I: Invoker>(poller: usize, shared: &Shared<Q, I
     let entries: Vec<ReceiptEntry> = decision
         .delete
         .iter()
-        .map(|&i| (i.to_string(), batch[i].receipt_handle.clone()))
+        .map(|&i| (i.to_string(), receipt_handle(&batch[i]).to_string()))
         .collect();
     for chunk in entries.chunks(MAX_BATCH_ENTRIES) {
         let failed = delete_with_retry(&*shared.queue, chunk).await;
@@ -447,122 +452,15 @@ async fn delete_with_retry<Q: Queue>(queue: &Q, chunk: &[ReceiptEntry]) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gather::MAX_PAYLOAD_BYTES;
-    use std::collections::{HashMap, VecDeque};
+    use crate::esm::gather::MAX_PAYLOAD_BYTES;
+    use crate::sim::SimQueue;
     use std::sync::Mutex;
 
-    /// An in-memory queue: messages become visible again after `visibility` unless deleted.
-    struct MemQueue {
-        visibility: Duration,
-        state: Mutex<MemState>,
-    }
-
-    #[derive(Default)]
-    struct MemState {
-        visible: VecDeque<(String, String, u32)>,
-        in_flight: HashMap<String, (String, String, u32, Instant)>,
-        deleted: Vec<String>,
-        receipts: u64,
-        receive_counts: HashMap<String, u32>,
-    }
-
-    impl MemQueue {
-        fn new(bodies: &[&str], visibility: Duration) -> MemQueue {
-            let mut state = MemState::default();
-            for (i, body) in bodies.iter().enumerate() {
-                state.visible.push_back((format!("id{i}"), body.to_string(), 0));
-            }
-            MemQueue {
-                visibility,
-                state: Mutex::new(state),
-            }
-        }
-
-        fn expire(state: &mut MemState) {
-            let now = Instant::now();
-            let expired: Vec<String> = state
-                .in_flight
-                .iter()
-                .filter(|(_, v)| v.3 <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for rh in expired {
-                if let Some((id, body, count, _)) = state.in_flight.remove(&rh) {
-                    state.visible.push_back((id, body, count));
-                }
-            }
-        }
-    }
-
-    impl Queue for MemQueue {
-        async fn receive(&self, max_messages: i32, wait_seconds: i32) -> Result<Vec<ReceivedMessage>, String> {
-            let deadline = Instant::now() + Duration::from_secs(wait_seconds as u64);
-            loop {
-                {
-                    let mut state = self.state.lock().unwrap();
-                    Self::expire(&mut state);
-                    let mut out = Vec::new();
-                    while out.len() < max_messages as usize {
-                        let Some((id, body, count)) = state.visible.pop_front() else {
-                            break;
-                        };
-                        state.receipts += 1;
-                        let rh = format!("rh{}", state.receipts);
-                        let count = count + 1;
-                        state.receive_counts.insert(id.clone(), count);
-                        state.in_flight.insert(
-                            rh.clone(),
-                            (id.clone(), body.clone(), count, Instant::now() + self.visibility),
-                        );
-                        let mut m = ReceivedMessage {
-                            message_id: id,
-                            receipt_handle: rh,
-                            body,
-                            ..Default::default()
-                        };
-                        m.attributes.insert("ApproximateReceiveCount".into(), count.to_string());
-                        out.push(m);
-                    }
-                    if !out.is_empty() || Instant::now() >= deadline {
-                        return Ok(out);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        async fn delete(&self, entries: &[ReceiptEntry]) -> Result<Vec<(String, String)>, String> {
-            assert!(entries.len() <= 10);
-            let mut state = self.state.lock().unwrap();
-            let mut failed = Vec::new();
-            for (entry_id, rh) in entries {
-                match state.in_flight.remove(rh) {
-                    Some((id, ..)) => state.deleted.push(id),
-                    None => failed.push((entry_id.clone(), "ReceiptHandleIsInvalid".into())),
-                }
-            }
-            Ok(failed)
-        }
-
-        async fn release(&self, entries: &[ReceiptEntry]) -> Result<(), String> {
-            let mut state = self.state.lock().unwrap();
-            for (_, rh) in entries {
-                if let Some((id, body, count, _)) = state.in_flight.remove(rh) {
-                    state.visible.push_back((id, body, count));
-                }
-            }
-            Ok(())
-        }
-
-        async fn counts(&self) -> Result<QueueCounts, String> {
-            let mut state = self.state.lock().unwrap();
-            Self::expire(&mut state);
-            Ok(QueueCounts {
-                visible: state.visible.len() as u64,
-                not_visible: state.in_flight.len() as u64,
-                delayed: 0,
-            })
-        }
+    /// The in-memory SQS queue, holding `bodies`; received messages are hidden for `visibility`.
+    fn queue(bodies: &[&str], visibility: Duration) -> (Arc<SimQueue>, Vec<String>) {
+        let queue = SimQueue::new("q", 100, visibility);
+        let ids = bodies.iter().map(|body| queue.send(*body)).collect();
+        (queue, ids)
     }
 
     /// Fails records whose body contains "bad" until their receive count reaches `heal_at`.
@@ -573,7 +471,7 @@ mod tests {
     }
 
     impl Invoker for FakeFunction {
-        async fn invoke(&self, payload: Vec<u8>) -> InvokeOutcome {
+        async fn invoke(&self, _poller: usize, payload: Vec<u8>) -> InvokeOutcome {
             let event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
             self.events.lock().unwrap().push(event.clone());
             match self.mode {
@@ -629,6 +527,7 @@ mod tests {
             until_empty: true,
             empty_polls: 2,
             poll_interval: Duration::from_millis(50),
+            empty_receive_pause: SHORT_POLL_PAUSE,
             max_run: Some(Duration::from_secs(20)),
             progress_interval: None,
         }
@@ -654,7 +553,7 @@ mod tests {
             })
             .collect();
         let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        let queue = Arc::new(MemQueue::new(&bodies, Duration::from_millis(200)));
+        let (queue, ids) = queue(&bodies, Duration::from_millis(200));
         let f = function(3, "ok");
         let summary = run(
             Arc::clone(&queue),
@@ -671,11 +570,10 @@ mod tests {
             summary.function_errors + summary.invalid_responses + summary.timeouts,
             0
         );
-        let state = queue.state.lock().unwrap();
-        assert_eq!(state.deleted.len(), 23);
-        for (id, count) in &state.receive_counts {
-            let i: usize = id[2..].parse().unwrap();
-            assert_eq!(*count, if i % 5 == 0 { 3 } else { 1 }, "{id}");
+        assert_eq!(queue.depth().deleted, 23);
+        for (i, id) in ids.iter().enumerate() {
+            let count = queue.receive_count(id);
+            assert_eq!(count, if i % 5 == 0 { 3 } else { 1 }, "{id}");
         }
         for event in f.events.lock().unwrap().iter() {
             assert!(event["Records"].as_array().unwrap().len() <= 10);
@@ -686,7 +584,7 @@ mod tests {
     async fn batch_size_above_ten_gathers_within_the_window() {
         let bodies: Vec<String> = (0..30).map(|i| format!("ok {i}")).collect();
         let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        let queue = Arc::new(MemQueue::new(&bodies, Duration::from_secs(5)));
+        let (queue, _) = queue(&bodies, Duration::from_secs(5));
         let f = function(1, "ok");
         let mut cfg = config(25, 300);
         cfg.max_concurrency = 1;
@@ -704,7 +602,7 @@ mod tests {
 
     #[tokio::test]
     async fn function_errors_delete_nothing() {
-        let queue = Arc::new(MemQueue::new(&["a", "b", "c"], Duration::from_millis(100)));
+        let (queue, _) = queue(&["a", "b", "c"], Duration::from_millis(100));
         let f = function(1, "error");
         let mut cfg = config(10, 0);
         cfg.until_empty = false;
@@ -714,12 +612,12 @@ mod tests {
         assert_eq!(summary.deleted, 0);
         assert!(summary.function_errors >= 2, "{summary:?}");
         assert_eq!(summary.invocations, summary.batches);
-        assert!(queue.state.lock().unwrap().deleted.is_empty());
+        assert_eq!(queue.depth().deleted, 0);
     }
 
     #[tokio::test]
     async fn timeouts_delete_nothing_and_the_stop_is_bounded() {
-        let queue = Arc::new(MemQueue::new(&["a", "b"], Duration::from_secs(30)));
+        let (queue, _) = queue(&["a", "b"], Duration::from_secs(30));
         let f = function(1, "hang");
         let mut cfg = config(10, 0);
         cfg.until_empty = false;
@@ -735,7 +633,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_releases_held_messages() {
-        let queue = Arc::new(MemQueue::new(&["a", "b", "c"], Duration::from_secs(30)));
+        let (queue, _) = queue(&["a", "b", "c"], Duration::from_secs(30));
         let f = function(1, "ok");
         // A long window: the messages are held, never invoked, until the shutdown.
         let mut cfg = config(100, 60_000);
@@ -751,9 +649,9 @@ mod tests {
         assert_eq!(summary.stop_reason, StopReason::Signal);
         assert_eq!(summary.batches, 0);
         assert_eq!(summary.released, 3);
-        let state = queue.state.lock().unwrap();
-        assert_eq!(state.visible.len(), 3);
-        assert!(state.in_flight.is_empty());
+        let depth = queue.depth();
+        assert_eq!(depth.visible, 3);
+        assert_eq!(depth.in_flight, 0);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Invoking the function through a local Lambda invoke endpoint (`cargo lambda watch`):
 //! `POST <endpoint>/2015-03-31/functions/<name>/invocations` with the event as the body.
 
-use crate::response::InvokeOutcome;
-use crate::runner::Invoker;
+use super::response::InvokeOutcome;
+use super::runner::Invoker;
+use crate::DisplayErrorContext;
 
 /// The header by which the Lambda Invoke API flags a function error.
 pub const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
@@ -43,19 +44,8 @@ impl HttpInvoker {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl Invoker for HttpInvoker {
-    async fn invoke(&self, payload: Vec<u8>) -> InvokeOutcome {
+    async fn invoke(&self, _poller: usize, payload: Vec<u8>) -> InvokeOutcome {
         let response = match self
             .client
             .post(&self.url)
@@ -65,7 +55,7 @@ impl Invoker for HttpInvoker {
             .await
         {
             Ok(response) => response,
-            Err(e) => return InvokeOutcome::Transport(error_chain(&e)),
+            Err(e) => return InvokeOutcome::Transport(DisplayErrorContext(&e).to_string()),
         };
         let status = response.status().as_u16();
         let function_error = response
@@ -78,7 +68,7 @@ impl Invoker for HttpInvoker {
                 function_error,
                 body: body.to_vec(),
             },
-            Err(e) => InvokeOutcome::Transport(format!("reading the response: {}", error_chain(&e))),
+            Err(e) => InvokeOutcome::Transport(format!("reading the response: {}", DisplayErrorContext(&e))),
         }
     }
 }

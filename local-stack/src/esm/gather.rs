@@ -4,19 +4,21 @@
 //! messages, when the invoke payload limit is reached, or when the batching window (counted
 //! from the first message of the batch) has elapsed; with a window of 0, as soon as a receive
 //! returned messages. Until then it receives again, long-polling for at most the rest of the
-//! window.
+//! window (SQS takes whole seconds: its adapter rounds the wait up, see [`super::sqs`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::event::ReceivedMessage;
+use super::event::{estimated_size, ReceivedMessage};
 
 /// Most messages one `ReceiveMessage` call returns.
 pub const MAX_RECEIVE: usize = 10;
 /// Longest long poll SQS allows, in seconds.
 pub const MAX_WAIT_SECONDS: i32 = 20;
+/// Longest long poll SQS allows.
+const MAX_WAIT: Duration = Duration::from_secs(MAX_WAIT_SECONDS as u64);
 /// Most bytes of a synchronous invoke request payload (6 MB).
 pub const MAX_PAYLOAD_BYTES: usize = 6_291_456;
 
@@ -42,8 +44,8 @@ pub enum Next {
     Receive {
         /// `MaxNumberOfMessages` (1 to 10).
         max_messages: i32,
-        /// `WaitTimeSeconds` (0 to 20).
-        wait_seconds: i32,
+        /// The long poll's wait (0 to 20 s).
+        wait: Duration,
     },
 }
 
@@ -89,20 +91,16 @@ impl Gatherer {
         let Some(opened_at) = self.opened_at.filter(|_| held > 0) else {
             return Next::Receive {
                 max_messages: room,
-                wait_seconds: self.config.wait_seconds,
+                wait: Duration::from_secs(u64::try_from(self.config.wait_seconds).unwrap_or(0)),
             };
         };
         let elapsed = now.saturating_duration_since(opened_at);
         if self.config.window.is_zero() || elapsed >= self.config.window {
             return Next::Invoke;
         }
-        let remaining = self.config.window - elapsed;
-        // Whole seconds, rounded up: a receive returns as soon as messages arrive anyway.
-        let wait = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
-        let wait = (wait.min(MAX_WAIT_SECONDS as u64) as i32).max(1);
         Next::Receive {
             max_messages: room,
-            wait_seconds: wait,
+            wait: (self.config.window - elapsed).min(MAX_WAIT),
         }
     }
 
@@ -115,7 +113,7 @@ impl Gatherer {
             self.opened_at = Some(now);
         }
         for m in messages {
-            self.bytes += m.estimated_size();
+            self.bytes += estimated_size(&m);
             self.buffer.push_back(m);
         }
     }
@@ -126,7 +124,7 @@ impl Gatherer {
         let mut batch = Vec::new();
         let mut bytes = 0;
         while let Some(front) = self.buffer.front() {
-            let size = front.estimated_size();
+            let size = estimated_size(front);
             if batch.len() >= self.config.batch_size
                 || (!batch.is_empty() && bytes + size > self.config.max_payload_bytes)
             {
@@ -165,10 +163,11 @@ mod tests {
 
     fn msgs(n: usize, body_len: usize) -> Vec<ReceivedMessage> {
         (0..n)
-            .map(|i| ReceivedMessage {
-                message_id: format!("m{i}"),
-                body: "x".repeat(body_len),
-                ..Default::default()
+            .map(|i| {
+                let mut m = ReceivedMessage::default();
+                m.message_id = Some(format!("m{i}"));
+                m.body = Some("x".repeat(body_len));
+                m
             })
             .collect()
     }
@@ -181,7 +180,7 @@ mod tests {
             g.next(t0),
             Next::Receive {
                 max_messages: 10,
-                wait_seconds: 20
+                wait: Duration::from_secs(20)
             }
         );
         let g = Gatherer::new(config(3, 0));
@@ -189,7 +188,7 @@ mod tests {
             g.next(t0),
             Next::Receive {
                 max_messages: 3,
-                wait_seconds: 20
+                wait: Duration::from_secs(20)
             }
         );
     }
@@ -213,16 +212,16 @@ mod tests {
             g.next(t0),
             Next::Receive {
                 max_messages: 10,
-                wait_seconds: 5
+                wait: Duration::from_secs(5)
             }
         );
         g.add(msgs(10, 10), t0 + Duration::from_millis(100));
-        // 4.9 s left: rounded up to 5.
+        // 4.9 s left (the SQS adapter rounds it up to 5).
         assert_eq!(
             g.next(t0 + Duration::from_millis(100)),
             Next::Receive {
                 max_messages: 5,
-                wait_seconds: 5
+                wait: Duration::from_millis(4_900)
             }
         );
         g.add(msgs(5, 10), t0 + Duration::from_millis(200));
@@ -239,7 +238,7 @@ mod tests {
             g.next(t0 + Duration::from_millis(1_500)),
             Next::Receive {
                 max_messages: 10,
-                wait_seconds: 1
+                wait: Duration::from_millis(500)
             }
         );
         assert_eq!(g.next(t0 + Duration::from_millis(2_000)), Next::Invoke);
@@ -257,7 +256,7 @@ mod tests {
             g.next(t0),
             Next::Receive {
                 max_messages: 10,
-                wait_seconds: 20
+                wait: Duration::from_secs(20)
             }
         );
     }
@@ -301,7 +300,7 @@ mod tests {
             g.next(t0),
             Next::Receive {
                 max_messages: 10,
-                wait_seconds: 20
+                wait: Duration::from_secs(20)
             }
         );
     }

@@ -7,13 +7,17 @@
 //! in flight. The queue's own redrive policy then moves messages that fail too often to the
 //! dead-letter queue.
 //!
-//! The decisions are pure and unit-tested: [`gather`] (when to invoke), [`event`] (the event
-//! JSON), [`response`] (what to delete after an invocation). [`runner`] drives them through the
-//! small [`runner::Queue`] and [`runner::Invoker`] traits, implemented for SQS in [`sqs`] and for
-//! the local invoke endpoint in [`invoke`].
+//! The decisions are pure and unit-tested: [`gather`] (when to invoke), [`event`] (the event,
+//! `aws_lambda_events`' own type), [`response`] (what to delete after an invocation). [`runner`]
+//! drives them through the small [`runner::Queue`] and [`runner::Invoker`] traits, implemented
+//! for SQS in [`sqs`] and for the in-memory queue in [`crate::sim`]; for the local invoke
+//! endpoint (`cargo lambda watch`) in [`invoke`] and for `Starter`s in this process in
+//! [`in_process`]. This is the one mapping loop: the `local-esm` tool, the simulated runs of the
+//! tests and the bench all run it.
 
 pub mod event;
 pub mod gather;
+pub mod in_process;
 pub mod invoke;
 pub mod response;
 pub mod runner;

@@ -1,0 +1,100 @@
+//! Invoking [`Starter`]s in this process, one per poller (one per simulated Lambda instance,
+//! each with its own pacer), the way Lambda would: the event is the JSON the mapping built,
+//! the deadline is now + the function timeout, and the answer is the JSON response, a function
+//! error, or a timeout.
+//!
+//! What it leaves out: the Runtime API's HTTP hop and its latency, and cold starts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sfn_pacer::handler::now_epoch_ms;
+use sfn_pacer::Starter;
+
+use super::event::SqsEvent;
+use super::response::InvokeOutcome;
+use super::runner::Invoker;
+
+/// `Starter`s called directly.
+pub struct InProcess {
+    starters: Vec<Arc<Starter>>,
+    function_timeout: Duration,
+    short_deadline: Option<(u64, Duration)>,
+    invocations: AtomicU64,
+    possible_duplicates: AtomicU64,
+}
+
+impl InProcess {
+    /// Poller `i` calls `starters[i % starters.len()]`, with a deadline `function_timeout` away.
+    /// `short_deadline = Some((n, d))` gives every n-th invocation only `d`, so that it is cut
+    /// off at that deadline, as a Lambda timeout would.
+    pub fn new(
+        starters: Vec<Arc<Starter>>,
+        function_timeout: Duration,
+        short_deadline: Option<(u64, Duration)>,
+    ) -> InProcess {
+        InProcess {
+            starters,
+            function_timeout,
+            short_deadline,
+            invocations: AtomicU64::new(0),
+            possible_duplicates: AtomicU64::new(0),
+        }
+    }
+
+    /// The handlers' `possible_duplicates` counts (Express), summed over invocations.
+    pub fn possible_duplicates(&self) -> u64 {
+        self.possible_duplicates.load(Ordering::Relaxed)
+    }
+
+    /// This invocation's time budget.
+    fn budget(&self) -> Duration {
+        let n = self.invocations.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.short_deadline {
+            Some((every, short)) if every > 0 && n.is_multiple_of(every) => short,
+            _ => self.function_timeout,
+        }
+    }
+}
+
+/// The runtime's error document, as Lambda returns it for a handler error.
+fn function_error(error_type: &str, message: &str) -> InvokeOutcome {
+    InvokeOutcome::Response {
+        status: 200,
+        function_error: Some("Unhandled".to_string()),
+        body: serde_json::json!({ "errorType": error_type, "errorMessage": message })
+            .to_string()
+            .into_bytes(),
+    }
+}
+
+impl Invoker for InProcess {
+    async fn invoke(&self, poller: usize, payload: Vec<u8>) -> InvokeOutcome {
+        let Some(starter) = self.starters.get(poller % self.starters.len().max(1)) else {
+            return InvokeOutcome::Transport("no function instance to invoke".to_string());
+        };
+        let event: SqsEvent = match serde_json::from_slice(&payload) {
+            Ok(event) => event,
+            Err(e) => return function_error("Runtime.UnmarshalError", &e.to_string()),
+        };
+        let budget = self.budget();
+        let deadline_ms = now_epoch_ms().saturating_add(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX));
+        match tokio::time::timeout(budget, starter.process(event, deadline_ms)).await {
+            Err(_) => InvokeOutcome::TimedOut(budget),
+            Ok(Err(e)) => function_error("EventError", &e.to_string()),
+            Ok(Ok(outcome)) => {
+                self.possible_duplicates
+                    .fetch_add(outcome.report.possible_duplicates, Ordering::Relaxed);
+                match serde_json::to_vec(&outcome.response) {
+                    Ok(body) => InvokeOutcome::Response {
+                        status: 200,
+                        function_error: None,
+                        body,
+                    },
+                    Err(e) => function_error("Runtime.SerializationError", &e.to_string()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The local AWS stack of sfn-pacer: one piece of code for each piece of scaffolding, shared by
+//! the integration tests, the tools (`local-esm`, `producer`), the bench and the demo.
+//!
+//! - [`paths`]: the workspace root and the programs the stack runs (`moto_server`, `cargo-lambda`);
+//! - [`process`]: child processes in their own process groups, reaped and stopped in order;
+//! - [`moto`]: `moto_server` on loopback, SDK configs pointed at it, the resources a run needs;
+//! - [`sim`]: an in-memory SQS queue with SQS's semantics, for runs of thousands of messages;
+//! - [`esm`]: the event source mapping loop (gather, invoke, delete the acknowledged), over SQS
+//!   or [`sim`], invoking the function over HTTP or in-process;
+//! - [`fake_sfn`]: a Step Functions endpoint with the quota's token bucket and injected faults.
+
+pub mod cli;
+pub mod esm;
+pub mod fake_sfn;
+pub mod moto;
+pub mod paths;
+pub mod process;
+pub mod sim;
+
+/// An error and its sources on one line (SDK errors say little at the top level).
+pub use aws_smithy_types::error::display::DisplayErrorContext;
