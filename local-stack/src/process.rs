@@ -1,10 +1,15 @@
-//! The demo's child processes.
+//! The local stack's child processes (moto, `cargo lambda watch`, the function, the tools).
 //!
 //! Invariants: every child runs in its own process group (its pid is the group id), so a
-//! stop reaches whatever it spawned too, and a Ctrl-C in the terminal reaches only the demo,
-//! which then stops its children in order. On Linux every child also gets SIGTERM when the
-//! demo dies (`PR_SET_PDEATHSIG`). A task per child reaps it as soon as it exits, so a
-//! stopped child leaves no zombie behind.
+//! stop reaches whatever it spawned too, and a Ctrl-C in the terminal reaches only the owner
+//! (the demo, a test), which then stops its children in order. On Linux every child also gets
+//! SIGTERM when its owner dies (`PR_SET_PDEATHSIG`). A task per child reaps it as soon as it
+//! exits, so a stopped child leaves no zombie behind.
+//!
+//! Why our own code on `tokio::process` and `libc` rather than a supervision crate: the
+//! well-kept ones (`process-wrap`, `command-group`) give process groups and kill-on-drop, but
+//! not the parent-death signal nor an exit that many owners can watch at once (the demo's live
+//! line, its readiness checks and its shutdown all look at the same child); this is ~150 lines.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

@@ -101,14 +101,7 @@ async fn start_fake() -> (Arc<Fake>, u16) {
 }
 
 async fn queue_arn(client: &Client, url: &str) -> String {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    out.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
+    local_stack::moto::queue_arn(client, url).await.unwrap()
 }
 
 /// A main queue (visibility timeout 1 s) with, when `max_receive_count` is given, a DLQ.
@@ -159,22 +152,7 @@ async fn send(client: &Client, url: &str, bodies: &[String]) {
 }
 
 async fn total(client: &Client, url: &str) -> u64 {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::All)
-        .send()
-        .await
-        .unwrap();
-    let a = out.attributes().unwrap();
-    [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-    ]
-    .iter()
-    .map(|k| a.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-    .sum()
+    local_stack::esm::sqs::queue_counts(client, url).await.unwrap().total()
 }
 
 fn env_for(command: &mut tokio::process::Command, moto: &Moto) {
