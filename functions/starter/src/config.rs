@@ -25,6 +25,8 @@ pub const VARIABLES: &[&str] = &[
     "RETRY_MAX_SECONDS",
     "LOG_BODIES",
     "METRICS_NAMESPACE",
+    "COORDINATION_TABLE",
+    "QUOTA_KEY",
 ];
 
 /// How much of the quota's refill the pacer keeps out of its burst: 100 milliseconds' worth.
@@ -103,6 +105,10 @@ pub struct Config {
     pub log_bodies: bool,
     /// `METRICS_NAMESPACE`: the CloudWatch namespace of the embedded metrics.
     pub metrics_namespace: String,
+    /// `COORDINATION_TABLE`: the DynamoDB table of the shared budget; `None`: static split.
+    pub coordination_table: Option<String>,
+    /// `QUOTA_KEY`: the budget's key in that table; every instance naming it shares it.
+    pub quota_key: String,
 }
 
 /// A configuration error; its message names the variable.
@@ -227,6 +233,27 @@ impl Config {
                 "must be at most 255 characters and not start with AWS/",
             ));
         }
+        let workflow_type = parse_workflow_type(r.get("WORKFLOW_TYPE"))?;
+        let coordination_table = r.get("COORDINATION_TABLE");
+        if let Some(table) = &coordination_table {
+            let valid = (3..=255).contains(&table.len())
+                && table.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !valid && !table.starts_with("arn:") {
+                return Err(err(
+                    "COORDINATION_TABLE",
+                    format!("expected a DynamoDB table name (3-255 of A-Z a-z 0-9 _ - .) or ARN, got {table:?}"),
+                ));
+            }
+        }
+        let quota_key = r
+            .get("QUOTA_KEY")
+            .unwrap_or_else(|| default_quota_key(workflow_type).to_string());
+        if quota_key.len() > 200 || quota_key.chars().any(char::is_control) {
+            return Err(err(
+                "QUOTA_KEY",
+                "must be at most 200 characters, without control characters",
+            ));
+        }
         Ok(Config {
             state_machine_arn,
             starts_per_second: r.positive_f64("STARTS_PER_SECOND", 150.0)?,
@@ -235,7 +262,7 @@ impl Config {
             max_in_flight,
             name_source: parse_name_source(r.get("EXECUTION_NAME"))?,
             input_mode: parse_input_mode(r.get("INPUT"))?,
-            workflow_type: parse_workflow_type(r.get("WORKFLOW_TYPE"))?,
+            workflow_type,
             deadline_margin,
             local_deadline: Duration::from_millis(r.positive_u64("LOCAL_DEADLINE_MS", 30_000)?),
             call_timeout,
@@ -245,6 +272,8 @@ impl Config {
             retry_max: Duration::from_secs(retry_max),
             log_bodies: r.bool("LOG_BODIES", false)?,
             metrics_namespace,
+            coordination_table,
+            quota_key,
         })
     }
 
@@ -263,6 +292,15 @@ impl Config {
     pub fn instance_burst(&self) -> f64 {
         let reserved = self.starts_per_second * BURST_RESERVE.as_secs_f64();
         ((self.starts_burst - reserved) / f64::from(self.max_concurrency)).max(1.0)
+    }
+}
+
+/// The default `QUOTA_KEY`: the account's StartExecution bucket of the workflow type (Standard
+/// and Express have separate quotas).
+pub fn default_quota_key(workflow_type: WorkflowType) -> &'static str {
+    match workflow_type {
+        WorkflowType::Standard => "start-execution-standard",
+        WorkflowType::Express => "start-execution-express",
     }
 }
 

@@ -10,6 +10,7 @@
 //!   rest of the group is reported without being tried. Groups run concurrently.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +25,9 @@ use crate::config::{Config, WorkflowType};
 use crate::dead_letter::dead_letter;
 use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
-use crate::pace::Pacer;
+use crate::budget::lease::SharedPacer;
+use crate::budget::{BudgetState, Store};
+use crate::pace::{Pacer, Pacing};
 use crate::plan::{plan, Plan, Rejection};
 use crate::queue::Queue;
 use crate::start::{StartError, StartExecution, StartRequest};
@@ -58,7 +61,7 @@ pub struct Starter {
     config: Config,
     sfn: Arc<dyn StartExecution>,
     queue: Arc<dyn Queue>,
-    pacer: Pacer,
+    pacing: Pacing,
 }
 
 /// Records that share one execution (same name), or one rejected message id.
@@ -86,6 +89,8 @@ struct Invocation<'a> {
     cutoff: Instant,
     tally: Tally,
     systemic: Mutex<Option<String>>,
+    /// Units whose start is not settled yet: the demand that sizes shared leases.
+    pending: AtomicU64,
 }
 
 /// The time this invocation may use, from the Lambda deadline (epoch milliseconds).
@@ -108,19 +113,48 @@ pub fn now_epoch_ms() -> u64 {
 }
 
 impl Starter {
-    /// Builds the starter; the pacer gets this instance's share of the budget.
+    /// Builds the starter; the pacer gets this instance's share of the budget (static split).
     pub fn new(config: Config, sfn: Arc<dyn StartExecution>, queue: Arc<dyn Queue>) -> Starter {
-        let pacer = Pacer::new(
-            config.instance_rate_per_second(),
-            config.instance_burst(),
-            Instant::now(),
+        let pacing = Pacing::Local(Self::static_split(&config));
+        Starter {
+            config,
+            sfn,
+            queue,
+            pacing,
+        }
+    }
+
+    /// Builds the starter in coordinated mode: it leases from the budget `config.quota_key` in
+    /// `store` (created from `STARTS_PER_SECOND` and `STARTS_BURST` if absent), and falls back
+    /// to the static split while the table cannot be used.
+    pub fn coordinated(
+        config: Config,
+        sfn: Arc<dyn StartExecution>,
+        queue: Arc<dyn Queue>,
+        store: Arc<dyn Store>,
+    ) -> Starter {
+        let seed = BudgetState::new(config.starts_per_second, config.starts_burst);
+        let shared = SharedPacer::new(
+            store,
+            &config.quota_key,
+            seed,
+            Self::static_split(&config),
+            config.call_timeout,
         );
         Starter {
             config,
             sfn,
             queue,
-            pacer,
+            pacing: Pacing::Shared(Box::new(shared)),
         }
+    }
+
+    fn static_split(config: &Config) -> Pacer {
+        Pacer::new(
+            config.instance_rate_per_second(),
+            config.instance_burst(),
+            Instant::now(),
+        )
     }
 
     /// The configuration.
@@ -128,9 +162,15 @@ impl Starter {
         &self.config
     }
 
-    /// The pacer shared by every invocation of this instance.
+    /// The local pacer shared by every invocation of this instance (in coordinated mode, the
+    /// static split it falls back to).
     pub fn pacer(&self) -> &Pacer {
-        &self.pacer
+        self.pacing.local()
+    }
+
+    /// How this instance paces.
+    pub fn pacing(&self) -> &Pacing {
+        &self.pacing
     }
 
     /// The Lambda entry point: processes the batch, logs the summary, prints the EMF metrics.
@@ -157,15 +197,16 @@ impl Starter {
         let started_at = Instant::now();
         let messages = messages(event)?;
         let budget = time_budget(deadline_epoch_ms, now_epoch_ms(), self.config.local_deadline);
+        let fifo = messages.iter().any(Message::from_fifo_queue);
+        let units = self.units(&messages, fifo);
         let invocation = Invocation {
             starter: self,
             messages: &messages,
             cutoff: started_at + budget.saturating_sub(self.config.deadline_margin),
             tally: Tally::default(),
             systemic: Mutex::new(None),
+            pending: AtomicU64::new(units.len() as u64),
         };
-        let fifo = messages.iter().any(Message::from_fifo_queue);
-        let units = self.units(&messages, fifo);
         let mut dispositions: Vec<Option<Disposition>> = vec![None; messages.len()];
         let inv = &invocation;
         let done: Vec<(Vec<usize>, Disposition)> = if fifo {
@@ -190,14 +231,45 @@ impl Starter {
             .map(|d| d.unwrap_or_else(|| Disposition::Retry("not processed".to_string())))
             .collect();
         let response = respond(&messages, &dispositions);
-        let report = invocation
+        self.close_pacing(started_at + budget).await;
+        let mut report = invocation
             .tally
             .report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
+        self.add_pacing_counts(&mut report).await;
         Ok(Outcome {
             response,
             report,
             dispositions,
         })
+    }
+
+    /// Coordinated mode: gives back the unused slots of the last lease, bounded by the call
+    /// timeout and the deadline.
+    async fn close_pacing(&self, deadline: Instant) {
+        if let Pacing::Shared(shared) = &self.pacing {
+            shared.give_back((Instant::now() + self.config.call_timeout).min(deadline)).await;
+        }
+    }
+
+    /// Coordinated mode: the table calls, fallbacks and the shared rate, into the report; one
+    /// warning per invocation that fell back.
+    async fn add_pacing_counts(&self, report: &mut Report) {
+        let Pacing::Shared(shared) = &self.pacing else {
+            return;
+        };
+        let counts = shared.take_counts();
+        report.lease_calls = counts.calls;
+        report.fallbacks = counts.fallbacks;
+        report.shared_rate_per_second = shared.budget().await.map_or(0.0, |b| b.effective_rate());
+        if counts.fallbacks > 0 {
+            tracing::warn!(
+                table = self.config.coordination_table.as_deref().unwrap_or_default(),
+                quota_key = %self.config.quota_key,
+                error = shared.last_error().unwrap_or_default(),
+                slots = counts.fallbacks,
+                "the coordination table could not be used: paced at the static split (STARTS_PER_SECOND / MAX_CONCURRENCY) meanwhile"
+            );
+        }
     }
 
     /// Plans every record and merges records that start the same execution. FIFO merges
@@ -273,9 +345,14 @@ impl Invocation<'_> {
     async fn process_unit(&self, unit: &Unit) -> Disposition {
         let plan = match &unit.work {
             Ok(plan) => plan,
-            Err(rejection) => return self.reject(unit, rejection).await,
+            Err(rejection) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                return self.reject(unit, rejection).await;
+            }
         };
-        match self.start(plan).await {
+        let attempt = self.start(plan).await;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        match attempt {
             Attempt::Started => Disposition::Started,
             Attempt::Duplicate => Disposition::Duplicate,
             Attempt::Permanent(rejection) => self.reject(unit, &rejection).await,
@@ -292,7 +369,7 @@ impl Invocation<'_> {
     /// while attempts and time remain.
     async fn start(&self, plan: &Plan) -> Attempt {
         let config = self.config();
-        let pacer = &self.starter.pacer;
+        let pacing = &self.starter.pacing;
         let request = StartRequest {
             state_machine_arn: config.state_machine_arn.clone(),
             name: plan.name.clone(),
@@ -306,7 +383,8 @@ impl Invocation<'_> {
             if let Some(reason) = self.systemic_failure() {
                 return Attempt::Retry { reason, backoff: true };
             }
-            let Some(slot) = pacer.reserve(Instant::now(), self.cutoff) else {
+            let demand = self.pending.load(Ordering::Relaxed).max(1);
+            let Some(slot) = pacing.reserve(self.cutoff, demand).await else {
                 return Attempt::Retry {
                     reason: "deadline: no time left to start".to_string(),
                     backoff: false,
@@ -321,7 +399,7 @@ impl Invocation<'_> {
                 .unwrap_or(Err(StartError::Timeout));
             let error = match result {
                 Ok(started) => {
-                    pacer.on_success(Instant::now());
+                    pacing.on_success(slot).await;
                     self.tally.add(Count::Started);
                     if unconfirmed && config.workflow_type == WorkflowType::Express {
                         self.tally.add(Count::PossibleDuplicate);
@@ -337,7 +415,7 @@ impl Invocation<'_> {
             };
             match classify(&error) {
                 Class::Duplicate => {
-                    pacer.on_success(Instant::now());
+                    pacing.on_success(slot).await;
                     self.tally.add(Count::Duplicate);
                     tracing::info!(name, "execution already exists: acknowledged as a duplicate");
                     return Attempt::Duplicate;
@@ -355,7 +433,7 @@ impl Invocation<'_> {
                 }
                 Class::Throttled => {
                     self.tally.add(Count::Throttled);
-                    pacer.on_throttle(slot, Instant::now());
+                    pacing.on_throttle(slot).await;
                 }
                 Class::Retryable => {
                     // The request may have been applied even though the answer was lost.

@@ -4,13 +4,16 @@
 //!
 //! The modules follow the flow: [`event`] → [`plan`] (with [`name`]) → [`pace`] →
 //! [`start`] → [`classify`] → [`handler`] (response, [`dead_letter`], [`backoff`]).
-//! [`aws`] holds the SDK adapters of the [`start::StartExecution`] and [`queue::Queue`] traits.
+//! [`aws`] holds the SDK adapters of the [`start::StartExecution`] and [`queue::Queue`] traits,
+//! [`dynamo`] the one of [`budget::Store`]: the shared budget of coordinated mode ([`budget`]).
 
 pub mod aws;
 pub mod backoff;
+pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod dead_letter;
+pub mod dynamo;
 pub mod event;
 pub mod handler;
 pub mod metrics;

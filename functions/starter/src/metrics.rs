@@ -73,6 +73,9 @@ impl Tally {
             failed: failed as u64,
             dead_lettered: get(&self.dead_lettered),
             possible_duplicates: get(&self.possible_duplicates),
+            lease_calls: 0,
+            fallbacks: 0,
+            shared_rate_per_second: 0.0,
             pacing_delay_ms: get(&self.pacing_delay_micros) as f64 / 1000.0,
             elapsed_ms: seconds * 1000.0,
             effective_rate_per_second: if seconds > 0.0 { started as f64 / seconds } else { 0.0 },
@@ -99,6 +102,12 @@ pub struct Report {
     pub dead_lettered: u64,
     /// Express only: starts that may repeat an earlier, unconfirmed one.
     pub possible_duplicates: u64,
+    /// Coordinated mode: calls to the coordination table.
+    pub lease_calls: u64,
+    /// Coordinated mode: starts paced by the static split because the table could not be used.
+    pub fallbacks: u64,
+    /// Coordinated mode: the shared budget's effective rate, per second, as last seen.
+    pub shared_rate_per_second: f64,
     /// Total time calls waited for the pacer, milliseconds (summed over concurrent calls).
     pub pacing_delay_ms: f64,
     /// Wall time of the invocation, milliseconds.
@@ -131,6 +140,8 @@ impl Report {
             failed = self.failed,
             dead_lettered = self.dead_lettered,
             possible_duplicates = self.possible_duplicates,
+            lease_calls = self.lease_calls,
+            fallbacks = self.fallbacks,
             pacing_delay_ms = self.pacing_delay_ms.round() as u64,
             elapsed_ms = self.elapsed_ms.round() as u64,
             effective_rate = format!("{:.1}/s", self.effective_rate_per_second),
@@ -150,6 +161,7 @@ impl Report {
             ("PacingDelay", "Milliseconds", self.pacing_delay_ms),
             ("BatchDuration", "Milliseconds", self.elapsed_ms),
             ("EffectiveRate", "Count/Second", self.effective_rate_per_second),
+            ("SharedRate", "Count/Second", self.shared_rate_per_second),
         ] {
             declared.push(json!({"Name": name, "Unit": unit}));
             root.insert(name.into(), json!(value));
@@ -177,6 +189,7 @@ impl Report {
         report.pacing_delay_ms = float("PacingDelay");
         report.elapsed_ms = float("BatchDuration");
         report.effective_rate_per_second = float("EffectiveRate");
+        report.shared_rate_per_second = float("SharedRate");
         Some(report)
     }
 }
@@ -185,7 +198,7 @@ impl Report {
 type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
 
 /// The count metrics, in the order the EMF document declares them: the one list of names.
-const COUNTS: [CountMetric; 8] = [
+const COUNTS: [CountMetric; 10] = [
     ("Received", |r| r.received, |r, v| r.received = v),
     ("Started", |r| r.started, |r, v| r.started = v),
     ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
@@ -198,6 +211,8 @@ const COUNTS: [CountMetric; 8] = [
         |r| r.possible_duplicates,
         |r, v| r.possible_duplicates = v,
     ),
+    ("LeaseCalls", |r| r.lease_calls, |r, v| r.lease_calls = v),
+    ("Fallbacks", |r| r.fallbacks, |r, v| r.fallbacks = v),
 ];
 
 #[cfg(test)]
@@ -318,6 +333,9 @@ mod tests {
             failed: 1,
             dead_lettered: 1,
             possible_duplicates: 0,
+            lease_calls: 4,
+            fallbacks: 2,
+            shared_rate_per_second: 150.0,
             pacing_delay_ms: 30.5,
             elapsed_ms: 412.5,
             effective_rate_per_second: 17.0,

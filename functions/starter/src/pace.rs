@@ -40,8 +40,63 @@ pub const INCREASE_PER_SECOND: f64 = 0.1;
 pub struct Slot {
     /// How long to wait before calling.
     pub wait: Duration,
-    /// The adaptation epoch the slot was granted in (see the module docs).
+    /// The adaptation epoch the slot was granted in (see the module docs); for a shared slot,
+    /// the budget's version.
     pub epoch: u64,
+    /// Who granted it.
+    pub source: Source,
+}
+
+/// Who granted a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This instance's own pacer (the static split).
+    Local,
+    /// The shared budget ([`crate::budget`]).
+    Shared,
+}
+
+/// The pacing of one instance: its own share of the budget, or the shared budget.
+pub enum Pacing {
+    /// The static split: `STARTS_PER_SECOND / MAX_CONCURRENCY` per instance.
+    Local(Pacer),
+    /// One budget for every instance, coordinated in the table (`COORDINATION_TABLE`).
+    Shared(Box<crate::budget::lease::SharedPacer>),
+}
+
+impl Pacing {
+    /// Reserves the next call, unless it would have to wait past `latest`; `demand` is how
+    /// many calls the caller still has to make (it sizes shared leases).
+    pub async fn reserve(&self, latest: Instant, demand: u64) -> Option<Slot> {
+        match self {
+            Pacing::Local(pacer) => pacer.reserve(Instant::now(), latest),
+            Pacing::Shared(shared) => shared.reserve(latest, demand).await,
+        }
+    }
+
+    /// Reports a successful call made in `slot`.
+    pub async fn on_success(&self, slot: Slot) {
+        match self {
+            Pacing::Local(pacer) => pacer.on_success(Instant::now()),
+            Pacing::Shared(shared) => shared.on_success(slot).await,
+        }
+    }
+
+    /// Reports a throttle of the call made in `slot`.
+    pub async fn on_throttle(&self, slot: Slot) {
+        match self {
+            Pacing::Local(pacer) => pacer.on_throttle(slot, Instant::now()),
+            Pacing::Shared(shared) => shared.on_throttle(slot).await,
+        }
+    }
+
+    /// The local pacer: the instance's own (static split), or the shared mode's fallback.
+    pub fn local(&self) -> &Pacer {
+        match self {
+            Pacing::Local(pacer) => pacer,
+            Pacing::Shared(shared) => shared.fallback(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -96,7 +151,11 @@ impl Pacer {
             return None;
         }
         s.tokens -= 1.0;
-        Some(Slot { wait, epoch: s.epoch })
+        Some(Slot {
+            wait,
+            epoch: s.epoch,
+            source: Source::Local,
+        })
     }
 
     /// Reports a throttle of the call granted `slot`.

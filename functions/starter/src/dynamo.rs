@@ -1,0 +1,299 @@
+//! The DynamoDB adapter of [`Store`]: the budget as one item of the coordination table, each
+//! [`Update`] as one conditional `UpdateItem` (or `PutItem`) whose expressions mirror
+//! [`BudgetState::apply`]. Tested against moto.
+//!
+//! The item: `pk` (S) `quota#<QUOTA_KEY>`, `kind` (S) `quota`, `rate` and `burst` (N, per
+//! second and slots), `factor` (N), `version` (N), `tat` (N, seconds since the epoch). Other
+//! kinds of item (per-message claims) can live beside it under other `pk` prefixes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use crate::budget::{BudgetState, Shape, Store, StoreError, Update, Written};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The partition key of the budget `key`.
+pub fn budget_pk(key: &str) -> String {
+    format!("quota#{key}")
+}
+
+/// The coordination table through `aws-sdk-dynamodb`: one attempt per call (a failure falls
+/// back to the static split at once; the next lease tries again), bounded by `call_timeout`.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoStore {
+    /// The table `table` (name or ARN).
+    pub fn new(sdk_config: &aws_config::SdkConfig, table: &str, call_timeout: Duration) -> DynamoStore {
+        let config = aws_sdk_dynamodb::config::Builder::from(sdk_config)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(call_timeout)
+                    .operation_timeout(call_timeout)
+                    .build(),
+            )
+            .build();
+        DynamoStore {
+            client: aws_sdk_dynamodb::Client::from_conf(config),
+            table: table.to_string(),
+        }
+    }
+
+    /// Wraps a client configured elsewhere.
+    pub fn from_client(client: aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.to_string(),
+        }
+    }
+
+    async fn create(&self, key: &str, state: &BudgetState) -> Result<Written, StoreError> {
+        let mut item = to_item(state);
+        item.insert("pk".into(), s(&budget_pk(key)));
+        item.insert("kind".into(), s("quota"));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", "pk")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Applied(state.clone())),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                PutItemError::ConditionalCheckFailedException(c) => Ok(Written::Refused(from_item(c.item()))),
+                other => Err(StoreError(DisplayErrorContext(other).to_string())),
+            },
+            Err(e) => Err(StoreError(DisplayErrorContext(&e).to_string())),
+        }
+    }
+}
+
+fn n(value: f64) -> AttributeValue {
+    AttributeValue::N(format!("{value}"))
+}
+
+/// A time or duration in seconds, to the budget's tick (0.1 ms): see `budget::TICK_SECONDS`.
+fn t(seconds: f64) -> AttributeValue {
+    AttributeValue::N(format!("{seconds:.4}"))
+}
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_string())
+}
+
+fn to_item(state: &BudgetState) -> Item {
+    HashMap::from([
+        ("rate".to_string(), n(state.rate_per_second)),
+        ("burst".to_string(), n(state.burst)),
+        ("factor".to_string(), n(state.factor)),
+        ("version".to_string(), AttributeValue::N(state.version.to_string())),
+        ("tat".to_string(), t(state.tat)),
+    ])
+}
+
+/// The budget in an item; `None` when there is none or it is not a budget.
+fn from_item(item: Option<&Item>) -> Option<BudgetState> {
+    let item = item.filter(|i| !i.is_empty())?;
+    let number = |name: &str| item.get(name)?.as_n().ok()?.parse::<f64>().ok();
+    Some(BudgetState {
+        rate_per_second: number("rate")?,
+        burst: number("burst")?,
+        factor: number("factor").unwrap_or(1.0),
+        version: item.get("version")?.as_n().ok()?.parse().ok()?,
+        tat: number("tat").unwrap_or(0.0),
+    })
+}
+
+/// The attribute names an expression uses (`#name` → `name`): every one is a placeholder, so
+/// no attribute name can collide with DynamoDB's reserved words.
+fn names(expressions: &[&str]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for expression in expressions {
+        for token in expression.split(|c: char| !(c.is_ascii_alphanumeric() || c == '#' || c == '_')) {
+            if let Some(name) = token.strip_prefix('#') {
+                if !out.iter().any(|(k, _)| k == token) {
+                    out.push((token.to_string(), name.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The condition, update expression and values of an update (not `Create`).
+fn expressions(update: &Update) -> (String, String, Vec<(&'static str, AttributeValue)>) {
+    let version = |v: &u64| AttributeValue::N(v.to_string());
+    match update {
+        Update::Create(_) => (String::new(), String::new(), Vec::new()),
+        Update::Lease { version: v, shape, factor } => {
+            let (mut condition, mut set, mut values) = match shape {
+                Shape::FromNow { now, tat_after } => (
+                    "#version = :v AND #tat < :now".to_string(),
+                    "SET #tat = :tat".to_string(),
+                    vec![(":now", t(*now)), (":tat", t(*tat_after))],
+                ),
+                Shape::Extend { now, limit, delta } => (
+                    "#version = :v AND #tat BETWEEN :now AND :limit".to_string(),
+                    "SET #tat = #tat + :d".to_string(),
+                    vec![(":now", t(*now)), (":limit", t(*limit)), (":d", t(*delta))],
+                ),
+            };
+            values.push((":v", version(v)));
+            if let Some(f) = factor {
+                set.push_str(", #factor = :f, #version = #version + :one");
+                values.push((":f", n(*f)));
+                values.push((":one", AttributeValue::N("1".into())));
+            }
+            condition.insert_str(0, "attribute_exists(#pk) AND ");
+            (condition, set, values)
+        }
+        Update::GiveBack {
+            version: v,
+            expected_tat,
+            new_tat,
+        } => (
+            "#version = :v AND #tat = :expected".to_string(),
+            "SET #tat = :tat".to_string(),
+            vec![(":v", version(v)), (":expected", t(*expected_tat)), (":tat", t(*new_tat))],
+        ),
+        Update::Decrease {
+            version: v,
+            factor,
+            empty_at,
+        } => {
+            let mut values = vec![(":v", version(v)), (":f", n(*factor)), (":one", AttributeValue::N("1".into()))];
+            match empty_at {
+                Some(e) => {
+                    values.push((":e", t(*e)));
+                    (
+                        "#version = :v AND #tat < :e".to_string(),
+                        "SET #factor = :f, #version = #version + :one, #tat = :e".to_string(),
+                        values,
+                    )
+                }
+                None => (
+                    "#version = :v".to_string(),
+                    "SET #factor = :f, #version = #version + :one".to_string(),
+                    values,
+                ),
+            }
+        }
+        Update::SetLimits { rate_per_second, burst } => (
+            "attribute_exists(#pk)".to_string(),
+            "SET #rate = :r, #burst = :b, #version = #version + :one".to_string(),
+            vec![
+                (":r", n(*rate_per_second)),
+                (":b", n(*burst)),
+                (":one", AttributeValue::N("1".into())),
+            ],
+        ),
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get(&self, key: &str) -> Result<Option<BudgetState>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&budget_pk(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
+        Ok(from_item(out.item()))
+    }
+
+    async fn write(&self, key: &str, update: &Update) -> Result<Written, StoreError> {
+        if let Update::Create(state) = update {
+            return self.create(key, state).await;
+        }
+        let (condition, set, values) = expressions(update);
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&budget_pk(key)))
+            .condition_expression(&condition)
+            .update_expression(&set)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (placeholder, name) in names(&[&condition, &set]) {
+            request = request.expression_attribute_names(placeholder, name);
+        }
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        match request.send().await {
+            Ok(out) => from_item(out.attributes())
+                .map(Written::Applied)
+                .ok_or_else(|| StoreError("UpdateItem returned no budget".into())),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                UpdateItemError::ConditionalCheckFailedException(c) => Ok(Written::Refused(from_item(c.item()))),
+                other => Err(StoreError(DisplayErrorContext(other).to_string())),
+            },
+            Err(e) => Err(StoreError(DisplayErrorContext(&e).to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_round_trip_exactly() {
+        let state = BudgetState {
+            rate_per_second: 300.0,
+            burst: 1300.0,
+            factor: 0.5,
+            version: 7,
+            tat: 1_795_000_000.123_4,
+        };
+        assert_eq!(from_item(Some(&to_item(&state))), Some(state));
+        assert_eq!(from_item(Some(&Item::new())), None);
+        assert_eq!(from_item(None), None);
+    }
+
+    #[test]
+    fn leases_are_conditioned_on_the_version_and_tat() {
+        let update = Update::Lease {
+            version: 3,
+            shape: Shape::Extend {
+                now: 10.0,
+                limit: 12.0,
+                delta: 0.1,
+            },
+            factor: Some(0.75),
+        };
+        let (condition, set, values) = expressions(&update);
+        assert_eq!(
+            condition,
+            "attribute_exists(#pk) AND #version = :v AND #tat BETWEEN :now AND :limit"
+        );
+        assert_eq!(set, "SET #tat = #tat + :d, #factor = :f, #version = #version + :one");
+        let placeholders: Vec<String> = names(&[&condition, &set]).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(placeholders, ["#pk", "#version", "#tat", "#factor"]);
+        let names: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, [":now", ":limit", ":d", ":v", ":f", ":one"]);
+    }
+}
