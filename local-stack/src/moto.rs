@@ -409,6 +409,31 @@ pub async fn create_state_machine(sfn: &aws_sdk_sfn::Client, name: &str) -> Resu
     Ok(bounded("CreateStateMachine", request.send()).await?.state_machine_arn)
 }
 
+/// Creates the coordination table of the shared budget (string partition key `pk`, on demand),
+/// as the template does, and returns its name.
+pub async fn create_coordination_table(sdk_config: &aws_config::SdkConfig, name: &str) -> Result<String, String> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk_config);
+    let attribute = AttributeDefinition::builder()
+        .attribute_name("pk")
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let key = KeySchemaElement::builder()
+        .attribute_name("pk")
+        .key_type(KeyType::Hash)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let request = dynamodb
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(attribute)
+        .key_schema(key)
+        .billing_mode(BillingMode::PayPerRequest);
+    bounded("CreateTable", request.send()).await?;
+    Ok(name.to_string())
+}
+
 /// An execution found in Step Functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Execution {

@@ -362,8 +362,9 @@ pub struct RunReport {
     pub failed_invocations: u64,
     /// Records listed in `batchItemFailures`, summed over invocations.
     pub reported: u64,
-    /// The handlers' `possible_duplicates` (Express), summed over invocations.
-    pub possible_duplicates: u64,
+    /// The handlers' counts (started, throttled, `possible_duplicates`, table calls, …),
+    /// summed over invocations.
+    pub function: sfn_pacer::metrics::Report,
     /// Wall time from the start to the queue being drained (or `max_run`).
     pub elapsed: Duration,
     /// Whether the queue was drained.
@@ -407,7 +408,7 @@ pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: M
         invocations: summary.batches,
         failed_invocations: summary.function_errors + summary.invalid_responses + summary.timeouts,
         reported: summary.reported_failures,
-        possible_duplicates: invoker.possible_duplicates(),
+        function: invoker.totals(),
         elapsed: Duration::from_secs_f64(summary.elapsed_seconds),
         drained: queue.is_drained(),
     }

@@ -671,7 +671,7 @@ async fn express_chaos(seed: u64) {
         idle_poll: Duration::from_millis(20),
     };
     let run = drive(queue.clone(), starters, mapping).await;
-    let (possible_duplicates, reported) = (run.possible_duplicates, run.reported);
+    let (possible_duplicates, reported) = (run.function.possible_duplicates, run.reported);
     let stats = sfn.stats();
     let executions = sfn.executions();
     let mut per_name: HashMap<&str, u64> = HashMap::new();

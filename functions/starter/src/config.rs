@@ -474,4 +474,40 @@ mod tests {
         assert_eq!(c.workflow_type, WorkflowType::Express);
         assert!(c.log_bodies);
     }
+
+    #[test]
+    fn coordination_is_off_by_default_and_the_key_follows_the_workflow_type() {
+        let c = load(&[("STATE_MACHINE_ARN", ARN)]).unwrap();
+        assert_eq!(c.coordination_table, None);
+        assert_eq!(c.quota_key, "start-execution-standard");
+        let express = load(&[("STATE_MACHINE_ARN", ARN), ("WORKFLOW_TYPE", "express")]).unwrap();
+        assert_eq!(express.quota_key, "start-execution-express");
+        let c = load(&[
+            ("STATE_MACHINE_ARN", ARN),
+            ("COORDINATION_TABLE", "sfn-pacer-coordination"),
+            ("QUOTA_KEY", "team-a"),
+        ])
+        .unwrap();
+        assert_eq!(c.coordination_table.as_deref(), Some("sfn-pacer-coordination"));
+        assert_eq!(c.quota_key, "team-a");
+        let arn = "arn:aws:dynamodb:us-east-1:123456789012:table/shared";
+        let c = load(&[("STATE_MACHINE_ARN", ARN), ("COORDINATION_TABLE", arn)]).unwrap();
+        assert_eq!(c.coordination_table.as_deref(), Some(arn));
+    }
+
+    #[test]
+    fn bad_coordination_settings_name_the_variable() {
+        for (variable, value) in [
+            ("COORDINATION_TABLE", "a b"),
+            ("COORDINATION_TABLE", "ab"),
+            ("QUOTA_KEY", "line\nbreak"),
+        ] {
+            let e = load(&[("STATE_MACHINE_ARN", ARN), (variable, value)]).unwrap_err();
+            assert_eq!(e.variable, variable, "{e}");
+            assert!(e.to_string().contains(variable));
+        }
+        let long = "k".repeat(201);
+        let e = load(&[("STATE_MACHINE_ARN", ARN), ("QUOTA_KEY", &long)]).unwrap_err();
+        assert_eq!(e.variable, "QUOTA_KEY");
+    }
 }

@@ -143,7 +143,11 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
     let version = |v: &u64| AttributeValue::N(v.to_string());
     match update {
         Update::Create(_) => (String::new(), String::new(), Vec::new()),
-        Update::Lease { version: v, shape, factor } => {
+        Update::Lease {
+            version: v,
+            shape,
+            factor,
+        } => {
             let (mut condition, mut set, mut values) = match shape {
                 Shape::FromNow { now, tat_after } => (
                     "#version = :v AND #tat < :now".to_string(),
@@ -172,14 +176,22 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
         } => (
             "#version = :v AND #tat = :expected".to_string(),
             "SET #tat = :tat".to_string(),
-            vec![(":v", version(v)), (":expected", t(*expected_tat)), (":tat", t(*new_tat))],
+            vec![
+                (":v", version(v)),
+                (":expected", t(*expected_tat)),
+                (":tat", t(*new_tat)),
+            ],
         ),
         Update::Decrease {
             version: v,
             factor,
             empty_at,
         } => {
-            let mut values = vec![(":v", version(v)), (":f", n(*factor)), (":one", AttributeValue::N("1".into()))];
+            let mut values = vec![
+                (":v", version(v)),
+                (":f", n(*factor)),
+                (":one", AttributeValue::N("1".into())),
+            ];
             match empty_at {
                 Some(e) => {
                     values.push((":e", t(*e)));

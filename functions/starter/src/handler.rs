@@ -20,13 +20,13 @@ use lambda_runtime::LambdaEvent;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::backoff::{retry_wait, unit_random, visibility_timeout_seconds};
+use crate::budget::lease::SharedPacer;
+use crate::budget::{BudgetState, Store};
 use crate::classify::{classify, Class};
 use crate::config::{Config, WorkflowType};
 use crate::dead_letter::dead_letter;
 use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
-use crate::budget::lease::SharedPacer;
-use crate::budget::{BudgetState, Store};
 use crate::pace::{Pacer, Pacing};
 use crate::plan::{plan, Plan, Rejection};
 use crate::queue::Queue;
@@ -232,9 +232,10 @@ impl Starter {
             .collect();
         let response = respond(&messages, &dispositions);
         self.close_pacing(started_at + budget).await;
-        let mut report = invocation
-            .tally
-            .report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
+        let mut report =
+            invocation
+                .tally
+                .report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
         self.add_pacing_counts(&mut report).await;
         Ok(Outcome {
             response,
@@ -247,7 +248,9 @@ impl Starter {
     /// timeout and the deadline.
     async fn close_pacing(&self, deadline: Instant) {
         if let Pacing::Shared(shared) = &self.pacing {
-            shared.give_back((Instant::now() + self.config.call_timeout).min(deadline)).await;
+            shared
+                .give_back((Instant::now() + self.config.call_timeout).min(deadline))
+                .await;
         }
     }
 

@@ -6,10 +6,11 @@
 //! What it leaves out: the Runtime API's HTTP hop and its latency, and cold starts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sfn_pacer::handler::now_epoch_ms;
+use sfn_pacer::metrics::Report;
 use sfn_pacer::Starter;
 
 use super::event::SqsEvent;
@@ -22,7 +23,7 @@ pub struct InProcess {
     function_timeout: Duration,
     short_deadline: Option<(u64, Duration)>,
     invocations: AtomicU64,
-    possible_duplicates: AtomicU64,
+    totals: Mutex<Report>,
 }
 
 impl InProcess {
@@ -39,13 +40,13 @@ impl InProcess {
             function_timeout,
             short_deadline,
             invocations: AtomicU64::new(0),
-            possible_duplicates: AtomicU64::new(0),
+            totals: Mutex::new(Report::default()),
         }
     }
 
-    /// The handlers' `possible_duplicates` counts (Express), summed over invocations.
-    pub fn possible_duplicates(&self) -> u64 {
-        self.possible_duplicates.load(Ordering::Relaxed)
+    /// The handlers' counts (started, throttled, table calls, …), summed over invocations.
+    pub fn totals(&self) -> Report {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// This invocation's time budget.
@@ -84,8 +85,10 @@ impl Invoker for InProcess {
             Err(_) => InvokeOutcome::TimedOut(budget),
             Ok(Err(e)) => function_error("EventError", &e.to_string()),
             Ok(Ok(outcome)) => {
-                self.possible_duplicates
-                    .fetch_add(outcome.report.possible_duplicates, Ordering::Relaxed);
+                self.totals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_counts(&outcome.report);
                 match serde_json::to_vec(&outcome.response) {
                     Ok(body) => InvokeOutcome::Response {
                         status: 200,

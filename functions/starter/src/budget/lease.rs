@@ -20,10 +20,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::{BudgetState, LeasePlan, Store, StoreError, Update, Written, SLOT_GRACE};
+use crate::backoff::unit_random;
 use crate::pace::{Pacer, Slot, Source};
 
 /// How long the static split is used after the table failed, before the table is tried again.
 pub const FALLBACK_RETRY: Duration = Duration::from_secs(1);
+/// The most a lessee adds to a wait for room in the budget, at random.
+const LEASE_JITTER: Duration = Duration::from_millis(10);
 
 /// Epoch seconds ↔ the runtime's monotonic instants (so tests can run on a paused clock).
 #[derive(Debug, Clone, Copy)]
@@ -186,7 +189,10 @@ impl SharedPacer {
                         return None;
                     }
                     drop(g);
-                    tokio::time::sleep_until(at.max(now + Duration::from_millis(1))).await;
+                    // A little jitter, so that lessees waiting for the same moment do not all
+                    // write at once (one of them would win, the others be refused).
+                    let jitter = Duration::from_secs_f64(LEASE_JITTER.as_secs_f64() * unit_random());
+                    tokio::time::sleep_until(at.max(now + Duration::from_millis(1)) + jitter).await;
                     g = self.state.lock().await;
                 }
                 LeasePlan::Lease { update, slots } => match self.write(&update, latest).await {
@@ -344,9 +350,7 @@ impl SharedPacer {
         latest: Instant,
     ) -> Result<T, StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let limit = latest
-            .saturating_duration_since(Instant::now())
-            .min(self.call_timeout);
+        let limit = latest.saturating_duration_since(Instant::now()).min(self.call_timeout);
         match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError(format!(

@@ -10,8 +10,10 @@
 //! Leasing `n` slots at `now`: `start = max(tat, now)`, `tat' = start + n / r`. Slot `j`
 //! (1 ≤ j ≤ n) has the theoretical time `θ_j = start + j / r` and is released at
 //! `ρ_j = max(now, θ_j − τ)`: a full bucket releases `B` slots at once, then one every `1/r`.
-//! A lease is allowed while its last slot is released within [`HORIZON_SECONDS`] of `now`:
-//! `tat' − τ ≤ now + HORIZON_SECONDS`. It is one conditional UpdateItem without a prior read,
+//! A lease of `n = min(demand, r × LEASE_SECONDS)` slots is allowed while its first slot is
+//! released within [`HORIZON_SECONDS`] of `now`: `tat ≤ now + τ + HORIZON_SECONDS`. A lessee
+//! asks only once that holds with half the horizon to spare, so lessees that ask at the same
+//! moment all fit, and a refusal means the budget really is booked that far ahead. It is one conditional UpdateItem without a prior read,
 //! in one of two shapes (`tat < now`: `SET tat = now + n/r`; else `SET tat = tat + n/r` under
 //! `tat BETWEEN now AND limit`); a refusal returns the item as it is, so the next try is right.
 //!
@@ -41,8 +43,9 @@ pub use crate::pace::{DECREASE_FACTOR, INCREASE_PER_SECOND, MIN_RATE_FRACTION};
 /// A lease covers at most this much of the budget's rate, in seconds: leased but unused slots
 /// are quota lost to everyone, so leases stay small.
 pub const LEASE_SECONDS: f64 = 0.1;
-/// The last slot of a lease is released at most this far ahead, in seconds.
-pub const HORIZON_SECONDS: f64 = 0.25;
+/// The first slot of a lease is released at most this far ahead, in seconds (its last at most
+/// `HORIZON_SECONDS + LEASE_SECONDS` ahead).
+pub const HORIZON_SECONDS: f64 = 0.5;
 /// How late a slot may still be used after its release time; later, it is dropped.
 pub const SLOT_GRACE: Duration = Duration::from_millis(50);
 
@@ -133,7 +136,7 @@ pub enum Shape {
     Extend {
         /// Now, seconds since the epoch.
         now: f64,
-        /// The highest `tat` that leaves room for the lease within the horizon.
+        /// The highest `tat` whose next slot is released within the horizon.
         limit: f64,
         /// `n / r`, seconds.
         delta: f64,
@@ -214,12 +217,12 @@ impl BudgetState {
         }
         let r = next.effective_rate();
         let start = self.tat.max(now);
-        let room = ((now + HORIZON_SECONDS + next.tau() - start) * r).floor();
-        let cap = (r * LEASE_SECONDS).floor().max(1.0);
-        let n = (want.max(1) as f64).min(cap).min(room);
-        if n < 1.0 {
-            return LeasePlan::WaitUntil(start + 1.0 / r - HORIZON_SECONDS - next.tau());
+        let ahead = start - next.tau() - now;
+        if ahead > HORIZON_SECONDS / 2.0 {
+            return LeasePlan::WaitUntil(start - next.tau() - HORIZON_SECONDS / 2.0);
         }
+        let cap = (r * LEASE_SECONDS).floor().max(1.0);
+        let n = (want.max(1) as f64).min(cap);
         let delta = tick_up(n / r);
         let now = tick(now);
         let shape = if self.tat < now {
@@ -230,7 +233,7 @@ impl BudgetState {
         } else {
             Shape::Extend {
                 now,
-                limit: tick(now + HORIZON_SECONDS + next.tau() - delta),
+                limit: tick(now + HORIZON_SECONDS + next.tau()),
                 delta,
             }
         };
@@ -270,10 +273,7 @@ impl BudgetState {
             return None;
         }
         let factor = (self.factor * DECREASE_FACTOR).max(MIN_RATE_FRACTION);
-        let after = BudgetState {
-            factor,
-            ..self.clone()
-        };
+        let after = BudgetState { factor, ..self.clone() };
         Some(Update::Decrease {
             version,
             factor,

@@ -73,7 +73,13 @@ fn an_empty_bucket_releases_one_slot_every_one_over_r() {
         panic!("a lease")
     };
     assert_eq!(slots, 5);
-    assert!(matches!(update, Update::Lease { shape: Shape::Extend { .. }, .. }));
+    assert!(matches!(
+        update,
+        Update::Lease {
+            shape: Shape::Extend { .. },
+            ..
+        }
+    ));
     let Written::Applied(after) = BudgetState::apply(Some(&state), &update) else {
         panic!("applied")
     };
@@ -91,7 +97,8 @@ fn a_lease_past_the_horizon_waits_and_a_stale_version_is_refused() {
     let LeasePlan::WaitUntil(at) = state.plan_lease(now, 1, 0) else {
         panic!("a wait")
     };
-    assert!((at - (now + 0.01)).abs() < 1e-9, "{at}");
+    // It asks again once the next slot is within half the horizon.
+    assert!((at - (now + HORIZON_SECONDS / 2.0)).abs() < 1e-9, "{at}");
     let fresh = full(100.0, 100.0);
     let LeasePlan::Lease { update, .. } = fresh.plan_lease(now, 1, 0) else {
         panic!("a lease")
@@ -185,7 +192,12 @@ async fn unused_slots_are_given_back_unless_someone_leased_since() {
     a.give_back(latest).await;
     let after = store.item(KEY).unwrap();
     // 9 of 10 slots back: tat moves back by 9 / r.
-    assert!((leased.tat - after.tat - 0.09).abs() < 2e-4, "{} → {}", leased.tat, after.tat);
+    assert!(
+        (leased.tat - after.tat - 0.09).abs() < 2e-4,
+        "{} → {}",
+        leased.tat,
+        after.tat
+    );
 
     // Someone else leases in between: the give-back is refused, nothing is returned twice.
     a.reserve(latest, 10).await.unwrap();
@@ -210,7 +222,11 @@ async fn throttles_lower_the_shared_rate_once_per_version() {
     a.on_throttle(slot_a).await;
     b.on_throttle(slot_b).await;
     let item = store.item(KEY).unwrap();
-    assert!((item.factor - DECREASE_FACTOR).abs() < 1e-9, "halved once: {}", item.factor);
+    assert!(
+        (item.factor - DECREASE_FACTOR).abs() < 1e-9,
+        "halved once: {}",
+        item.factor
+    );
     assert_eq!(item.version, slot_a.epoch + 1);
     // The bucket was emptied: the next slot waits about 1 / r of the new rate.
     let next = b.reserve(latest, 1).await.unwrap();
@@ -233,7 +249,10 @@ async fn a_failing_table_falls_back_to_the_static_split_and_recovers() {
     let latest = Instant::now() + Duration::from_secs(10);
     let slot = a.reserve(latest, 5).await.unwrap();
     assert_eq!(slot.source, Source::Local);
-    assert_eq!(a.last_error().as_deref(), Some("ResourceNotFoundException: no such table"));
+    assert_eq!(
+        a.last_error().as_deref(),
+        Some("ResourceNotFoundException: no such table")
+    );
     let counts = a.take_counts();
     assert_eq!((counts.calls, counts.fallbacks), (1, 1));
     // Within FALLBACK_RETRY the table is not asked again.
@@ -256,4 +275,28 @@ async fn a_slow_table_never_holds_a_call_past_its_latest() {
     let slot = a.reserve(latest, 1).await;
     assert!(Instant::now() <= latest, "waited {:?}", began.elapsed());
     assert!(slot.is_none_or(|s| s.source == Source::Local));
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_lessees_make_about_one_table_call_per_lease() {
+    // At 300/s a lease is 30 slots (0.033 calls per start); at 60/s it is 6 (0.167).
+    for (rate, burst, most_per_start) in [(300.0, 1300.0, 0.05), (60.0, 60.0, 0.25)] {
+        let store = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(5), Duration::from_millis(10)));
+        let pacers: Vec<Arc<SharedPacer>> = (0..3).map(|_| Arc::new(lessee(&store, rate, burst))).collect();
+        let tasks: Vec<_> = pacers
+            .iter()
+            .map(|p| tokio::spawn(take_slots(p.clone(), Duration::from_secs(4), 1_000)))
+            .collect();
+        let mut starts = 0;
+        for task in tasks {
+            starts += task.await.unwrap().len();
+        }
+        let per_start = store.calls() as f64 / starts as f64;
+        assert!(
+            per_start <= most_per_start,
+            "{rate}/s: {} calls for {starts} starts",
+            store.calls()
+        );
+        assert_eq!(pacers.iter().map(|p| p.take_counts().dropped).sum::<u64>(), 0);
+    }
 }
