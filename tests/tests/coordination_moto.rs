@@ -212,3 +212,60 @@ async fn an_unreachable_endpoint_falls_back_within_the_call_timeout() {
     assert!(shared(&starter).last_error().is_some());
     fake.shutdown().await;
 }
+
+/// The DynamoDB adapter's expressions against moto mirror `BudgetState::apply`, the one
+/// definition the in-memory store runs: the same updates give the same results on both.
+#[tokio::test]
+async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
+    use sfn_pacer::budget::memory::MemoryStore;
+    use sfn_pacer::budget::{BudgetState, LeasePlan, Written};
+    let moto = Moto::start().await.unwrap();
+    let ddb = moto.sdk_config().await;
+    create_coordination_table(&ddb, TABLE).await.unwrap();
+    let dynamo = DynamoStore::new(&ddb, TABLE, CALL_TIMEOUT);
+    let model = MemoryStore::new();
+    let now = 1_800_000_000.0;
+    let seed = BudgetState::new(100.0, 50.0);
+    let lease = |state: &BudgetState, at: f64, successes: u64| match state.plan_lease(at, 8, successes) {
+        LeasePlan::Lease { update, .. } => update,
+        LeasePlan::WaitUntil(t) => panic!("no lease at {at}: wait until {t}"),
+    };
+    let mut state = seed.clone();
+    let mut steps: Vec<Update> = vec![Update::Create(seed.clone()), Update::Create(seed.clone())];
+    // Apply each step on both stores; derive the next step from the model's state.
+    let mut results = Vec::new();
+    for i in 0..9 {
+        let update = match i {
+            0 | 1 => steps.remove(0),
+            2 => lease(&state, now, 0),        // from now
+            3 => lease(&state, now + 0.01, 0), // extend
+            4 => state.plan_give_back(state.tat, 3),
+            5 => state.plan_decrease(state.version, now + 0.02).unwrap(),
+            6 => state
+                .plan_decrease(state.version - 1, now)
+                .unwrap_or(Update::SetLimits {
+                    rate_per_second: 80.0,
+                    burst: 40.0,
+                }),
+            7 => lease(&state, now + 5.0, 40), // carries successes: raises the factor
+            _ => lease(
+                &BudgetState {
+                    version: 1,
+                    ..state.clone()
+                },
+                now + 6.0,
+                0,
+            ), // stale: refused
+        };
+        let from_dynamo = dynamo.write("conformance", &update).await.unwrap();
+        let from_model = model.write("conformance", &update).await.unwrap();
+        assert_eq!(from_dynamo, from_model, "step {i}: {update:?}");
+        if let Written::Applied(after) = &from_model {
+            state = after.clone();
+        }
+        results.push(matches!(from_model, Written::Applied(_)));
+    }
+    assert_eq!(results, [true, false, true, true, true, true, true, true, false]);
+    assert_eq!(dynamo.get("conformance").await.unwrap(), Some(state));
+    assert_eq!(dynamo.get("absent").await.unwrap(), None);
+}

@@ -54,14 +54,15 @@ pub const SLOT_GRACE: Duration = Duration::from_millis(50);
 /// read back compares equal to the one written (the give-back's condition).
 pub const TICK_SECONDS: f64 = 1e-4;
 
-/// `seconds` rounded to the nearest tick.
+/// `seconds` rounded to the nearest tick: the `f64` nearest to that 4-decimal number, as a
+/// Number attribute holding it reads back.
 fn tick(seconds: f64) -> f64 {
-    (seconds / TICK_SECONDS).round() * TICK_SECONDS
+    format!("{seconds:.4}").parse().unwrap_or(seconds)
 }
 
 /// `seconds` rounded up to a whole tick (durations: never lease less time than the slots take).
 fn tick_up(seconds: f64) -> f64 {
-    (seconds / TICK_SECONDS).ceil() * TICK_SECONDS
+    tick((seconds / TICK_SECONDS).ceil() * TICK_SECONDS)
 }
 
 /// The budget item, as stored.
@@ -310,7 +311,10 @@ impl BudgetState {
                 }
                 match shape {
                     Shape::FromNow { now, tat_after } if s.tat < *now => next.tat = *tat_after,
-                    Shape::Extend { now, limit, delta } if s.tat >= *now && s.tat <= *limit => next.tat += delta,
+                    // A Number attribute adds exactly; 4 decimals plus 4 decimals stay on the tick.
+                    Shape::Extend { now, limit, delta } if s.tat >= *now && s.tat <= *limit => {
+                        next.tat = tick(s.tat + delta)
+                    }
                     _ => return refused(),
                 }
                 if let Some(f) = factor {
