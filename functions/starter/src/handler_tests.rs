@@ -647,3 +647,105 @@ fn bad_input_invalid_unicode_in_the_event_is_a_clear_error_not_a_panic() {
     assert!(error.is_syntax(), "{error}");
     assert!(error.to_string().contains("column"), "the error says where: {error}");
 }
+
+mod coordinated {
+    use super::*;
+    use crate::budget::memory::MemoryStore;
+    use crate::budget::Store;
+
+    fn coordinated(pairs: &[(&str, &str)], sfn: Arc<FakeSfn>, store: Arc<MemoryStore>) -> Starter {
+        let mut all = vec![("COORDINATION_TABLE", "coordination")];
+        all.extend_from_slice(pairs);
+        Starter::coordinated(config(&all), sfn, Arc::new(FakeQueue::default()), store)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_instance_uses_the_whole_shared_budget_not_its_static_share() {
+        // 100/s told to 10 instances: the static split gives this one 10/s (21 starts ≈ 2 s).
+        let pairs = [
+            ("STARTS_PER_SECOND", "100"),
+            ("STARTS_BURST", "10"),
+            ("MAX_CONCURRENCY", "10"),
+        ];
+        let store = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(5), Duration::from_millis(10)));
+        let starter = coordinated(&pairs, FakeSfn::ok(), store.clone());
+        let t0 = Instant::now();
+        let outcome = starter.process(batch(21), deadline_in(60_000)).await.unwrap();
+        let elapsed = t0.elapsed();
+        assert_eq!(outcome.report.started, 21);
+        // Shared: 9 at once (burst 10 less 1 of reserve), then 12 at 100/s: about 0.15 s.
+        assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
+        assert!(outcome.report.lease_calls > 0);
+        assert_eq!(outcome.report.fallbacks, 0);
+        assert!((outcome.report.shared_rate_per_second - 100.0).abs() < 1e-9);
+        let item = store.get("start-execution-standard").await.unwrap().unwrap();
+        assert_eq!(
+            (item.rate_per_second, item.burst),
+            (100.0, 10.0),
+            "created from the config"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttles_lower_the_shared_rate_and_nothing_is_lost() {
+        let sfn = FakeSfn::new(
+            Duration::from_millis(20),
+            Box::new(|_, n| (n < 5).then(|| service("ThrottlingException", 400))),
+        );
+        let store = Arc::new(MemoryStore::new());
+        let pairs = [
+            ("STARTS_PER_SECOND", "200"),
+            ("STARTS_BURST", "20"),
+            ("MAX_ATTEMPTS", "10"),
+        ];
+        let starter = coordinated(&pairs, sfn.clone(), store.clone());
+        let outcome = starter.process(batch(30), deadline_in(60_000)).await.unwrap();
+        assert!(failures(&outcome).is_empty(), "{:?}", failures(&outcome));
+        assert_eq!(sfn.executions().len(), 30);
+        assert_eq!(outcome.report.throttled, 5);
+        let item = store.get("start-execution-standard").await.unwrap().unwrap();
+        assert!(item.factor < 1.0, "the shared rate went down: {}", item.factor);
+        assert!(item.version > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_table_paces_at_the_static_split_and_reports_it() {
+        let store = Arc::new(MemoryStore::new());
+        store.set_failure(Some(
+            "AccessDeniedException: not authorized to perform dynamodb:UpdateItem",
+        ));
+        let pairs = [
+            ("STARTS_PER_SECOND", "100"),
+            ("STARTS_BURST", "10"),
+            ("MAX_CONCURRENCY", "10"),
+        ];
+        let starter = coordinated(&pairs, FakeSfn::ok(), store);
+        let t0 = Instant::now();
+        let outcome = starter.process(batch(21), deadline_in(60_000)).await.unwrap();
+        assert_eq!(outcome.report.started, 21);
+        assert_eq!(outcome.report.fallbacks, 21);
+        // The static split: 10/s with a burst of 1 for this instance.
+        assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_start_after_the_cutoff_even_while_waiting_for_the_budget() {
+        // 10/s shared, a 3.5 s deadline with a 3 s margin: half a second of starts.
+        let pairs = [
+            ("STARTS_PER_SECOND", "10"),
+            ("STARTS_BURST", "2"),
+            ("CALL_TIMEOUT_MS", "200"),
+        ];
+        let store = Arc::new(MemoryStore::new());
+        let sfn = FakeSfn::ok();
+        let starter = coordinated(&pairs, sfn.clone(), store);
+        let t0 = Instant::now();
+        let outcome = starter.process(batch(50), deadline_in(3_500)).await.unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(3_500), "{:?}", t0.elapsed());
+        let started = outcome.report.started as usize;
+        assert!((1..=10).contains(&started), "{started} started");
+        assert_eq!(failures(&outcome).len(), 50 - started);
+        let cutoff = t0 + Duration::from_millis(500);
+        assert!(sfn.calls().iter().all(|(t, _)| *t <= cutoff));
+    }
+}
