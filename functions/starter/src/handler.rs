@@ -330,6 +330,7 @@ impl Invocation<'_> {
                 let mut failed = false;
                 for unit in group {
                     let disposition = if failed {
+                        self.pending.fetch_sub(1, Ordering::Relaxed);
                         Disposition::Retry("an earlier message of its FIFO group was not started".to_string())
                     } else {
                         self.process_unit(&unit).await

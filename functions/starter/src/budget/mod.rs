@@ -20,6 +20,8 @@
 //! Invariant: over any window of `t` seconds, the slots released by all lessees together
 //! number at most `B + r × t`, the quota's own bucket, whatever the interleaving — provided a
 //! slot is used at its release time ([`SLOT_GRACE`]; a later slot is dropped, never used late).
+//! Each lessee reads `now` from its own clock; Lambda's clocks agree within milliseconds, and
+//! the burst reserve (100 ms of refill) absorbs that as it absorbs network jitter.
 //!
 //! ## Adapting, shared (AIMD)
 //! A throttle seen by any instance halves `factor` (not below [`MIN_RATE_FRACTION`]) and
