@@ -32,6 +32,9 @@ const THROTTLE_CODES: &[&str] = &[
     "TooManyRequestsException",
     "RequestLimitExceeded",
     "ThrottledException",
+    // KMS throttles the state machine's encryption key: a throttle too, to be paced, not a
+    // reason to give up on the batch.
+    "KmsThrottlingException",
 ];
 
 /// Error codes no single message can fix.
@@ -47,11 +50,31 @@ const SYSTEMIC_CODES: &[&str] = &[
     "ExecutionLimitExceeded",
     "KmsAccessDeniedException",
     "KmsInvalidStateException",
-    "KmsThrottlingException",
 ];
 
 /// Error codes that mean the message's own request is invalid.
 const PERMANENT_CODES: &[&str] = &["InvalidExecutionInput", "InvalidName"];
+
+/// What an operator should do about a systemic failure, by its error code.
+pub fn systemic_advice(error: &StartError) -> &'static str {
+    let code = match error {
+        StartError::Service { code, .. } => code.as_str(),
+        _ => "",
+    };
+    match code {
+        "ExecutionLimitExceeded" => {
+            "the account's limit of open executions is reached: wait for running executions to finish, \
+             stop stuck ones, or ask AWS for a higher limit"
+        }
+        "StateMachineDoesNotExist" | "StateMachineDeleting" | "InvalidArn" => {
+            "check STATE_MACHINE_ARN: the state machine does not exist (or is being deleted)"
+        }
+        "KmsAccessDeniedException" | "KmsInvalidStateException" => {
+            "check the state machine's KMS key: the key policy must let the function's role use it, and the key must be enabled"
+        }
+        _ => "check the function's permissions (states:StartExecution on the state machine) and its credentials",
+    }
+}
 
 /// Classifies a failed attempt. Unknown errors are retryable: the queue's redrive bounds
 /// how often, so an unknown error never loses a message.
@@ -106,6 +129,19 @@ mod tests {
         );
         assert_eq!(classify(&StartError::Timeout), Class::Retryable);
         assert_eq!(classify(&StartError::Transport("reset".into())), Class::Retryable);
+    }
+
+    #[test]
+    fn kms_throttling_is_a_throttle_and_advice_fits_the_cause() {
+        assert_eq!(classify(&service("KmsThrottlingException", 400)), Class::Throttled);
+        assert_eq!(classify(&service("KmsAccessDeniedException", 400)), Class::Systemic);
+        let limit = systemic_advice(&service("ExecutionLimitExceeded", 400));
+        assert!(
+            limit.contains("open executions") && !limit.contains("permissions"),
+            "{limit}"
+        );
+        assert!(systemic_advice(&service("StateMachineDoesNotExist", 400)).contains("STATE_MACHINE_ARN"));
+        assert!(systemic_advice(&service("AccessDeniedException", 400)).contains("permissions"));
     }
 
     #[test]

@@ -11,6 +11,9 @@ use crate::plan::Rejection;
 
 /// Prefix of the attributes this function adds.
 pub const ATTR_PREFIX: &str = "sfn-pacer.";
+/// The attribute that carries the original message id: a dead letter redriven back to the
+/// queue gets a new id, and the execution name keeps following this one.
+pub const MESSAGE_ID_ATTRIBUTE: &str = "sfn-pacer.message-id";
 /// SQS's limit on message attributes per message.
 pub const MAX_ATTRIBUTES: usize = 10;
 /// The reason attribute is cut to this many characters.
@@ -47,7 +50,7 @@ pub fn dead_letter(message: &Message, rejection: &Rejection, dlq_url: &str) -> D
     let reason: String = rejection.reason.chars().take(MAX_REASON_CHARS).collect();
     attributes.insert(format!("{ATTR_PREFIX}error-code"), string(&rejection.code));
     attributes.insert(format!("{ATTR_PREFIX}reason"), string(&reason));
-    attributes.insert(format!("{ATTR_PREFIX}message-id"), string(&message.id));
+    attributes.insert(MESSAGE_ID_ATTRIBUTE.to_string(), string(&message.id));
     attributes.insert(
         format!("{ATTR_PREFIX}receive-count"),
         AttributeValue::Number(message.receive_count().to_string(), "Number".to_string()),

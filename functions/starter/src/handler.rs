@@ -22,7 +22,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::backoff::{retry_wait, unit_random, visibility_timeout_seconds};
 use crate::budget::lease::SharedPacer;
 use crate::budget::{BudgetState, Store};
-use crate::classify::{classify, Class};
+use crate::classify::{classify, systemic_advice, Class};
 use crate::config::{Config, WorkflowType};
 use crate::dead_letter::dead_letter;
 use crate::event::{messages, EventError, Message};
@@ -93,14 +93,20 @@ struct Invocation<'a> {
     pending: AtomicU64,
 }
 
-/// The time this invocation may use, from the Lambda deadline (epoch milliseconds).
-/// A deadline that has already passed at the start is unknown (`cargo lambda watch` sends
-/// one in 1970): then the configured local budget applies.
+/// Deadlines before this (epoch milliseconds, 2000-01-01) are not real ones: `cargo lambda
+/// watch` sends a fixed deadline in 1970.
+const FIRST_REAL_DEADLINE_MS: u64 = 946_684_800_000;
+
+/// The time this invocation may use, from the Lambda deadline (epoch milliseconds). A
+/// 1970-style deadline is unknown: then the configured local budget applies. A real deadline
+/// already past leaves no time: nothing starts, everything is reported.
 pub fn time_budget(deadline_epoch_ms: u64, now_epoch_ms: u64, local_budget: Duration) -> Duration {
     if deadline_epoch_ms > now_epoch_ms {
         Duration::from_millis(deadline_epoch_ms - now_epoch_ms)
-    } else {
+    } else if deadline_epoch_ms < FIRST_REAL_DEADLINE_MS {
         local_budget
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -388,7 +394,11 @@ impl Invocation<'_> {
                 return Attempt::Retry { reason, backoff: true };
             }
             let demand = self.pending.load(Ordering::Relaxed).max(1);
-            let Some(slot) = pacing.reserve(self.cutoff, demand).await else {
+            let slot = match Instant::now() < self.cutoff {
+                true => pacing.reserve(self.cutoff, demand).await,
+                false => None,
+            };
+            let Some(slot) = slot else {
                 return Attempt::Retry {
                     reason: "deadline: no time left to start".to_string(),
                     backoff: false,
@@ -477,8 +487,8 @@ impl Invocation<'_> {
             tracing::error!(
                 error = %error,
                 state_machine_arn = %self.config().state_machine_arn,
-                "StartExecution fails for every message (check the state machine and the function's permissions); \
-                 the batch is reported for retry"
+                advice = systemic_advice(error),
+                "StartExecution fails for every message; the batch is reported for retry"
             );
         }
         systemic.get_or_insert_with(|| error.to_string()).clone()

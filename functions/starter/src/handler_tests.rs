@@ -374,6 +374,9 @@ async fn a_deadline_in_the_past_means_the_local_budget() {
         time_budget(5_000, 1_000, Duration::from_secs(30)),
         Duration::from_secs(4)
     );
+    // Only a 1970-style deadline is unknown: a real one already past leaves no time.
+    let now = now_epoch_ms();
+    assert_eq!(time_budget(now - 5_000, now, Duration::from_secs(30)), Duration::ZERO);
     let starter = Starter::new(
         config(&[("LOCAL_DEADLINE_MS", "60000")]),
         FakeSfn::ok(),
@@ -384,6 +387,16 @@ async fn a_deadline_in_the_past_means_the_local_budget() {
         outcome.report.started, 5,
         "cargo lambda watch's 1970 deadline does not stop the batch"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_real_deadline_already_past_starts_nothing_and_reports_everything() {
+    let sfn = FakeSfn::ok();
+    let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));
+    let outcome = starter.process(batch(5), now_epoch_ms() - 1_000).await.unwrap();
+    assert_eq!(outcome.report.started, 0);
+    assert_eq!(failures(&outcome).len(), 5);
+    assert!(sfn.calls().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -77,7 +77,7 @@ impl Pacing {
     /// Reports a successful call made in `slot`.
     pub async fn on_success(&self, slot: Slot) {
         match self {
-            Pacing::Local(pacer) => pacer.on_success(Instant::now()),
+            Pacing::Local(pacer) => pacer.on_success(slot, Instant::now()),
             Pacing::Shared(shared) => shared.on_success(slot).await,
         }
     }
@@ -145,9 +145,10 @@ impl Pacer {
         let wait = if s.tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - s.tokens) / s.rate_per_second)
+            // A tiny configured rate gives a wait past any deadline, not a panic.
+            Duration::try_from_secs_f64((1.0 - s.tokens) / s.rate_per_second).unwrap_or(Duration::MAX)
         };
-        if now + wait > latest {
+        if now.checked_add(wait).is_none_or(|at| at > latest) {
             return None;
         }
         s.tokens -= 1.0;
@@ -170,10 +171,11 @@ impl Pacer {
         s.epoch += 1;
     }
 
-    /// Reports a successful call.
-    pub fn on_success(&self, now: Instant) {
+    /// Reports a successful call made in `slot`. A slot granted before the last decrease
+    /// carries no news about the new rate: it does not raise it.
+    pub fn on_success(&self, slot: Slot, now: Instant) {
         let mut s = self.lock();
-        if s.rate_per_second >= self.target_per_second {
+        if s.rate_per_second >= self.target_per_second || slot.epoch != s.epoch {
             return;
         }
         refill(&mut s, now, self.capacity);
@@ -308,15 +310,36 @@ mod tests {
         p.on_throttle(s, t0);
         assert_eq!(p.rate_per_second(), 50.0);
         // One second of successes at ~50/s regains about 10 % of the target.
+        let fresh = p.reserve(t0, t0 + FAR).unwrap();
         for _ in 0..50 {
-            p.on_success(t0);
+            p.on_success(fresh, t0);
         }
         let after_one_second = p.rate_per_second();
         assert!((59.0..=61.0).contains(&after_one_second), "{after_one_second}");
         for _ in 0..10_000 {
-            p.on_success(t0);
+            p.on_success(fresh, t0);
         }
         assert_eq!(p.rate_per_second(), 100.0, "capped at the target");
+    }
+
+    #[test]
+    fn successes_of_slots_granted_before_a_decrease_do_not_raise_the_rate() {
+        let t0 = Instant::now();
+        let p = Pacer::new(100.0, 10.0, t0);
+        let early: Vec<Slot> = (0..5).map(|_| p.reserve(t0, t0 + FAR).unwrap()).collect();
+        p.on_throttle(early[0], t0);
+        for slot in &early[1..] {
+            p.on_success(*slot, t0);
+        }
+        assert_eq!(p.rate_per_second(), 50.0, "calls already in flight at the throttle");
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_long_but_never_panics() {
+        let t0 = Instant::now();
+        let p = Pacer::new(1e-300, 1.0, t0);
+        assert!(p.reserve(t0, t0 + FAR).is_some());
+        assert_eq!(p.reserve(t0, t0 + FAR), None, "the next slot is past any deadline");
     }
 
     #[test]

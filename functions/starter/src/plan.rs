@@ -5,6 +5,7 @@ use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
 use crate::config::{Config, InputMode, NameSource};
+use crate::dead_letter::MESSAGE_ID_ATTRIBUTE;
 use crate::event::Message;
 use crate::name::execution_name;
 
@@ -52,10 +53,21 @@ pub fn plan(message: &Message, config: &Config) -> Result<Plan, Rejection> {
     Ok(Plan { name, input })
 }
 
+/// The message id the name follows: the original one a dead letter carries
+/// ([`MESSAGE_ID_ATTRIBUTE`]) when it was redriven back to the queue, else the message's own.
+fn original_message_id(message: &Message) -> String {
+    message
+        .message_attributes
+        .get(MESSAGE_ID_ATTRIBUTE)
+        .and_then(|a| a.string_value.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| message.id.clone())
+}
+
 /// The raw key the name is derived from.
 fn name_key(message: &Message, source: &NameSource) -> Result<Vec<u8>, Rejection> {
     match source {
-        NameSource::MessageId | NameSource::None => Ok(message.id.clone().into_bytes()),
+        NameSource::MessageId | NameSource::None => Ok(original_message_id(message).into_bytes()),
         NameSource::Attribute(attribute) => {
             let value = message
                 .message_attributes
@@ -146,6 +158,18 @@ mod tests {
 
     fn attribute(json: Value) -> SqsMessageAttribute {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_redriven_dead_letter_keeps_its_original_name() {
+        let mut m = message("{}");
+        assert_eq!(plan(&m, &config(&[])).unwrap().name.as_deref(), Some("m-1"));
+        m.id = "new-id-after-redrive".into();
+        m.message_attributes.insert(
+            MESSAGE_ID_ATTRIBUTE.into(),
+            attribute(json!({"stringValue": "m-1", "dataType": "String"})),
+        );
+        assert_eq!(plan(&m, &config(&[])).unwrap().name.as_deref(), Some("m-1"));
     }
 
     #[test]

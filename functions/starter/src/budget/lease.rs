@@ -213,7 +213,7 @@ impl SharedPacer {
                     g.successes += 1;
                 }
             }
-            Source::Local => self.fallback.on_success(Instant::now()),
+            Source::Local => self.fallback.on_success(slot, Instant::now()),
         }
     }
 
