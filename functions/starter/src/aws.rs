@@ -93,6 +93,7 @@ impl StartExecution for SfnStarter {
             .state_machine_arn(&request.state_machine_arn)
             .set_name(request.name.clone())
             .input(&request.input)
+            .set_trace_header(request.trace_header.clone())
             .send()
             .await
             .map_err(start_error)?;

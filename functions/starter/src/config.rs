@@ -510,4 +510,15 @@ mod tests {
         let e = load(&[("STATE_MACHINE_ARN", ARN), ("QUOTA_KEY", &long)]).unwrap_err();
         assert_eq!(e.variable, "QUOTA_KEY");
     }
+
+    #[test]
+    fn alias_and_version_arns_of_state_machines_are_accepted() {
+        for arn in [
+            "arn:aws:states:us-east-1:123456789012:stateMachine:demo:live",
+            "arn:aws:states:us-east-1:123456789012:stateMachine:demo:7",
+            "arn:aws-us-gov:states:us-gov-west-1:123456789012:stateMachine:demo",
+        ] {
+            assert_eq!(load(&[("STATE_MACHINE_ARN", arn)]).unwrap().state_machine_arn, arn);
+        }
+    }
 }

@@ -384,6 +384,7 @@ impl Invocation<'_> {
             state_machine_arn: config.state_machine_arn.clone(),
             name: plan.name.clone(),
             input: plan.input.clone(),
+            trace_header: plan.trace_header.clone(),
         };
         let name = plan.name.as_deref().unwrap_or("(AWS-assigned)");
         let mut unconfirmed = false;

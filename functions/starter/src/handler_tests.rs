@@ -390,6 +390,43 @@ async fn a_deadline_in_the_past_means_the_local_budget() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_message_passes_its_own_trace_header_on() {
+    let sfn = FakeSfn::ok();
+    let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));
+    let records: Vec<_> = (0..3)
+        .map(|i| {
+            let mut r = record(&format!("t-{i}"), "{}");
+            if i != 1 {
+                r["attributes"]["AWSTraceHeader"] =
+                    json!(format!("Root=1-00000000-00000000000000000000000{i};Sampled=1"));
+            }
+            r
+        })
+        .collect();
+    starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    let mut headers: Vec<(String, Option<String>)> = sfn
+        .calls()
+        .into_iter()
+        .map(|(_, r)| (r.name.unwrap_or_default(), r.trace_header))
+        .collect();
+    headers.sort();
+    assert_eq!(
+        headers,
+        [
+            (
+                "t-0".into(),
+                Some("Root=1-00000000-000000000000000000000000;Sampled=1".into())
+            ),
+            ("t-1".into(), None),
+            (
+                "t-2".into(),
+                Some("Root=1-00000000-000000000000000000000002;Sampled=1".into())
+            ),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_real_deadline_already_past_starts_nothing_and_reports_everything() {
     let sfn = FakeSfn::ok();
     let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));

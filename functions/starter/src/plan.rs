@@ -19,6 +19,22 @@ pub struct Plan {
     pub name: Option<String>,
     /// The execution input: valid JSON of at most [`MAX_INPUT_BYTES`].
     pub input: String,
+    /// The producer's X-Ray trace header (the record's `AWSTraceHeader`), passed on as
+    /// StartExecution's `traceHeader` so the trace continues into the execution.
+    pub trace_header: Option<String>,
+}
+
+/// The longest `traceHeader` StartExecution accepts, in characters.
+pub const MAX_TRACE_HEADER_CHARS: usize = 256;
+
+/// The record's trace header, if it is one StartExecution accepts (a malformed one is
+/// dropped: a trace is not worth failing a start for).
+fn trace_header(message: &Message) -> Option<String> {
+    let header = message.attributes.get("AWSTraceHeader")?;
+    let valid = !header.is_empty()
+        && header.len() <= MAX_TRACE_HEADER_CHARS
+        && header.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+    valid.then(|| header.clone())
 }
 
 /// Why a message can never start, whatever the retries: a permanent failure.
@@ -50,7 +66,11 @@ pub fn plan(message: &Message, config: &Config) -> Result<Plan, Rejection> {
         }
     };
     let input = input(message, config.input_mode)?;
-    Ok(Plan { name, input })
+    Ok(Plan {
+        name,
+        input,
+        trace_header: trace_header(message),
+    })
 }
 
 /// The message id the name follows: the original one a dead letter carries
@@ -161,6 +181,19 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_header_is_passed_on_when_start_execution_accepts_it() {
+        let mut m = message("{}");
+        assert_eq!(plan(&m, &config(&[])).unwrap().trace_header, None);
+        let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        m.attributes.insert("AWSTraceHeader".into(), header.into());
+        assert_eq!(plan(&m, &config(&[])).unwrap().trace_header.as_deref(), Some(header));
+        for bad in ["x".repeat(MAX_TRACE_HEADER_CHARS + 1), "Root=1\nx".to_string()] {
+            m.attributes.insert("AWSTraceHeader".into(), bad);
+            assert_eq!(plan(&m, &config(&[])).unwrap().trace_header, None);
+        }
+    }
+
+    #[test]
     fn a_redriven_dead_letter_keeps_its_original_name() {
         let mut m = message("{}");
         assert_eq!(plan(&m, &config(&[])).unwrap().name.as_deref(), Some("m-1"));
@@ -180,7 +213,8 @@ mod tests {
             p,
             Plan {
                 name: Some("m-1".into()),
-                input: body.into()
+                input: body.into(),
+                trace_header: None,
             }
         );
     }

@@ -11,6 +11,8 @@ pub struct StartRequest {
     pub name: Option<String>,
     /// The execution input (JSON).
     pub input: String,
+    /// The X-Ray trace header to continue (`traceHeader`).
+    pub trace_header: Option<String>,
 }
 
 /// A started execution.
