@@ -228,6 +228,11 @@ impl Starter {
                 .await
         };
         for (members, disposition) in done {
+            if matches!(disposition, Disposition::Started | Disposition::Duplicate) {
+                invocation
+                    .tally
+                    .add_merged(distinct_ids(&messages, &members).saturating_sub(1));
+            }
             for i in members {
                 dispositions[i] = Some(disposition.clone());
             }
@@ -299,7 +304,10 @@ impl Starter {
             };
             let key = format!("{group}\0{identity}");
             match by_key.get(&key) {
-                Some(&u) => units[u].members.push(i),
+                Some(&u) => {
+                    warn_if_inputs_differ(&units[u], &work, &messages[units[u].members[0]], message);
+                    units[u].members.push(i);
+                }
                 None => {
                     by_key.insert(key, units.len());
                     units.push(Unit { members: vec![i], work });
@@ -570,6 +578,31 @@ impl Invocation<'_> {
             }
         }
     }
+}
+
+/// Records merged into one execution (same name) whose payloads differ: only the first
+/// one's input starts. Step Functions would refuse the others' input under that name anyway
+/// (`ExecutionAlreadyExists`); the warning makes it visible.
+fn warn_if_inputs_differ(unit: &Unit, work: &Result<Plan, Rejection>, first: &Message, other: &Message) {
+    if let (Ok(kept), Ok(merged)) = (&unit.work, work) {
+        if kept.input != merged.input {
+            tracing::warn!(
+                name = kept.name.as_deref().unwrap_or_default(),
+                started_message_id = %first.id,
+                merged_message_id = %other.id,
+                "two different payloads map to one execution name: only the first one's input starts"
+            );
+        }
+    }
+}
+
+/// How many different message ids the records `members` carry.
+fn distinct_ids(messages: &[Message], members: &[usize]) -> u64 {
+    members
+        .iter()
+        .map(|&i| messages[i].id.as_str())
+        .collect::<HashSet<_>>()
+        .len() as u64
 }
 
 /// The partial batch response: the ids of records to retry, each once, in record order.

@@ -427,6 +427,46 @@ async fn each_message_passes_its_own_trace_header_on() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn records_merged_into_one_execution_are_counted_and_every_record_has_one_outcome() {
+    // Names from the body's "key": k1 twice (same payload), k2 twice (different payloads),
+    // one bad body (DLQ), one already started (duplicate), one that keeps failing (reported).
+    let sfn = FakeSfn::new(
+        Duration::from_millis(5),
+        Box::new(|r, _| match r.name.as_deref() {
+            Some("k5") => Some(service("ExecutionAlreadyExists", 400)),
+            Some("k6") => Some(service("", 500)),
+            _ => None,
+        }),
+    );
+    let c = config(&[
+        ("EXECUTION_NAME", "body:/key"),
+        ("MAX_ATTEMPTS", "1"),
+        ("DLQ_URL", "https://dlq"),
+    ]);
+    let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
+    let records = vec![
+        record("a", r#"{"key":"k1","v":1}"#),
+        record("b", r#"{"key":"k1","v":1}"#),
+        record("c", r#"{"key":"k2","v":1}"#),
+        record("d", r#"{"key":"k2","v":2}"#),
+        record("e", "not json"),
+        record("f", r#"{"key":"k5"}"#),
+        record("g", r#"{"key":"k6"}"#),
+    ];
+    let outcome = starter.process(event(records), deadline_in(60_000)).await.unwrap();
+    let r = &outcome.report;
+    assert_eq!(
+        (r.started, r.merged, r.duplicates, r.dead_lettered, r.failed),
+        (2, 2, 1, 1, 1)
+    );
+    assert_eq!(
+        r.received,
+        r.started + r.duplicates + r.merged + r.failed + r.dead_lettered
+    );
+    assert_eq!(sfn.executions().len(), 2, "k1 and k2 start once each");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_real_deadline_already_past_starts_nothing_and_reports_everything() {
     let sfn = FakeSfn::ok();
     let starter = Starter::new(config(&[]), sfn.clone(), Arc::new(FakeQueue::default()));

@@ -19,6 +19,7 @@ pub struct Tally {
     throttled: AtomicU64,
     dead_lettered: AtomicU64,
     possible_duplicates: AtomicU64,
+    merged: AtomicU64,
     pacing_delay_micros: AtomicU64,
 }
 
@@ -53,6 +54,11 @@ impl Tally {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds records merged into another record's execution (same name).
+    pub fn add_merged(&self, records: u64) {
+        self.merged.fetch_add(records, Ordering::Relaxed);
+    }
+
     /// Adds time spent waiting for the pacer.
     pub fn add_pacing_delay(&self, delay: Duration) {
         let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
@@ -73,6 +79,7 @@ impl Tally {
             failed: failed as u64,
             dead_lettered: get(&self.dead_lettered),
             possible_duplicates: get(&self.possible_duplicates),
+            merged: get(&self.merged),
             lease_calls: 0,
             fallbacks: 0,
             shared_rate_per_second: 0.0,
@@ -102,6 +109,10 @@ pub struct Report {
     pub dead_lettered: u64,
     /// Express only: starts that may repeat an earlier, unconfirmed one.
     pub possible_duplicates: u64,
+    /// Records acknowledged with another record of the batch that has the same execution name
+    /// (one execution for both). `received = started + duplicates + merged + failed +
+    /// dead_lettered` for a batch of distinct message ids.
+    pub merged: u64,
     /// Coordinated mode: calls to the coordination table.
     pub lease_calls: u64,
     /// Coordinated mode: starts paced by the static split because the table could not be used.
@@ -140,6 +151,7 @@ impl Report {
             failed = self.failed,
             dead_lettered = self.dead_lettered,
             possible_duplicates = self.possible_duplicates,
+            merged = self.merged,
             lease_calls = self.lease_calls,
             fallbacks = self.fallbacks,
             pacing_delay_ms = self.pacing_delay_ms.round() as u64,
@@ -198,7 +210,7 @@ impl Report {
 type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
 
 /// The count metrics, in the order the EMF document declares them: the one list of names.
-const COUNTS: [CountMetric; 10] = [
+const COUNTS: [CountMetric; 11] = [
     ("Received", |r| r.received, |r, v| r.received = v),
     ("Started", |r| r.started, |r, v| r.started = v),
     ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
@@ -211,6 +223,7 @@ const COUNTS: [CountMetric; 10] = [
         |r| r.possible_duplicates,
         |r, v| r.possible_duplicates = v,
     ),
+    ("Merged", |r| r.merged, |r, v| r.merged = v),
     ("LeaseCalls", |r| r.lease_calls, |r, v| r.lease_calls = v),
     ("Fallbacks", |r| r.fallbacks, |r, v| r.fallbacks = v),
 ];
@@ -333,6 +346,7 @@ mod tests {
             failed: 1,
             dead_lettered: 1,
             possible_duplicates: 0,
+            merged: 3,
             lease_calls: 4,
             fallbacks: 2,
             shared_rate_per_second: 150.0,
