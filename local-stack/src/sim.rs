@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::esm::event::{ReceivedMessage, SqsMessage};
 use crate::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
 use crate::esm::in_process::InProcess;
+pub use crate::esm::in_process::Kill;
 use crate::esm::runner::{self as esm, EsmConfig, QueueCounts, ReceiptEntry};
 use crate::moto::REGION;
 
@@ -365,6 +366,8 @@ pub struct RunReport {
     /// The handlers' counts (started, throttled, `possible_duplicates`, table calls, …),
     /// summed over invocations.
     pub function: sfn_pacer::metrics::Report,
+    /// Invocations killed part-way ([`Kill`]).
+    pub killed: u64,
     /// Wall time from the start to the queue being drained (or `max_run`).
     pub elapsed: Duration,
     /// Whether the queue was drained.
@@ -374,12 +377,18 @@ pub struct RunReport {
 /// Runs the mapping loop with one poller per starter (one per simulated Lambda instance)
 /// until the queue is drained or `mapping.max_run` passes. Bounded in time by construction.
 pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: Mapping) -> RunReport {
+    drive_with_kills(queue, starters, mapping, None).await
+}
+
+/// [`drive`], also killing some invocations part-way ([`Kill`]).
+pub async fn drive_with_kills(
+    queue: Arc<SimQueue>,
+    starters: Vec<Arc<Starter>>,
+    mapping: Mapping,
+    kill: Option<Kill>,
+) -> RunReport {
     let pollers = starters.len();
-    let invoker = Arc::new(InProcess::new(
-        starters,
-        mapping.function_timeout,
-        mapping.short_deadline,
-    ));
+    let invoker = Arc::new(InProcess::new(starters, mapping.function_timeout, mapping.short_deadline).with_kill(kill));
     let config = EsmConfig {
         gather: GatherConfig {
             batch_size: mapping.batch_size,
@@ -409,6 +418,7 @@ pub async fn drive(queue: Arc<SimQueue>, starters: Vec<Arc<Starter>>, mapping: M
         failed_invocations: summary.function_errors + summary.invalid_responses + summary.timeouts,
         reported: summary.reported_failures,
         function: invoker.totals(),
+        killed: invoker.killed(),
         elapsed: Duration::from_secs_f64(summary.elapsed_seconds),
         drained: queue.is_drained(),
     }

@@ -6,8 +6,9 @@
 //! caller uses part of the account's quota, and has a surge once), random throttles, 500 and 503 answers, slow
 //! responses beyond the client timeout that are applied on the server anyway, connection
 //! resets, lost responses (applied, then the response is lost), every 5th invocation cut off
-//! at a short deadline, and a few whole-invocation timeouts (SQS stalls for one instance past
-//! its function timeout, so the whole batch comes back).
+//! at a short deadline, SQS stalls for one instance past its function timeout (the close phase
+//! cuts every SQS call off in time, so the invocation still answers), and a few invocations
+//! killed part-way (a crash: the whole batch comes back).
 //!
 //! `CHAOS_SEED=<n>` picks the seed of the fake's faults and of the test's own choices (which
 //! messages are poison; whether slow responses are applied before or after their delay;
@@ -28,7 +29,7 @@ use local_stack::fake_sfn::{
     ExistingNames, FakeSfn, Faults, LostResponseMode, SlowMode, Stats, DEFAULT_STATE_MACHINE_ARN,
 };
 use local_stack::moto::sdk_config_for;
-use local_stack::sim::{drive, DlqEntry, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
+use local_stack::sim::{drive, drive_with_kills, DlqEntry, Kill, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -65,7 +66,7 @@ const SURGE_QUOTA: (u64, f64) = (20, 60.0);
 const SURGE_AT: Duration = Duration::from_secs(4);
 const SURGE_FOR: Duration = Duration::from_millis(1500);
 const DLQ_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/chaos-dlq";
-/// Whole-invocation timeouts: at most this many SQS stalls are injected ...
+/// At most this many SQS stalls are injected ...
 const MAX_STALLS: u64 = 3;
 /// ... on the eligible ChangeMessageVisibility calls numbered `STALL_PHASE (mod STALL_EVERY)`.
 const STALL_EVERY: u64 = 6;
@@ -188,16 +189,13 @@ struct FlakyState {
 }
 
 /// One instance's view of SQS: the shared [`SimQueue`], except that now and then SQS stalls
-/// for this instance longer than the function timeout, so the invocation is cut off whole
-/// and its batch comes back (a Lambda timeout).
+/// for this instance longer than the function timeout; the handler's close phase must cut
+/// the call off and still answer before the deadline.
 ///
-/// A dead letter sent by an invocation that is then cut off would be sent again on the
-/// redelivery: the function's DLQ send and the mapping's delete are not atomic, so across a
-/// Lambda timeout the DLQ gets a message at least once, not exactly once. This test checks
-/// exactly once for every other path, so a stall is only injected into an invocation that
-/// has sent no dead letter (none by this instance within the function timeout, which bounds
-/// an invocation), and once a stall starts, the instance's further SQS calls hang with it
-/// (they are cut off unapplied, like calls to an unreachable SQS).
+/// A stall is only injected into an invocation that has sent no dead letter (none by this
+/// instance within the function timeout, which bounds an invocation), and once a stall
+/// starts, the instance's further SQS calls hang with it (they are cut off unapplied, like
+/// calls to an unreachable SQS).
 struct FlakyQueue {
     inner: Arc<SimQueue>,
     plan: Arc<StallPlan>,
@@ -213,7 +211,17 @@ impl Drop for StallGuard {
     }
 }
 
-/// Longer than any invocation: a stalled call is always cut off with its invocation.
+/// Every 7th invocation (the 3rd of each 7) is killed 50 ms in, in its start phase, before its
+/// close phase sends any dead letter (a dead letter sent and then killed before the mapping's
+/// delete would be sent again: at least once, which this test does not exercise).
+const KILL: Kill = Kill {
+    every: 7,
+    phase: 3,
+    after: Duration::from_millis(50),
+};
+
+/// Longer than any invocation: a stalled call is always cut off (by the close phase's bound on
+/// every SQS call, or with its invocation).
 const STALL: Duration = Duration::from_secs(FUNCTION_TIMEOUT.as_secs() + 2);
 
 #[async_trait]
@@ -418,7 +426,7 @@ async fn standard_chaos(seed: u64) {
             state.set_bucket(Some(QUOTA));
         })
     };
-    let run = drive(queue.clone(), starters, mapping).await;
+    let run = drive_with_kills(queue.clone(), starters, mapping, Some(KILL)).await;
     neighbour.abort();
 
     // ---- what happened
@@ -430,7 +438,7 @@ async fn standard_chaos(seed: u64) {
     let short_invocations = run.invocations / SHORT_EVERY;
     let summary = format!(
         "chaos: messages={} (poison {}) executions={} dlq={} {} invocations={} cut_offs={} \
-         whole_timeouts={} (stalls {stalls}) reported={} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
+         whole_timeouts={} (killed {}, stalls {stalls}) reported={} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
          lost_mode={lost_response_mode:?} existing_names={existing_names:?} seed={seed}",
         sent.bodies.len(),
         sent.poison.len(),
@@ -440,6 +448,7 @@ async fn standard_chaos(seed: u64) {
         run.invocations,
         short_invocations,
         run.failed_invocations,
+        run.killed,
         run.reported,
         run.elapsed.as_secs_f64(),
         run.drained,
@@ -574,18 +583,19 @@ async fn standard_chaos(seed: u64) {
             stats.idempotent_repeats + stats.already_exists,
         ),
         ("short-deadline invocations", short_invocations),
-        ("whole-invocation timeouts", run.failed_invocations),
+        ("SQS stalls (cut off by the close phase)", stalls),
+        ("killed invocations", run.killed),
     ];
     for (what, count) in injected {
         assert!(count > 0, "{}", on_failure(format!("no {what} happened")));
     }
-    // Every whole-invocation timeout is an injected stall: the handler itself never
-    // overruns its deadline.
+    // Every whole-invocation failure is an injected kill: the handler itself never overruns
+    // its deadline, not even when SQS stalls in its close phase.
     assert_eq!(
         run.failed_invocations,
-        stalls,
+        run.killed,
         "{}",
-        on_failure("invocations cut off by the function timeout besides the injected stalls".into())
+        on_failure("invocations cut off by the function timeout besides the injected kills".into())
     );
     sfn.shutdown().await;
 }

@@ -231,3 +231,65 @@ async fn the_sqs_adapter_changes_visibility_by_queue_arn() {
         .await;
     assert!(bad.is_err(), "an unknown queue is an error, not a panic");
 }
+
+/// Messages cut off by the deadline are made visible again at once (visibility 0, real receipt
+/// handles), not after the queue's 120 s visibility timeout.
+#[tokio::test]
+async fn messages_deferred_by_the_deadline_are_visible_again_at_once() {
+    let moto = Moto::start().await.unwrap();
+    let sdk = moto.sdk_config().await;
+    let stack = provision(&sdk, "work", 5, 120).await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for body in bodies(10) {
+        sqs.send_message()
+            .queue_url(&stack.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let received = sqs
+        .receive_message()
+        .queue_url(&stack.queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(received.len(), 10);
+    let records: Vec<_> = received
+        .iter()
+        .map(|m| {
+            json!({"messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                   "eventSource": "aws:sqs", "eventSourceARN": stack.queue_arn,
+                   "attributes": {"ApproximateReceiveCount": "1"}})
+        })
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    // 2/s with a burst of 1, a 2 s deadline and a 1 s margin: about 3 start, 7 are cut off.
+    let c = config(
+        &stack,
+        &[
+            ("STARTS_PER_SECOND", "2"),
+            ("STARTS_BURST", "1"),
+            ("DEADLINE_MARGIN_MS", "1000"),
+            ("CALL_TIMEOUT_MS", "500"),
+        ],
+    );
+    let deadline = sfn_pacer::handler::now_epoch_ms() + 2_000;
+    let outcome = starter(&moto, c).await.process(event, deadline).await.unwrap();
+    let deferred = outcome.response.batch_item_failures.len();
+    assert!(deferred >= 5, "{deferred} deferred");
+    assert_eq!(outcome.report.deferred as usize, deferred);
+    let again = sqs
+        .receive_message()
+        .queue_url(&stack.queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(again.len(), deferred, "the deferred messages are visible again at once");
+}

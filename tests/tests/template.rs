@@ -3,9 +3,10 @@
 //! The template is parsed with serde_yaml. CloudFormation's short-form tags (`!Ref`, `!GetAtt`,
 //! `!Sub`, ...) arrive as tagged values and are rewritten to their long form (`{"Ref": ..}`,
 //! `{"Fn::GetAtt": [..]}`), so the checks below see one shape. Values are resolved with the
-//! parameters' defaults (`Ref` to a parameter, `Fn::FindInMap`); each check is a function that
-//! returns `Err` with a reason, and the `*_rejects_*` tests show that the checks do fail on a
-//! broken template.
+//! parameters' defaults (`Ref` to a parameter, `Fn::FindInMap`), or with overrides
+//! (`Template::with`), under which `Conditions`, `Fn::If` and `AWS::NoValue` are evaluated as
+//! CloudFormation would; each check is a function that returns `Err` with a reason, and the
+//! `*_rejects_*` tests show that the checks do fail on a broken template.
 
 use local_stack::paths::workspace_root;
 use serde_json::{Map, Value};
@@ -183,6 +184,89 @@ impl Template {
         }
     }
 
+    /// Whether the template's condition `name` holds with these parameters.
+    fn condition(&self, name: &str) -> Result<bool, String> {
+        let expression = self.doc["Conditions"]
+            .get(name)
+            .ok_or_else(|| format!("no condition {name}"))?;
+        self.holds(expression)
+    }
+
+    /// Evaluates a condition expression: `Fn::Equals`, `Fn::Not`, `Fn::And`, `Fn::Or`, `Condition`.
+    fn holds(&self, expression: &Value) -> Result<bool, String> {
+        let (function, args) = match expression.as_object() {
+            Some(o) if o.len() == 1 => o.iter().next().expect("one entry"),
+            _ => return Err(format!("condition {expression} is not a function")),
+        };
+        if function == "Condition" {
+            return self.condition(args.as_str().ok_or("Condition of a non-string")?);
+        }
+        let args = args.as_array().ok_or_else(|| format!("{function} takes a list"))?;
+        match (function.as_str(), args.as_slice()) {
+            ("Fn::Equals", [a, b]) => Ok(text(&self.resolve(a)?) == text(&self.resolve(b)?)),
+            ("Fn::Not", [a]) => Ok(!self.holds(a)?),
+            ("Fn::And", all) => all.iter().try_fold(true, |acc, c| Ok(acc && self.holds(c)?)),
+            ("Fn::Or", any) => any.iter().try_fold(false, |acc, c| Ok(acc || self.holds(c)?)),
+            _ => Err(format!("unsupported condition {expression}")),
+        }
+    }
+
+    /// `value` as CloudFormation deploys it with these parameters: each `Fn::If` replaced by its
+    /// chosen branch, `AWS::NoValue` removed (`None` when `value` itself is removed).
+    fn evaluate(&self, value: &Value) -> Result<Option<Value>, String> {
+        match value {
+            Value::Object(o) if o.len() == 1 && o.get("Ref") == Some(&Value::from("AWS::NoValue")) => Ok(None),
+            Value::Object(o) if o.len() == 1 && o.contains_key("Fn::If") => {
+                let args = o["Fn::If"].as_array().ok_or("Fn::If takes a list")?;
+                let [condition, yes, no] = args.as_slice() else {
+                    return Err("Fn::If takes three arguments".into());
+                };
+                let name = condition.as_str().ok_or("Fn::If names a condition")?;
+                self.evaluate(if self.condition(name)? { yes } else { no })
+            }
+            Value::Object(o) => {
+                let mut out = Map::new();
+                for (key, v) in o {
+                    if let Some(v) = self.evaluate(v)? {
+                        out.insert(key.clone(), v);
+                    }
+                }
+                Ok(Some(Value::Object(out)))
+            }
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for v in items {
+                    out.extend(self.evaluate(v)?);
+                }
+                Ok(Some(Value::Array(out)))
+            }
+            scalar => Ok(Some(scalar.clone())),
+        }
+    }
+
+    /// The resources CloudFormation creates with these parameters (their `Condition` holds),
+    /// evaluated, of `kind`.
+    fn deployed_of_type(&self, kind: &str) -> Result<Vec<(String, Value)>, String> {
+        let mut out = Vec::new();
+        for (name, resource) in self.resources_of_type(kind) {
+            if let Some(condition) = resource.get("Condition") {
+                let condition = condition.as_str().ok_or("a resource Condition is a name")?;
+                if !self.condition(condition)? {
+                    continue;
+                }
+            }
+            out.extend(self.evaluate(resource)?.map(|r| (name.clone(), r)));
+        }
+        Ok(out)
+    }
+
+    /// A `Fn::Sub` string with the parameters substituted (pseudo-parameters and attributes stay).
+    fn substitute(&self, template: &str) -> String {
+        self.params.iter().fold(template.to_string(), |s, (name, value)| {
+            s.replace(&format!("${{{name}}}"), &text(value))
+        })
+    }
+
     fn number(&self, value: &Value) -> Result<f64, String> {
         match self.resolve(value)? {
             Value::Number(n) => Ok(n.as_f64().expect("finite")),
@@ -202,6 +286,14 @@ impl Template {
             .iter()
             .filter_map(|k| p.get(*k).cloned())
             .collect()
+    }
+}
+
+/// A scalar as CloudFormation compares it: a string, numbers as written.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -348,14 +440,16 @@ fn strings(value: &Value, out: &mut Vec<String>) {
 
 /// The policy statements the function's role gets from the template itself, plus its managed
 /// policies: from an explicit `Role: !GetAtt R.Arn`, or from the function's inline `Policies`.
+/// Evaluated with the template's parameters: a statement under a false condition is left out.
 fn function_policies(t: &Template) -> Result<(Vec<Value>, Vec<Value>), String> {
-    let props = &t.function()?["Properties"];
+    let props = t.evaluate(&t.function()?["Properties"])?.unwrap_or_default();
     let mut statements = Vec::new();
     let mut managed = Vec::new();
     let mut documents = Vec::new();
     if let Some(role) = props.get("Role") {
         let name = logical_id(role).ok_or_else(|| format!("Role {role} is not a role of this template"))?;
-        let role = &t.resources().get(name).ok_or_else(|| format!("no resource {name}"))?["Properties"];
+        let role = t.resources().get(name).ok_or_else(|| format!("no resource {name}"))?;
+        let role = t.evaluate(&role["Properties"])?.unwrap_or_default();
         for policy in role["Policies"].as_array().into_iter().flatten() {
             documents.push(policy["PolicyDocument"].clone());
         }
@@ -513,6 +607,269 @@ fn check_alarms(t: &Template) -> Result<(), String> {
     Ok(())
 }
 
+/// The DynamoDB item actions the function uses on the coordination table (src/dynamo.rs).
+const COORDINATION_ACTIONS: &[&str] = &["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"];
+
+/// The created coordination table: on-demand, KMS-encrypted, `pk` (S) as its only key, TTL on
+/// `expires_at`.
+fn check_table(name: &str, table: &Value) -> Result<(), String> {
+    let props = &table["Properties"];
+    if props["BillingMode"] != "PAY_PER_REQUEST" {
+        return Err(format!(
+            "table {name} is not on-demand (BillingMode {})",
+            props["BillingMode"]
+        ));
+    }
+    if props["SSESpecification"]["SSEEnabled"] != true {
+        return Err(format!(
+            "table {name} is not encrypted with KMS (SSESpecification.SSEEnabled)"
+        ));
+    }
+    let key = serde_json::json!([{"AttributeName": "pk", "KeyType": "HASH"}]);
+    if props["KeySchema"] != key {
+        return Err(format!(
+            "table {name} key schema {} is not pk HASH alone",
+            props["KeySchema"]
+        ));
+    }
+    let attributes = serde_json::json!([{"AttributeName": "pk", "AttributeType": "S"}]);
+    if props["AttributeDefinitions"] != attributes {
+        return Err(format!(
+            "table {name} attributes {} are not pk (S) alone",
+            props["AttributeDefinitions"]
+        ));
+    }
+    let ttl = &props["TimeToLiveSpecification"];
+    if ttl["AttributeName"] != "expires_at" || ttl["Enabled"] != true {
+        return Err(format!("table {name} has no TTL on expires_at"));
+    }
+    if props.get("StreamSpecification").is_some() || props.get("GlobalSecondaryIndexes").is_some() {
+        return Err(format!("table {name} has streams or indexes the function does not use"));
+    }
+    Ok(())
+}
+
+/// Coordinated mode as the `CoordinationTable` parameter asks: "Create" creates one table and
+/// wires it, "None" creates and wires nothing, another value wires that existing table. The
+/// role's DynamoDB statement allows exactly the three item actions on exactly that table.
+/// `QUOTA_KEY` is set exactly when coordinated and `QuotaKey` is not empty.
+fn check_coordination(t: &Template) -> Result<(), String> {
+    let mode = text(
+        t.params
+            .get("CoordinationTable")
+            .ok_or("no CoordinationTable parameter")?,
+    );
+    let tables = t.deployed_of_type("AWS::DynamoDB::Table")?;
+    let props = t.evaluate(&t.function()?["Properties"])?.unwrap_or_default();
+    let variables = &props["Environment"]["Variables"];
+    let (statements, _) = function_policies(t)?;
+    let dynamo: Vec<&Value> = statements
+        .iter()
+        .filter(|s| {
+            let mut actions = Vec::new();
+            strings(&s["Action"], &mut actions);
+            actions.iter().any(|a| a.to_lowercase().starts_with("dynamodb:"))
+        })
+        .collect();
+    // The table the function is told, and the ARN the role must name.
+    let (told, arn) = match mode.as_str() {
+        "None" => {
+            if let Some((name, _)) = tables.first() {
+                return Err(format!("CoordinationTable=None still creates table {name}"));
+            }
+            for name in ["COORDINATION_TABLE", "QUOTA_KEY"] {
+                if let Some(value) = variables.get(name) {
+                    return Err(format!("CoordinationTable=None still sets {name} {value}"));
+                }
+            }
+            if let Some(statement) = dynamo.first() {
+                return Err(format!("CoordinationTable=None still allows DynamoDB: {statement}"));
+            }
+            return Ok(());
+        }
+        "Create" => {
+            let [(name, table)] = tables.as_slice() else {
+                return Err(format!(
+                    "CoordinationTable=Create creates {} tables, not one",
+                    tables.len()
+                ));
+            };
+            check_table(name, table)?;
+            (
+                serde_json::json!({"Ref": name}),
+                serde_json::json!({"Fn::GetAtt": [name, "Arn"]}),
+            )
+        }
+        existing => {
+            if let Some((name, _)) = tables.first() {
+                return Err(format!("CoordinationTable={existing} also creates table {name}"));
+            }
+            (
+                Value::from(existing),
+                Value::from(format!(
+                    "arn:${{AWS::Partition}}:dynamodb:${{AWS::Region}}:${{AWS::AccountId}}:table/{existing}"
+                )),
+            )
+        }
+    };
+    let variable = variables
+        .get("COORDINATION_TABLE")
+        .ok_or_else(|| format!("CoordinationTable={mode} does not set COORDINATION_TABLE"))?;
+    // A parameter's value is compared resolved; a resource's name stays a Ref.
+    let resolved = if parameter_ref(t, variable).is_some() {
+        t.resolve(variable)?
+    } else {
+        variable.clone()
+    };
+    if resolved != told {
+        return Err(format!("COORDINATION_TABLE is {resolved}, expected {told}"));
+    }
+    let [statement] = dynamo.as_slice() else {
+        return Err(format!("expected one DynamoDB statement, found {}", dynamo.len()));
+    };
+    if statement["Effect"] != "Allow" {
+        return Err(format!("the DynamoDB statement is not an Allow: {statement}"));
+    }
+    let mut actions = Vec::new();
+    strings(&statement["Action"], &mut actions);
+    actions.sort();
+    if actions != COORDINATION_ACTIONS {
+        return Err(format!(
+            "the DynamoDB statement allows {actions:?}, not {COORDINATION_ACTIONS:?}"
+        ));
+    }
+    let resources = match &statement["Resource"] {
+        Value::Array(items) => items.clone(),
+        one => vec![one.clone()],
+    };
+    let resources: Vec<Value> = resources
+        .into_iter()
+        .map(|r| match r.get("Fn::Sub").and_then(Value::as_str) {
+            Some(sub) => Value::from(t.substitute(sub)),
+            None => r,
+        })
+        .collect();
+    if resources != [arn.clone()] {
+        return Err(format!(
+            "the DynamoDB statement's Resource {resources:?} is not just {arn}"
+        ));
+    }
+    // An optional LeadingKeys condition may only narrow the statement to budget items.
+    if let Some(condition) = statement.get("Condition") {
+        let mut keys = Vec::new();
+        strings(condition, &mut keys);
+        if keys.iter().any(|k| !k.starts_with("quota#")) {
+            return Err(format!(
+                "the DynamoDB statement's condition {condition} is not quota#..."
+            ));
+        }
+    }
+    let quota_key = text(t.params.get("QuotaKey").unwrap_or(&Value::from("")));
+    match (variables.get("QUOTA_KEY"), quota_key.is_empty()) {
+        (None, true) => {}
+        (Some(v), false) if t.resolve(v)?.as_str() == Some(quota_key.as_str()) => {}
+        (v, _) => return Err(format!("QUOTA_KEY is {v:?} with QuotaKey {quota_key:?}")),
+    }
+    Ok(())
+}
+
+/// Coordinated, an alarm on the function's `Fallbacks` (any in 5 minutes) notifies the topic.
+fn check_fallbacks_alarm(t: &Template) -> Result<(), String> {
+    let (function, _) = t.only("AWS::Serverless::Function")?;
+    let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
+    let on_fallbacks: Vec<_> = alarms
+        .iter()
+        .filter(|(_, a)| a["Properties"]["MetricName"] == "Fallbacks")
+        .collect();
+    let [(name, alarm)] = on_fallbacks.as_slice() else {
+        return Err(format!("expected one alarm on Fallbacks, found {}", on_fallbacks.len()));
+    };
+    let props = &alarm["Properties"];
+    if props["Namespace"] != serde_json::json!({"Ref": "MetricsNamespace"}) {
+        return Err(format!("alarm {name} is not in the function's METRICS_NAMESPACE"));
+    }
+    let dimensions = serde_json::json!([{"Name": "FunctionName", "Value": {"Ref": function}}]);
+    if props["Dimensions"] != dimensions {
+        return Err(format!(
+            "alarm {name} dimensions {} are not the function's",
+            props["Dimensions"]
+        ));
+    }
+    let threshold = t.number(&props["Threshold"])?;
+    if props["Statistic"] != "Sum" || props["ComparisonOperator"] != "GreaterThanThreshold" || threshold != 0.0 {
+        return Err(format!("alarm {name} does not fire on any fallback (Sum > 0)"));
+    }
+    if t.number(&props["Period"])? > 300.0 {
+        return Err(format!("alarm {name} looks at more than 5 minutes"));
+    }
+    let mut description = Vec::new();
+    strings(&props["AlarmDescription"], &mut description);
+    let description = description.concat();
+    if !description.contains("static split") {
+        return Err(format!(
+            "alarm {name} does not say the function falls back to the static split"
+        ));
+    }
+    if !text(t.params.get("AlarmTopicArn").unwrap_or(&Value::Null)).is_empty() {
+        let topic = serde_json::json!([{"Ref": "AlarmTopicArn"}]);
+        if props["AlarmActions"] != topic || props["OKActions"] != topic {
+            return Err(format!("alarm {name} does not notify AlarmTopicArn"));
+        }
+    }
+    Ok(())
+}
+
+/// The dashboard's body is valid JSON once substituted, and graphs the function's `wanted`
+/// metrics in its namespace.
+fn check_dashboard_metrics(t: &Template, wanted: &[&str]) -> Result<(), String> {
+    let (_, dashboard) = t.only("AWS::CloudWatch::Dashboard")?;
+    let body = &dashboard["Properties"]["DashboardBody"];
+    let template = match body.get("Fn::Sub") {
+        Some(Value::Array(args)) => args.first().and_then(Value::as_str),
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => body.as_str(),
+    }
+    .ok_or("DashboardBody is not a string or Fn::Sub")?;
+    // Parameters by value; the rest (pseudo-parameters, attributes, Sub variables) sit in strings.
+    let mut text = t.substitute(template);
+    while let Some(start) = text.find("${") {
+        let end = text[start..].find('}').ok_or("unclosed ${ in the dashboard")? + start;
+        text.replace_range(start..=end, "x");
+    }
+    let body: Value = serde_json::from_str(&text).map_err(|e| format!("the dashboard body is not JSON: {e}"))?;
+    let namespace = t.resolve(&serde_json::json!({"Ref": "MetricsNamespace"}))?;
+    let mut graphed = Vec::new();
+    for widget in body["widgets"].as_array().ok_or("the dashboard has no widgets")? {
+        // Rows use "." for "as the row above" and "..." for "the whole row above".
+        let mut previous: Vec<Value> = Vec::new();
+        for row in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+            let row = row.as_array().ok_or("a metrics row is not a list")?;
+            let mut current: Vec<Value> = Vec::new();
+            if row.first() == Some(&Value::from("...")) {
+                current = previous.clone();
+            } else {
+                for (i, v) in row.iter().enumerate().filter(|(_, v)| !v.is_object()) {
+                    current.push(if v == "." {
+                        previous.get(i).cloned().unwrap_or_default()
+                    } else {
+                        v.clone()
+                    });
+                }
+            }
+            if current.len() >= 4 && current[0] == namespace && current[2] == "FunctionName" {
+                graphed.extend(current[1].as_str().map(str::to_string));
+            }
+            previous = current;
+        }
+    }
+    for metric in wanted {
+        if !graphed.iter().any(|g| g == metric) {
+            return Err(format!("the dashboard does not graph {metric} (graphs {graphed:?})"));
+        }
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------ tests
 
 /// The names `sfn_pacer::config` reads.
@@ -579,6 +936,83 @@ fn sample_state_machine_definition_is_valid_json() {
         definition["States"].get(start).is_some(),
         "StartAt {start} is not a state"
     );
+}
+
+/// The `CoordinationTable` modes: create (default), off, an existing table, with a `QuotaKey`.
+fn coordination_modes() -> Vec<Template> {
+    vec![
+        Template::load(),
+        Template::load().with("CoordinationTable", "None".into()),
+        Template::load()
+            .with("CoordinationTable", "None".into())
+            .with("QuotaKey", "team-a".into()),
+        Template::load().with("CoordinationTable", "shared-budget".into()),
+        Template::load()
+            .with("CoordinationTable", "shared-budget".into())
+            .with("QuotaKey", "team-a".into()),
+        Template::load().with("QuotaKey", "team-a".into()),
+    ]
+}
+
+#[test]
+fn coordination_table_is_created_on_demand_encrypted_and_wired_only_when_asked() {
+    for t in coordination_modes() {
+        let mode = (&t.params["CoordinationTable"], &t.params["QuotaKey"]);
+        check_coordination(&t).unwrap_or_else(|e| panic!("with {mode:?}: {e}"));
+        check_least_privilege(&t).unwrap_or_else(|e| panic!("with {mode:?}: {e}"));
+    }
+}
+
+#[test]
+fn coordination_defaults_create_the_table() {
+    let t = Template::load();
+    assert_eq!(t.params["CoordinationTable"], "Create");
+    assert_eq!(t.params["QuotaKey"], "");
+    assert_eq!(t.deployed_of_type("AWS::DynamoDB::Table").unwrap().len(), 1);
+}
+
+#[test]
+fn fallbacks_alarm_exists_when_coordinated() {
+    for t in coordination_modes() {
+        if t.params["CoordinationTable"] != "None" {
+            check_fallbacks_alarm(&t).unwrap();
+            check_fallbacks_alarm(&t.with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn dashboard_graphs_the_shared_budget() {
+    check_dashboard_metrics(&Template::load(), &["SharedRate", "LeaseCalls", "Fallbacks", "Started"]).unwrap();
+}
+
+#[test]
+fn conditions_and_if_are_evaluated_like_cloudformation() {
+    let doc = serde_json::json!({
+        "Parameters": {"P": {"Default": "a"}, "N": {"Default": 0}},
+        "Conditions": {
+            "IsA": {"Fn::Equals": [{"Ref": "P"}, "a"]},
+            "NotA": {"Fn::Not": [{"Condition": "IsA"}]},
+            "Zero": {"Fn::Equals": [{"Ref": "N"}, "0"]},
+            "Both": {"Fn::And": [{"Condition": "IsA"}, {"Condition": "Zero"}]},
+            "Either": {"Fn::Or": [{"Condition": "NotA"}, {"Condition": "Zero"}]}
+        }
+    });
+    let t = Template::new(doc.clone());
+    assert!(t.condition("IsA").unwrap() && !t.condition("NotA").unwrap());
+    assert!(t.condition("Both").unwrap() && t.condition("Either").unwrap());
+    let value = serde_json::json!({
+        "x": {"Fn::If": ["IsA", 1, 2]},
+        "y": {"Fn::If": ["NotA", 1, {"Ref": "AWS::NoValue"}]},
+        "z": [{"Fn::If": ["NotA", 1, {"Ref": "AWS::NoValue"}]}, 3]
+    });
+    assert_eq!(t.evaluate(&value).unwrap(), Some(serde_json::json!({"x": 1, "z": [3]})));
+    let t = Template::new(doc).with("P", "b".into());
+    assert_eq!(
+        t.evaluate(&value).unwrap(),
+        Some(serde_json::json!({"x": 2, "y": 1, "z": [1, 3]}))
+    );
+    assert!(t.condition("Missing").is_err());
 }
 
 // ------------------------------------------------------------------- the checks do fail
@@ -677,4 +1111,152 @@ fn short_form_tags_are_rewritten_to_long_form() {
         v["d"],
         serde_json::json!({"Fn::If": ["C", {"Ref": "P"}, {"Ref": "AWS::NoValue"}]})
     );
+}
+
+/// The role's coordination statement, wherever it sits (inside its `Fn::If`).
+fn coordination_statement(d: &mut Value) -> &mut Value {
+    let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap();
+    let conditional = statements
+        .iter_mut()
+        .find(|s| s.get("Fn::If").is_some())
+        .expect("a conditional statement");
+    &mut conditional["Fn::If"][1]
+}
+
+fn table_id(d: &Value) -> String {
+    let resources = d["Resources"].as_object().unwrap();
+    let (name, _) = resources
+        .iter()
+        .find(|(_, r)| r["Type"] == "AWS::DynamoDB::Table")
+        .expect("a table");
+    name.clone()
+}
+
+#[test]
+fn coordination_check_rejects_a_table_that_is_not_on_demand_encrypted_or_keyed_by_pk() {
+    let edits: [fn(&mut Value); 4] = [
+        |p| p["BillingMode"] = "PROVISIONED".into(),
+        |p| {
+            p.as_object_mut().unwrap().remove("SSESpecification");
+        },
+        |p| p["KeySchema"][0]["AttributeName"] = "id".into(),
+        |p| p["AttributeDefinitions"][0]["AttributeType"] = "N".into(),
+    ];
+    for edit in edits {
+        let t = edited(|d| {
+            let id = table_id(d);
+            edit(&mut d["Resources"][&id]["Properties"]);
+        });
+        assert!(check_coordination(&t).is_err());
+    }
+    // A table created whatever the parameter says.
+    let t = edited(|d| {
+        let id = table_id(d);
+        d["Resources"][&id].as_object_mut().unwrap().remove("Condition");
+    })
+    .with("CoordinationTable", "None".into());
+    assert!(check_coordination(&t).is_err());
+}
+
+#[test]
+fn coordination_check_rejects_more_actions_other_tables_and_missing_wiring() {
+    let broken: [fn(&mut Value); 5] = [
+        |d| {
+            coordination_statement(d)["Action"]
+                .as_array_mut()
+                .unwrap()
+                .push("dynamodb:Scan".into())
+        },
+        |d| coordination_statement(d)["Action"] = Value::from(vec!["dynamodb:*"]),
+        |d| coordination_statement(d)["Resource"] = "*".into(),
+        |d| {
+            coordination_statement(d)["Resource"] = Value::from(vec![
+                serde_json::json!({"Fn::GetAtt": [table_id(d), "Arn"]}),
+                serde_json::json!({"Fn::Sub": "${CoordinationStore.Arn}/index/*"}),
+            ])
+        },
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
+                .as_object_mut()
+                .unwrap()
+                .remove("COORDINATION_TABLE");
+        },
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        for mode in ["Create", "shared-budget"] {
+            let t = edited(edit).with("CoordinationTable", mode.into());
+            assert!(check_coordination(&t).is_err(), "edit {i} with {mode} passes");
+        }
+    }
+    // The statement kept when coordination is off.
+    let t = edited(|d| {
+        let statement = coordination_statement(d).clone();
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .push(statement);
+    })
+    .with("CoordinationTable", "None".into());
+    assert!(check_coordination(&t).is_err());
+    // An existing table's ARN that names another table.
+    let t = edited(|d| {
+        coordination_statement(d)["Resource"]["Fn::If"][2] =
+            serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/other"})
+    })
+    .with("CoordinationTable", "shared-budget".into());
+    assert!(check_coordination(&t).is_err());
+    // QUOTA_KEY set although QuotaKey is empty.
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]["QUOTA_KEY"] = "team-a".into()
+    });
+    assert!(check_coordination(&t).is_err());
+}
+
+#[test]
+fn fallbacks_alarm_check_rejects_a_missing_or_silent_alarm() {
+    let alarm_id = |d: &Value| -> String {
+        let resources = d["Resources"].as_object().unwrap();
+        resources
+            .iter()
+            .find(|(_, r)| r["Properties"]["MetricName"] == "Fallbacks")
+            .map(|(name, _)| name.clone())
+            .expect("an alarm on Fallbacks")
+    };
+    let t = edited(|d| {
+        let id = alarm_id(d);
+        d["Resources"].as_object_mut().unwrap().remove(&id);
+    });
+    assert!(check_fallbacks_alarm(&t).is_err());
+    let t = edited(|d| {
+        let id = alarm_id(d);
+        d["Resources"][&id]["Properties"]["Threshold"] = 10.into();
+    });
+    assert!(check_fallbacks_alarm(&t).is_err());
+    let t = edited(|d| {
+        let id = alarm_id(d);
+        d["Resources"][&id]["Properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("AlarmActions");
+    })
+    .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
+    assert!(check_fallbacks_alarm(&t).is_err());
+}
+
+#[test]
+fn dashboard_check_rejects_a_missing_metric_and_broken_json() {
+    let t = Template::load();
+    assert!(check_dashboard_metrics(&t, &["NoSuchMetric"]).is_err());
+    let t = edited(|d| {
+        let body = &mut d["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0];
+        *body = body.as_str().unwrap().replace("\"SharedRate\"", "\"Shared\"").into();
+    });
+    assert!(check_dashboard_metrics(&t, &["SharedRate"]).is_err());
+    let t = edited(|d| {
+        let body = &mut d["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0];
+        *body = body.as_str().unwrap().replacen("},", "}", 1).into();
+    });
+    assert!(check_dashboard_metrics(&t, &["SharedRate"]).is_err());
 }

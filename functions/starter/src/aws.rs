@@ -1,17 +1,17 @@
 //! The AWS SDK adapters of [`StartExecution`] and [`Queue`]. Tested against moto.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::dead_letter::{AttributeValue, DeadLetter};
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, VisibilityChange};
 use crate::start::{StartError, StartExecution, StartRequest, Started};
 
 /// The one HTTPS client of every SDK client in the workspace: hyper 1 + rustls with *ring*.
@@ -104,11 +104,10 @@ impl StartExecution for SfnStarter {
 }
 
 /// The function's own SQS calls through `aws-sdk-sqs` (standard retries, bounded timeouts).
-/// Queue URLs are resolved from the event's queue ARN with GetQueueUrl, once per queue.
+/// Queue URLs are derived from the event's queue ARN, with no call (see [`queue_url`]).
 #[derive(Debug)]
 pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
-    urls: Mutex<HashMap<String, String>>,
 }
 
 impl SqsQueue {
@@ -124,36 +123,23 @@ impl SqsQueue {
             .build();
         SqsQueue {
             client: aws_sdk_sqs::Client::from_conf(config),
-            urls: Mutex::new(HashMap::new()),
         }
     }
+}
 
-    async fn queue_url(&self, queue_arn: &str) -> Result<String, QueueError> {
-        if let Some(url) = self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(queue_arn) {
-            return Ok(url.clone());
-        }
-        // arn:aws:sqs:<region>:<account>:<name>
-        let parts: Vec<&str> = queue_arn.split(':').collect();
-        let [_, _, "sqs", _, account, name] = parts.as_slice() else {
-            return Err(QueueError(format!("not an SQS queue ARN: {queue_arn:?}")));
-        };
-        let output = self
-            .client
-            .get_queue_url()
-            .queue_name(*name)
-            .queue_owner_aws_account_id(*account)
-            .send()
-            .await
-            .map_err(|e| QueueError(format!("GetQueueUrl {name}: {}", sdk_message(&e))))?;
-        let url = output
-            .queue_url
-            .ok_or_else(|| QueueError(format!("GetQueueUrl {name}: no URL")))?;
-        self.urls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(queue_arn.to_string(), url.clone());
-        Ok(url)
-    }
+/// The URL of the queue `arn:<partition>:sqs:<region>:<account>:<name>`: SQS's URLs are
+/// `https://sqs.<region>.<domain>/<account>/<name>`, and the SDK sends every call to its
+/// configured endpoint anyway, so no GetQueueUrl call is needed on the hot path.
+pub fn queue_url(queue_arn: &str) -> Result<String, QueueError> {
+    let parts: Vec<&str> = queue_arn.split(':').collect();
+    let [_, partition, "sqs", region, account, name] = parts.as_slice() else {
+        return Err(QueueError(format!("not an SQS queue ARN: {queue_arn:?}")));
+    };
+    let domain = match *partition {
+        "aws-cn" => "amazonaws.com.cn",
+        _ => "amazonaws.com",
+    };
+    Ok(format!("https://sqs.{region}.{domain}/{account}/{name}"))
 }
 
 fn sdk_message<E: std::error::Error + 'static, R: std::fmt::Debug>(error: &SdkError<E, R>) -> String {
@@ -174,37 +160,170 @@ fn attribute_value(value: &AttributeValue) -> Result<MessageAttributeValue, Queu
         .map_err(|e| QueueError(format!("message attribute: {e}")))
 }
 
+/// A batch call that failed as a whole fails each of its `n` entries.
+fn all_failed(n: usize, error: QueueError) -> Vec<Result<(), QueueError>> {
+    vec![Err(error); n]
+}
+
+/// Per-entry results of a batch call: entry `i` has id `i`; an entry in neither list failed.
+fn entry_results(n: usize, failed: &[(String, String)]) -> Vec<Result<(), QueueError>> {
+    (0..n)
+        .map(|i| match failed.iter().find(|(id, _)| *id == i.to_string()) {
+            Some((_, why)) => Err(QueueError(why.clone())),
+            None => Ok(()),
+        })
+        .collect()
+}
+
+fn dead_letter_entry(i: usize, letter: &DeadLetter) -> Result<SendMessageBatchRequestEntry, QueueError> {
+    let mut entry = SendMessageBatchRequestEntry::builder()
+        .id(i.to_string())
+        .message_body(&letter.body)
+        .set_message_group_id(letter.group_id.clone())
+        .set_message_deduplication_id(letter.deduplication_id.clone());
+    for (name, value) in &letter.attributes {
+        entry = entry.message_attributes(name, attribute_value(value)?);
+    }
+    entry
+        .build()
+        .map_err(|e| QueueError(format!("SendMessageBatch entry: {e}")))
+}
+
 #[async_trait]
 impl Queue for SqsQueue {
     async fn change_visibility(&self, queue_arn: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
-        let url = self.queue_url(queue_arn).await?;
-        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
-        self.client
-            .change_message_visibility()
-            .queue_url(url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(seconds)
-            .send()
-            .await
-            .map_err(|e| QueueError(format!("ChangeMessageVisibility: {}", sdk_message(&e))))?;
-        Ok(())
+        let change = VisibilityChange {
+            receipt_handle: receipt_handle.to_string(),
+            seconds,
+        };
+        self.change_visibility_batch(queue_arn, &[change]).await.remove(0)
     }
 
     async fn send_dead_letter(&self, dlq_url: &str, letter: &DeadLetter) -> Result<(), QueueError> {
-        let mut request = self
-            .client
-            .send_message()
-            .queue_url(dlq_url)
-            .message_body(&letter.body)
-            .set_message_group_id(letter.group_id.clone())
-            .set_message_deduplication_id(letter.deduplication_id.clone());
-        for (name, value) in &letter.attributes {
-            request = request.message_attributes(name, attribute_value(value)?);
-        }
-        request
-            .send()
+        self.send_dead_letters(dlq_url, std::slice::from_ref(letter))
             .await
-            .map_err(|e| QueueError(format!("SendMessage to the DLQ: {}", sdk_message(&e))))?;
-        Ok(())
+            .remove(0)
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        queue_arn: &str,
+        changes: &[VisibilityChange],
+    ) -> Vec<Result<(), QueueError>> {
+        let url = match queue_url(queue_arn) {
+            Ok(url) => url,
+            Err(e) => return all_failed(changes.len(), e),
+        };
+        let entries: Result<Vec<_>, _> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&c.receipt_handle)
+                    .visibility_timeout(i32::try_from(c.seconds).unwrap_or(i32::MAX))
+                    .build()
+            })
+            .collect();
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                return all_failed(
+                    changes.len(),
+                    QueueError(format!("ChangeMessageVisibilityBatch entry: {e}")),
+                )
+            }
+        };
+        let sent = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let failed: Vec<(String, String)> = out
+                    .failed()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.id().to_string(),
+                            format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                        )
+                    })
+                    .collect();
+                entry_results(changes.len(), &failed)
+            }
+            Err(e) => all_failed(
+                changes.len(),
+                QueueError(format!("ChangeMessageVisibilityBatch: {}", sdk_message(&e))),
+            ),
+        }
+    }
+
+    async fn send_dead_letters(&self, dlq_url: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        let entries: Result<Vec<_>, _> = letters
+            .iter()
+            .enumerate()
+            .map(|(i, l)| dead_letter_entry(i, l))
+            .collect();
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => return all_failed(letters.len(), e),
+        };
+        let sent = self
+            .client
+            .send_message_batch()
+            .queue_url(dlq_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let failed: Vec<(String, String)> = out
+                    .failed()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.id().to_string(),
+                            format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                        )
+                    })
+                    .collect();
+                entry_results(letters.len(), &failed)
+            }
+            Err(e) => all_failed(
+                letters.len(),
+                QueueError(format!("SendMessageBatch to the DLQ: {}", sdk_message(&e))),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_urls_come_from_the_arn() {
+        assert_eq!(
+            queue_url("arn:aws:sqs:eu-west-1:123456789012:work.fifo").unwrap(),
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/work.fifo"
+        );
+        assert_eq!(
+            queue_url("arn:aws-cn:sqs:cn-north-1:123456789012:q").unwrap(),
+            "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q"
+        );
+        assert!(queue_url("arn:aws:sns:us-east-1:1:topic").is_err());
+        assert!(queue_url("nonsense").is_err());
+    }
+
+    #[test]
+    fn batch_results_follow_the_entry_ids() {
+        let failed = [("1".to_string(), "ReceiptHandleIsInvalid: gone".to_string())];
+        let results = entry_results(3, &failed);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert_eq!(results[1], Err(QueueError("ReceiptHandleIsInvalid: gone".into())));
     }
 }

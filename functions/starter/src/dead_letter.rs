@@ -18,6 +18,12 @@ pub const MESSAGE_ID_ATTRIBUTE: &str = "sfn-pacer.message-id";
 pub const MAX_ATTRIBUTES: usize = 10;
 /// The reason attribute is cut to this many characters.
 pub const MAX_REASON_CHARS: usize = 1024;
+/// SQS's limit on one message, body and attributes together, in bytes (1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
+/// `SendMessageBatch`: at most this many entries per call.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// `SendMessageBatch`: at most this many bytes per call, all entries together (1 MiB).
+pub const MAX_BATCH_BYTES: usize = 1_048_576;
 
 /// One message attribute value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +47,37 @@ pub struct DeadLetter {
     pub group_id: Option<String>,
     /// FIFO DLQs: the deduplication id, derived from the message id.
     pub deduplication_id: Option<String>,
+}
+
+impl DeadLetter {
+    /// Its size as SQS counts it, in bytes: the body, and each attribute's name, data type and value.
+    pub fn size(&self) -> usize {
+        let attributes: usize = self
+            .attributes
+            .iter()
+            .map(|(name, value)| {
+                name.len()
+                    + match value {
+                        AttributeValue::String(v, t) | AttributeValue::Number(v, t) => v.len() + t.len(),
+                        AttributeValue::Binary(v, t) => v.len() + t.len(),
+                    }
+            })
+            .sum();
+        self.body.len() + attributes
+    }
+
+    /// The letter within SQS's limit: as it is, or without the message's own attributes (the
+    /// reason is kept). `Err(size)` when even that is too large.
+    pub fn fit(mut self) -> Result<DeadLetter, usize> {
+        if self.size() <= MAX_MESSAGE_BYTES {
+            return Ok(self);
+        }
+        self.attributes.retain(|name, _| name.starts_with(ATTR_PREFIX));
+        match self.size() {
+            size if size <= MAX_MESSAGE_BYTES => Ok(self),
+            size => Err(size),
+        }
+    }
 }
 
 /// Builds the dead letter for `message`, rejected for `rejection`, bound for `dlq_url`.
@@ -100,6 +137,26 @@ pub fn is_fifo_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_letter_over_the_limit_drops_the_copied_attributes_and_keeps_its_reason() {
+        let mut m = message();
+        m.message_attributes.insert(
+            "big".into(),
+            serde_json::from_value(serde_json::json!({"stringValue": "y".repeat(2_000), "dataType": "String"}))
+                .unwrap(),
+        );
+        m.body = "x".repeat(MAX_MESSAGE_BYTES - 1_000);
+        let letter = dead_letter(&m, &Rejection::new("InputTooLarge", "too big"), "https://q/dlq");
+        assert!(letter.size() > MAX_MESSAGE_BYTES);
+        let fitted = letter.fit().unwrap();
+        assert!(fitted.size() <= MAX_MESSAGE_BYTES);
+        assert!(!fitted.attributes.contains_key("big"));
+        assert!(fitted.attributes.contains_key("sfn-pacer.reason"));
+        m.body = "x".repeat(MAX_MESSAGE_BYTES);
+        let too_big = dead_letter(&m, &Rejection::new("InputTooLarge", "too big"), "https://q/dlq");
+        assert!(too_big.fit().unwrap_err() > MAX_MESSAGE_BYTES);
+    }
 
     fn message() -> Message {
         let mut m = Message {

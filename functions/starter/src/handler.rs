@@ -19,12 +19,12 @@ use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::backoff::{retry_wait, unit_random, visibility_timeout_seconds};
+use crate::backoff::{retry_wait, unit_random};
 use crate::budget::lease::SharedPacer;
 use crate::budget::{BudgetState, Store};
 use crate::classify::{classify, systemic_advice, Class};
+use crate::close::{Closing, Settled};
 use crate::config::{Config, WorkflowType};
-use crate::dead_letter::dead_letter;
 use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
 use crate::pace::{Pacer, Pacing};
@@ -87,10 +87,48 @@ struct Invocation<'a> {
     starter: &'a Starter,
     messages: &'a [Message],
     cutoff: Instant,
+    /// The StartExecution timeout of this invocation (see [`Times`]).
+    call_timeout: Duration,
     tally: Tally,
     systemic: Mutex<Option<String>>,
     /// Units whose start is not settled yet: the demand that sizes shared leases.
     pending: AtomicU64,
+}
+
+/// Time kept after the close phase for the runtime to post the response.
+pub const RESPONSE_RESERVE: Duration = Duration::from_millis(100);
+/// Below this much time to start anything, the invocation says which setting to change.
+pub const MIN_START_WINDOW: Duration = Duration::from_millis(100);
+
+/// The time plan of one invocation. The deadline margin fits the budget: it is
+/// `min(DEADLINE_MARGIN_MS, budget / 2)`, so a short function timeout still starts for half of
+/// it; the StartExecution timeout shrinks in proportion, so a call started at the cutoff ends
+/// within the margin, and the close phase has the rest, until `hard_deadline`.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    cutoff: Instant,
+    call_timeout: Duration,
+    hard_deadline: Instant,
+}
+
+impl Times {
+    fn new(config: &Config, started_at: Instant, budget: Duration) -> Times {
+        let margin = config.deadline_margin.min(budget / 2);
+        let scale = margin.as_secs_f64() / config.deadline_margin.as_secs_f64().max(f64::MIN_POSITIVE);
+        let start_window = budget.saturating_sub(margin);
+        if start_window < MIN_START_WINDOW {
+            tracing::error!(
+                budget_ms = budget.as_millis() as u64,
+                "too little time left in this invocation to start anything: raise the function's timeout \
+                 (and keep DEADLINE_MARGIN_MS well below it); every message is reported for retry"
+            );
+        }
+        Times {
+            cutoff: started_at + start_window,
+            call_timeout: config.call_timeout.mul_f64(scale.clamp(0.0, 1.0)),
+            hard_deadline: started_at + budget.saturating_sub(RESPONSE_RESERVE),
+        }
+    }
 }
 
 /// Deadlines before this (epoch milliseconds, 2000-01-01) are not real ones: `cargo lambda
@@ -198,60 +236,50 @@ impl Starter {
         Ok(outcome.response)
     }
 
-    /// Processes one batch. Errs only when the event is not an SQS batch.
+    /// Processes one batch, in phases: plan (names, inputs, merged records) → start (paced,
+    /// retried within the invocation) → close (dead letters and visibility changes, batched,
+    /// with the time left). Errs only when the event is not an SQS batch.
     pub async fn process(&self, event: SqsEvent, deadline_epoch_ms: u64) -> Result<Outcome, EventError> {
         let started_at = Instant::now();
         let messages = messages(event)?;
         let budget = time_budget(deadline_epoch_ms, now_epoch_ms(), self.config.local_deadline);
+        let times = Times::new(&self.config, started_at, budget);
         let fifo = messages.iter().any(Message::from_fifo_queue);
         let units = self.units(&messages, fifo);
         let invocation = Invocation {
             starter: self,
             messages: &messages,
-            cutoff: started_at + budget.saturating_sub(self.config.deadline_margin),
+            cutoff: times.cutoff,
+            call_timeout: times.call_timeout,
             tally: Tally::default(),
             systemic: Mutex::new(None),
             pending: AtomicU64::new(units.len() as u64),
         };
-        let mut dispositions: Vec<Option<Disposition>> = vec![None; messages.len()];
-        let inv = &invocation;
-        let done: Vec<(Vec<usize>, Disposition)> = if fifo {
-            inv.run_fifo(units).await
-        } else {
-            stream::iter(units)
-                .map(|unit| async move {
-                    let disposition = inv.process_unit(&unit).await;
-                    (unit.members, disposition)
-                })
-                .buffer_unordered(self.config.max_in_flight)
-                .collect()
-                .await
+        let settled = invocation.start_all(units, fifo).await;
+        self.close_pacing(times.hard_deadline).await;
+        let closing = Closing {
+            queue: self.queue.as_ref(),
+            config: &self.config,
+            messages: &messages,
+            hard_deadline: times.hard_deadline,
         };
-        for (members, disposition) in done {
-            if matches!(disposition, Disposition::Started | Disposition::Duplicate) {
-                invocation
-                    .tally
-                    .add_merged(distinct_ids(&messages, &members).saturating_sub(1));
-            }
-            for i in members {
-                dispositions[i] = Some(disposition.clone());
-            }
-        }
-        let dispositions: Vec<Disposition> = dispositions
-            .into_iter()
-            .map(|d| d.unwrap_or_else(|| Disposition::Retry("not processed".to_string())))
-            .collect();
-        let response = respond(&messages, &dispositions);
-        self.close_pacing(started_at + budget).await;
-        let mut report =
-            invocation
-                .tally
-                .report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
+        let merged: u64 = settled
+            .iter()
+            .filter(|(_, s)| matches!(s, Settled::Done(_)))
+            .map(|(members, _)| distinct_ids(&messages, members).saturating_sub(1))
+            .sum();
+        let closed = closing.close(settled).await;
+        let tally = &invocation.tally;
+        tally.add_many(Count::Merged, merged);
+        tally.add_many(Count::DeadLettered, closed.dead_lettered);
+        tally.add_many(Count::Deferred, closed.deferred);
+        let response = respond(&messages, &closed.dispositions);
+        let mut report = tally.report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
         self.add_pacing_counts(&mut report).await;
         Ok(Outcome {
             response,
             report,
-            dispositions,
+            dispositions: closed.dispositions,
         })
     }
 
@@ -323,8 +351,25 @@ impl Invocation<'_> {
         &self.starter.config
     }
 
-    /// FIFO: groups concurrently, each group's units one at a time, in order.
-    async fn run_fifo(&self, units: Vec<Unit>) -> Vec<(Vec<usize>, Disposition)> {
+    /// The start phase: every unit, up to `MAX_IN_FLIGHT` at once (FIFO: see [`Self::run_fifo`]).
+    async fn start_all(&self, units: Vec<Unit>, fifo: bool) -> Vec<(Vec<usize>, Settled)> {
+        if fifo {
+            return self.run_fifo(units).await;
+        }
+        stream::iter(units)
+            .map(|unit| async move {
+                let settled = self.process_unit(&unit).await;
+                (unit.members, settled)
+            })
+            .buffer_unordered(self.config().max_in_flight)
+            .collect()
+            .await
+    }
+
+    /// FIFO: groups concurrently, each group's units one at a time, in order. A unit that is
+    /// not acknowledged now (reported, or bound for the DLQ) stops its group: the rest is
+    /// reported untried, so the group's order holds whatever the close phase achieves.
+    async fn run_fifo(&self, units: Vec<Unit>) -> Vec<(Vec<usize>, Settled)> {
         let mut groups: Vec<Vec<Unit>> = Vec::new();
         let mut group_index: HashMap<String, usize> = HashMap::new();
         for unit in units {
@@ -338,19 +383,22 @@ impl Invocation<'_> {
             });
             groups[g].push(unit);
         }
-        let per_group: Vec<Vec<(Vec<usize>, Disposition)>> = stream::iter(groups)
+        let per_group: Vec<Vec<(Vec<usize>, Settled)>> = stream::iter(groups)
             .map(|group| async move {
                 let mut out = Vec::with_capacity(group.len());
-                let mut failed = false;
+                let mut stopped = false;
                 for unit in group {
-                    let disposition = if failed {
+                    let settled = if stopped {
                         self.pending.fetch_sub(1, Ordering::Relaxed);
-                        Disposition::Retry("an earlier message of its FIFO group was not started".to_string())
+                        Settled::Retry {
+                            reason: "an earlier message of its FIFO group was not started".to_string(),
+                            tried: false,
+                        }
                     } else {
                         self.process_unit(&unit).await
                     };
-                    failed = matches!(disposition, Disposition::Retry(_));
-                    out.push((unit.members, disposition));
+                    stopped = !matches!(settled, Settled::Done(_));
+                    out.push((unit.members, settled));
                 }
                 out
             })
@@ -360,26 +408,17 @@ impl Invocation<'_> {
         per_group.into_iter().flatten().collect()
     }
 
-    async fn process_unit(&self, unit: &Unit) -> Disposition {
-        let plan = match &unit.work {
-            Ok(plan) => plan,
-            Err(rejection) => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                return self.reject(unit, rejection).await;
-            }
+    async fn process_unit(&self, unit: &Unit) -> Settled {
+        let attempt = match &unit.work {
+            Ok(plan) => self.start(plan).await,
+            Err(rejection) => Attempt::Permanent(rejection.clone()),
         };
-        let attempt = self.start(plan).await;
         self.pending.fetch_sub(1, Ordering::Relaxed);
         match attempt {
-            Attempt::Started => Disposition::Started,
-            Attempt::Duplicate => Disposition::Duplicate,
-            Attempt::Permanent(rejection) => self.reject(unit, &rejection).await,
-            Attempt::Retry { reason, backoff } => {
-                if backoff {
-                    self.delay_next_delivery(unit).await;
-                }
-                Disposition::Retry(reason)
-            }
+            Attempt::Started => Settled::Done(Disposition::Started),
+            Attempt::Duplicate => Settled::Done(Disposition::Duplicate),
+            Attempt::Permanent(rejection) => Settled::Reject(rejection),
+            Attempt::Retry { reason, backoff } => Settled::Retry { reason, tried: backoff },
         }
     }
 
@@ -417,7 +456,7 @@ impl Invocation<'_> {
                 self.tally.add_pacing_delay(slot.wait);
                 sleep(slot.wait).await;
             }
-            let result = timeout(config.call_timeout, self.starter.sfn.start_execution(&request))
+            let result = timeout(self.call_timeout, self.starter.sfn.start_execution(&request))
                 .await
                 .unwrap_or(Err(StartError::Timeout));
             let error = match result {
@@ -501,82 +540,6 @@ impl Invocation<'_> {
             );
         }
         systemic.get_or_insert_with(|| error.to_string()).clone()
-    }
-
-    /// Distinct messages of a unit (a batch may repeat a message id).
-    fn distinct_members<'m>(&'m self, unit: &'m Unit) -> impl Iterator<Item = &'m Message> + 'm {
-        let mut seen = HashSet::new();
-        unit.members
-            .iter()
-            .map(|&i| &self.messages[i])
-            .filter(move |m| seen.insert(m.id.as_str()))
-    }
-
-    /// A permanent failure: sent to the DLQ and acknowledged, or reported when there is no
-    /// DLQ or the send fails (never lost).
-    async fn reject(&self, unit: &Unit, rejection: &Rejection) -> Disposition {
-        let config = self.config();
-        let Some(dlq_url) = &config.dlq_url else {
-            for m in self.distinct_members(unit) {
-                self.log_rejection(m, rejection, "reported for the queue's redrive (no DLQ_URL)");
-            }
-            return Disposition::Retry(rejection.reason.clone());
-        };
-        if Instant::now() >= self.cutoff {
-            // No call starts after the cutoff, DLQ sends included: the next delivery sends it.
-            return Disposition::Retry(format!("{} (no time left to dead-letter)", rejection.reason));
-        }
-        let mut all_sent = true;
-        for m in self.distinct_members(unit) {
-            match self
-                .starter
-                .queue
-                .send_dead_letter(dlq_url, &dead_letter(m, rejection, dlq_url))
-                .await
-            {
-                Ok(()) => {
-                    self.tally.add(Count::DeadLettered);
-                    self.log_rejection(m, rejection, "sent to the DLQ");
-                }
-                Err(e) => {
-                    all_sent = false;
-                    tracing::error!(message_id = %m.id, error = %e, "could not send to the DLQ: reported for retry");
-                }
-            }
-        }
-        if all_sent {
-            Disposition::DeadLettered
-        } else {
-            Disposition::Retry(format!("{} (the DLQ send failed)", rejection.reason))
-        }
-    }
-
-    fn log_rejection(&self, m: &Message, rejection: &Rejection, what: &str) {
-        if self.config().log_bodies {
-            tracing::error!(message_id = %m.id, code = %rejection.code, reason = %rejection.reason, body = %m.body, "permanent failure: {what}");
-        } else {
-            tracing::error!(message_id = %m.id, code = %rejection.code, reason = %rejection.reason, "permanent failure: {what}");
-        }
-    }
-
-    /// Delays the next delivery of a unit's messages with backoff on their receive count.
-    /// Skipped past the cutoff (the queue's own visibility timeout applies); a failure is
-    /// logged and changes nothing else.
-    async fn delay_next_delivery(&self, unit: &Unit) {
-        let config = self.config();
-        for m in self.distinct_members(unit) {
-            if Instant::now() >= self.cutoff {
-                return;
-            }
-            let (Some(arn), Some(handle)) = (&m.source_arn, &m.receipt_handle) else {
-                continue;
-            };
-            let seconds =
-                visibility_timeout_seconds(m.receive_count(), config.retry_base, config.retry_max, unit_random());
-            if let Err(e) = self.starter.queue.change_visibility(arn, handle, seconds).await {
-                tracing::warn!(message_id = %m.id, error = %e, "could not delay the retry (ChangeMessageVisibility)");
-            }
-        }
     }
 }
 

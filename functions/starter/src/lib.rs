@@ -3,7 +3,8 @@
 //! partial batch response.
 //!
 //! The modules follow the flow: [`event`] → [`plan`] (with [`name`]) → [`pace`] →
-//! [`start`] → [`classify`] → [`handler`] (response, [`dead_letter`], [`backoff`]).
+//! [`start`] → [`classify`] → [`handler`] → [`close`] (batched [`dead_letter`]s and
+//! visibility changes with [`backoff`]) → response.
 //! [`aws`] holds the SDK adapters of the [`start::StartExecution`] and [`queue::Queue`] traits,
 //! [`dynamo`] the one of [`budget::Store`]: the shared budget of coordinated mode ([`budget`]).
 
@@ -11,6 +12,7 @@ pub mod aws;
 pub mod backoff;
 pub mod budget;
 pub mod classify;
+pub mod close;
 pub mod config;
 pub mod dead_letter;
 pub mod dynamo;

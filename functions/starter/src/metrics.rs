@@ -20,6 +20,7 @@ pub struct Tally {
     dead_lettered: AtomicU64,
     possible_duplicates: AtomicU64,
     merged: AtomicU64,
+    deferred: AtomicU64,
     pacing_delay_micros: AtomicU64,
 }
 
@@ -38,25 +39,34 @@ pub enum Count {
     DeadLettered,
     /// Express only: a start after an attempt whose outcome was unknown.
     PossibleDuplicate,
+    /// A record acknowledged with another one of the same execution name.
+    Merged,
+    /// A message reported without being tried (deadline cutoff, rest of a FIFO group).
+    Deferred,
 }
 
 impl Tally {
-    /// Adds one to `count`.
-    pub fn add(&self, count: Count) {
-        let counter = match count {
+    fn counter(&self, count: Count) -> &AtomicU64 {
+        match count {
             Count::Started => &self.started,
             Count::Duplicate => &self.duplicates,
             Count::Retried => &self.retried,
             Count::Throttled => &self.throttled,
             Count::DeadLettered => &self.dead_lettered,
             Count::PossibleDuplicate => &self.possible_duplicates,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            Count::Merged => &self.merged,
+            Count::Deferred => &self.deferred,
+        }
     }
 
-    /// Adds records merged into another record's execution (same name).
-    pub fn add_merged(&self, records: u64) {
-        self.merged.fetch_add(records, Ordering::Relaxed);
+    /// Adds one to `count`.
+    pub fn add(&self, count: Count) {
+        self.add_many(count, 1);
+    }
+
+    /// Adds `n` to `count`.
+    pub fn add_many(&self, count: Count, n: u64) {
+        self.counter(count).fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds time spent waiting for the pacer.
@@ -80,6 +90,7 @@ impl Tally {
             dead_lettered: get(&self.dead_lettered),
             possible_duplicates: get(&self.possible_duplicates),
             merged: get(&self.merged),
+            deferred: get(&self.deferred),
             lease_calls: 0,
             fallbacks: 0,
             shared_rate_per_second: 0.0,
@@ -113,6 +124,9 @@ pub struct Report {
     /// (one execution for both). `received = started + duplicates + merged + failed +
     /// dead_lettered` for a batch of distinct message ids.
     pub merged: u64,
+    /// Messages reported without being tried (the deadline cutoff, the rest of a FIFO group
+    /// after a failure): made visible again at once, or after the group's backoff.
+    pub deferred: u64,
     /// Coordinated mode: calls to the coordination table.
     pub lease_calls: u64,
     /// Coordinated mode: starts paced by the static split because the table could not be used.
@@ -152,6 +166,7 @@ impl Report {
             dead_lettered = self.dead_lettered,
             possible_duplicates = self.possible_duplicates,
             merged = self.merged,
+            deferred = self.deferred,
             lease_calls = self.lease_calls,
             fallbacks = self.fallbacks,
             pacing_delay_ms = self.pacing_delay_ms.round() as u64,
@@ -210,7 +225,7 @@ impl Report {
 type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
 
 /// The count metrics, in the order the EMF document declares them: the one list of names.
-const COUNTS: [CountMetric; 11] = [
+const COUNTS: [CountMetric; 12] = [
     ("Received", |r| r.received, |r, v| r.received = v),
     ("Started", |r| r.started, |r, v| r.started = v),
     ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
@@ -224,6 +239,7 @@ const COUNTS: [CountMetric; 11] = [
         |r, v| r.possible_duplicates = v,
     ),
     ("Merged", |r| r.merged, |r, v| r.merged = v),
+    ("Deferred", |r| r.deferred, |r, v| r.deferred = v),
     ("LeaseCalls", |r| r.lease_calls, |r, v| r.lease_calls = v),
     ("Fallbacks", |r| r.fallbacks, |r, v| r.fallbacks = v),
 ];
@@ -347,6 +363,7 @@ mod tests {
             dead_lettered: 1,
             possible_duplicates: 0,
             merged: 3,
+            deferred: 5,
             lease_calls: 4,
             fallbacks: 2,
             shared_rate_per_second: 150.0,

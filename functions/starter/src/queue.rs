@@ -9,7 +9,19 @@ use crate::dead_letter::DeadLetter;
 #[error("{0}")]
 pub struct QueueError(pub String);
 
+/// A new visibility timeout for a received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibilityChange {
+    /// The message's receipt handle.
+    pub receipt_handle: String,
+    /// Seconds from now until it is visible again (0: at once).
+    pub seconds: u32,
+}
+
 /// SQS operations on the source queue and the dead-letter queue.
+///
+/// The batch operations have a default of one call per entry; the SDK adapter overrides them
+/// with SQS's batch calls.
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Sets the visibility timeout (seconds) of a received message of the queue `queue_arn`.
@@ -17,4 +29,29 @@ pub trait Queue: Send + Sync {
 
     /// Sends a dead letter to the queue at `dlq_url`.
     async fn send_dead_letter(&self, dlq_url: &str, letter: &DeadLetter) -> Result<(), QueueError>;
+
+    /// Changes the visibility of at most 10 messages of the queue `queue_arn`; one result per change.
+    async fn change_visibility_batch(
+        &self,
+        queue_arn: &str,
+        changes: &[VisibilityChange],
+    ) -> Vec<Result<(), QueueError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for change in changes {
+            results.push(
+                self.change_visibility(queue_arn, &change.receipt_handle, change.seconds)
+                    .await,
+            );
+        }
+        results
+    }
+
+    /// Sends at most 10 dead letters (at most 1 MiB together); one result per letter.
+    async fn send_dead_letters(&self, dlq_url: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        let mut results = Vec::with_capacity(letters.len());
+        for letter in letters {
+            results.push(self.send_dead_letter(dlq_url, letter).await);
+        }
+        results
+    }
 }

@@ -22,8 +22,23 @@ pub struct InProcess {
     starters: Vec<Arc<Starter>>,
     function_timeout: Duration,
     short_deadline: Option<(u64, Duration)>,
+    kill: Option<Kill>,
     invocations: AtomicU64,
+    killed: AtomicU64,
     totals: Mutex<Report>,
+}
+
+/// Kills some invocations part-way, as a crash or an out-of-memory kill of the execution
+/// environment would: the function believes it has its whole timeout, and is stopped `after`
+/// into invocation number `n` when `n % every == phase`. Its batch comes back whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Kill {
+    /// Every how many invocations.
+    pub every: u64,
+    /// Which one of each `every`.
+    pub phase: u64,
+    /// How long into the invocation.
+    pub after: Duration,
 }
 
 impl InProcess {
@@ -39,9 +54,22 @@ impl InProcess {
             starters,
             function_timeout,
             short_deadline,
+            kill: None,
             invocations: AtomicU64::new(0),
+            killed: AtomicU64::new(0),
             totals: Mutex::new(Report::default()),
         }
+    }
+
+    /// Also kills some invocations part-way (see [`Kill`]).
+    pub fn with_kill(mut self, kill: Option<Kill>) -> InProcess {
+        self.kill = kill;
+        self
+    }
+
+    /// Invocations killed part-way (still running when their kill came).
+    pub fn killed(&self) -> u64 {
+        self.killed.load(Ordering::Relaxed)
     }
 
     /// The handlers' counts (started, throttled, table calls, …), summed over invocations.
@@ -49,13 +77,18 @@ impl InProcess {
         self.totals.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// This invocation's time budget.
-    fn budget(&self) -> Duration {
+    /// This invocation's time budget (its deadline), and when it is killed, if it is.
+    fn budget(&self) -> (Duration, Option<Duration>) {
         let n = self.invocations.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.short_deadline {
+        let budget = match self.short_deadline {
             Some((every, short)) if every > 0 && n.is_multiple_of(every) => short,
             _ => self.function_timeout,
-        }
+        };
+        let kill = self
+            .kill
+            .filter(|k| k.every > 0 && n % k.every == k.phase)
+            .map(|k| k.after.min(budget));
+        (budget, kill)
     }
 }
 
@@ -79,10 +112,16 @@ impl Invoker for InProcess {
             Ok(event) => event,
             Err(e) => return function_error("Runtime.UnmarshalError", &e.to_string()),
         };
-        let budget = self.budget();
+        let (budget, kill) = self.budget();
         let deadline_ms = now_epoch_ms().saturating_add(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX));
-        match tokio::time::timeout(budget, starter.process(event, deadline_ms)).await {
-            Err(_) => InvokeOutcome::TimedOut(budget),
+        let cut_off = kill.unwrap_or(budget);
+        match tokio::time::timeout(cut_off, starter.process(event, deadline_ms)).await {
+            Err(_) => {
+                if kill.is_some() {
+                    self.killed.fetch_add(1, Ordering::Relaxed);
+                }
+                InvokeOutcome::TimedOut(cut_off)
+            }
             Ok(Err(e)) => function_error("EventError", &e.to_string()),
             Ok(Ok(outcome)) => {
                 self.totals

@@ -1,6 +1,147 @@
-//! `sfn-pacer-quota`: shows and changes the shared StartExecution budget (work in progress).
+//! `sfn-pacer-quota`: shows and changes the shared StartExecution budget of coordinated mode
+//! (one item of the coordination table), live: running instances pick a change up with their
+//! next lease. The logic is in the library (`sfn_pacer_quota`).
+//!
+//! Exit codes: 0 done; 1 `show` found no budget; 2 usage, validation or AWS error (one line
+//! on stderr naming what failed).
 
-fn main() {
-    eprintln!("sfn-pacer-quota: not built yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use sfn_pacer::config::{default_quota_key, WorkflowType};
+use sfn_pacer::dynamo::DynamoStore;
+use sfn_pacer_quota::{Failure, Limits, TOOL};
+
+/// Show or change the shared StartExecution budget of sfn-pacer's coordinated mode, live.
+///
+/// The budget is the item `quota#<KEY>` of the coordination table. The AWS endpoint, region
+/// and credentials come from the usual AWS environment (AWS_ENDPOINT_URL, AWS_REGION,
+/// AWS_ACCESS_KEY_ID, ...) unless given as flags.
+#[derive(Parser, Debug)]
+#[command(name = "sfn-pacer-quota", version)]
+struct Cli {
+    /// The coordination table (name or ARN).
+    #[arg(long, env = "COORDINATION_TABLE", value_name = "TABLE")]
+    table: String,
+    /// The quota key (default: the Standard workflows' key, start-execution-standard).
+    #[arg(long, env = "QUOTA_KEY", value_name = "KEY")]
+    key: Option<String>,
+    /// Use the Express workflows' default key, start-execution-express (instead of --key).
+    #[arg(long)]
+    express: bool,
+    /// Bound of each DynamoDB call, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    timeout_ms: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(flatten)]
+    aws: local_stack::cli::AwsArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the budget: rate, burst, shared factor, effective rate, version, slots now.
+    Show,
+    /// Change the rate and/or burst, or create the budget.
+    ///
+    /// The flag left out keeps its value; with no budget yet, both are needed. The version is
+    /// bumped, so running instances use the new values from their next lease (within a
+    /// fraction of a second while they are busy). The shared factor is left as it is.
+    Set {
+        /// Starts per second the budget refills at (> 0).
+        #[arg(long, value_name = "PER_SECOND", allow_negative_numbers = true)]
+        rate: Option<f64>,
+        /// Slots the bucket holds when full (≥ 1).
+        #[arg(long, value_name = "SLOTS", allow_negative_numbers = true)]
+        burst: Option<f64>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        // --help and --version: printed as clap prints them.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("{TOOL}: {}", sfn_pacer_quota::usage_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    local_stack::cli::init_tracing("off");
+    let key_on_command_line = matches.value_source("key") == Some(ValueSource::CommandLine);
+    match run(cli, key_on_command_line).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("{TOOL}: {failure}");
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// The quota key: `--key`, else `--express`'s default, else `QUOTA_KEY`, else Standard's.
+fn quota_key(cli: &Cli, key_on_command_line: bool) -> Result<String, Failure> {
+    let key = match (&cli.key, cli.express) {
+        (Some(_), true) if key_on_command_line => {
+            return Err(Failure::Usage("give --key or --express, not both".into()))
+        }
+        (_, true) => default_quota_key(WorkflowType::Express).to_string(),
+        (Some(key), false) => key.clone(),
+        (None, false) => default_quota_key(WorkflowType::Standard).to_string(),
+    };
+    sfn_pacer_quota::validate_key(&key)?;
+    Ok(key)
+}
+
+fn epoch_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+async fn run(cli: Cli, key_on_command_line: bool) -> Result<(), Failure> {
+    let key = quota_key(&cli, key_on_command_line)?;
+    let limits = match cli.command {
+        Command::Show => None,
+        Command::Set { rate, burst } => Some(Limits::new(rate, burst)?),
+    };
+    if cli.table.trim().is_empty() {
+        return Err(Failure::Usage("--table must name the coordination table".into()));
+    }
+    let sdk_config = cli.aws.sdk_loader().load().await;
+    let store = DynamoStore::new(&sdk_config, &cli.table, Duration::from_millis(cli.timeout_ms));
+    let table = cli.table.as_str();
+    let output = match limits {
+        None => {
+            let state = sfn_pacer_quota::show(&store, table, &key).await?;
+            let now = epoch_seconds();
+            if cli.json {
+                sfn_pacer_quota::render_json(table, &key, &state, now).to_string()
+            } else {
+                sfn_pacer_quota::render_text(table, &key, &state, now)
+            }
+        }
+        Some(limits) => {
+            let outcome = sfn_pacer_quota::set(&store, table, &key, limits).await?;
+            let now = epoch_seconds();
+            if cli.json {
+                sfn_pacer_quota::render_set_json(table, &key, &outcome, now).to_string()
+            } else {
+                sfn_pacer_quota::render_set_text(table, &key, &outcome, now)
+            }
+        }
+    };
+    println!("{}", output.trim_end());
+    Ok(())
 }

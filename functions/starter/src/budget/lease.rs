@@ -196,6 +196,8 @@ impl SharedPacer {
                     g = self.state.lock().await;
                 }
                 LeasePlan::Lease { update, slots } => match self.write(&update, latest).await {
+                    // Scheduled from when the lease was asked for; slots already overdue by more
+                    // than SLOT_GRACE when a slow write returns are dropped, never bunched up.
                     Ok(Written::Applied(after)) => self.leased(&mut g, after, slots, now),
                     Ok(Written::Refused(current)) => g.cached = current,
                     Err(e) => self.enter_fallback(&mut g, now, e),
