@@ -1,5 +1,7 @@
 ## The local demo and try-out (issue 4): tools/demo (`sfn-pacer-demo`). See README "Quick start" and "Local try-out".
-# Extra arguments of `make demo`, e.g. DEMO_ARGS="--messages 5000 --rate 200 --max-concurrency 4 --bad-share 0.01".
+# Extra arguments of `make demo`, e.g. DEMO_ARGS="--messages 5000 --rate 200 --max-concurrency 4 --bad-share 0.01";
+# by default two deployments share the budget through a coordination table: DEMO_ARGS="--static-split" turns
+# coordination off, DEMO_ARGS="--deployments 1" runs one; DEMO_ARGS=--help lists every option.
 DEMO_ARGS ?=
 # Extra arguments of `make watch`, e.g. WATCH_ARGS="--moto-port 5001".
 WATCH_ARGS ?=
@@ -8,7 +10,7 @@ EVENT ?= events/batch.json
 
 .PHONY: demo watch invoke
 
-## make demo: moto + the function under cargo lambda watch + local ESM + producer, a live line, then a report.
+## make demo: moto + two deployments (function under cargo lambda watch, local ESM, producer) sharing one budget, a live line, then a report.
 demo: venv
 	cargo build --workspace --bins
 	$(CARGO_TARGET_DIR)/debug/sfn-pacer-demo run $(DEMO_ARGS)

@@ -7,7 +7,9 @@
 //! - `pacing`: achieved rate and largest 1 s burst at targets from 10/s to 3,000/s;
 //! - `bootstrap`: the release bootstrap's size, init-to-ready time and peak RSS (VmHWM; not
 //!   getrusage's children maxrss, which counts the runner's own RSS shared until exec);
-//! - `cost`: handler CPU per message with the network stubbed, and callgrind instructions.
+//! - `cost`: handler CPU per message with the network stubbed, and callgrind instructions;
+//! - `shared`: the shared budget (coordinated mode) against the static split: deployments
+//!   sharing the account, instances replaced, a foreign caller, a rate change, table calls.
 //!
 //! Writes `results.md`, `results.json` and `drain.svg` (and `drain.png` with the `png`
 //! feature) into `--out`. Every run is bounded in time; see `--help` for the knobs.
@@ -21,6 +23,7 @@ mod cpu;
 mod drain;
 mod pacing;
 mod report;
+mod shared;
 mod stats;
 
 use std::path::PathBuf;
@@ -46,13 +49,21 @@ struct Cli {
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
     /// Sections to run, comma-separated: capacity, drain, batch (the drain's sensitivity to
-    /// BatchSize), pacing, cost, bootstrap.
+    /// BatchSize), pacing, cost, bootstrap, shared (the shared budget against the static split).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "capacity,drain,batch,pacing,cost,bootstrap"
+        default_value = "capacity,drain,batch,pacing,cost,bootstrap,shared"
     )]
     sections: Vec<String>,
+    /// Scenarios of the `shared` section: 1 two deployments, one busy; 2 both busy; 3 K = 10 at
+    /// BatchSize `--sensitivity-batch-size`; 4 an instance replaced mid-drain; 5 a foreign
+    /// caller; 6 the rate halves mid-run; 7 the table's calls and latency per start.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    shared_scenarios: Vec<u32>,
+    /// The account's quota in the `shared` section, `burst/refill`.
+    #[arg(long, default_value = "1300/300")]
+    shared_quota: String,
     /// Instance counts K of the drain runs (the mapping's MaximumConcurrency).
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
     instances: Vec<usize>,
@@ -151,6 +162,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The latency probes of the `shared` section: (instances, units per invocation), at the
+/// quota's full rate.
+const PROBES: [(usize, usize); 2] = [(1, 100), (10, 10)];
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -253,6 +268,22 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         0
     };
     let batch_runs = if wants("batch") { quotas.len() } else { 0 };
+    let shared_quota = parse_quota(&cli.shared_quota)?;
+    let shared_plans = if wants("shared") {
+        shared::plans(
+            &cli.shared_scenarios,
+            shared_quota.0,
+            shared_quota.1,
+            cli.sensitivity_batch_size,
+        )
+    } else {
+        Vec::new()
+    };
+    let shared_probes = if wants("shared") && cli.shared_scenarios.contains(&7) {
+        PROBES.len() * 2
+    } else {
+        0
+    };
     let steps = [
         wants("capacity") as usize,
         drain_runs,
@@ -260,6 +291,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         if wants("pacing") { cli.pacing_targets.len() } else { 0 },
         wants("cost") as usize * 2,
         wants("bootstrap") as usize,
+        shared_plans.len() + shared_probes,
     ]
     .iter()
     .sum::<usize>();
@@ -377,6 +409,58 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         for &(burst, refill) in &quotas {
             let result = drain_one(Strategy::Ours, scenario_for(k, burst, refill), &fixed)?;
             results.sensitivity.push(result);
+        }
+    }
+
+    if !shared_plans.is_empty() || shared_probes > 0 {
+        for plan in &shared_plans {
+            run_id += 1;
+            let label = format!("shared {} {}: {}", plan.id, plan.mode, plan.title);
+            overall.set_message(label.clone());
+            let r = shared::run(&runtimes, plan, &settings, run_id)?;
+            note(
+                &overall,
+                format!(
+                    "{label}: T = {:.2} s (T* = {:.1}), started {}, throttled {:.2} % ({} / {}), table calls/start {:.3}",
+                    r.drain_seconds,
+                    plan.ideal_seconds,
+                    r.started,
+                    r.throttle_ratio() * 100.0,
+                    r.throttled,
+                    r.calls,
+                    r.table_calls_per_start()
+                ),
+            );
+            results.shared.push(r);
+            overall.inc(1);
+        }
+        if shared_probes > 0 {
+            for &(instances, batch) in &PROBES {
+                for mode in [shared::Mode::Static, shared::Mode::Shared] {
+                    overall.set_message(format!("shared 7 {mode}: K = {instances}, batch {batch}"));
+                    let p = shared::probe(
+                        &runtimes,
+                        mode,
+                        instances,
+                        batch,
+                        shared_quota.1,
+                        shared_quota,
+                        Duration::from_secs(4),
+                    )?;
+                    note(
+                        &overall,
+                        format!(
+                            "shared 7 {mode} K = {instances} batch {batch}: {} starts, table calls/start {:.3}, latency p50 {} / p99 {} ms",
+                            p.starts,
+                            p.table_calls_per_start(),
+                            p.latency(50.0).map_or("?".to_string(), |v| format!("{v:.1}")),
+                            p.latency(99.0).map_or("?".to_string(), |v| format!("{v:.1}")),
+                        ),
+                    );
+                    results.probes.push(p);
+                    overall.inc(1);
+                }
+            }
         }
     }
     results.settings = Some(settings);

@@ -10,6 +10,7 @@ use crate::capacity::CapacityResult;
 use crate::cost::{CostResult, InstructionCount, SdkCostResult};
 use crate::drain::{DrainResult, Settings, Strategy};
 use crate::pacing::PacingResult;
+use crate::shared::{self, Mode, Probe, SharedRun};
 use crate::stats;
 
 /// The targets of issue 6.
@@ -76,6 +77,333 @@ fn drain_rows(md: &mut String, drains: &[DrainResult]) {
     let _ = writeln!(md);
 }
 
+fn shared_json(r: &SharedRun) -> Value {
+    let p = &r.plan;
+    json!({
+        "scenario": p.id, "title": p.title, "mode": p.mode.to_string(),
+        "burst": p.account.0, "refill_per_second": p.account.1,
+        "deployments": p.deployments.iter().map(|d| json!({
+            "instances": d.instances, "messages": d.messages, "starts_per_second": d.rate,
+            "starts_burst": d.burst, "max_concurrency": d.max_concurrency, "batch_size": d.batch_size,
+        })).collect::<Vec<_>>(),
+        "ideal_seconds": if p.ideal_seconds.is_finite() { Some(p.ideal_seconds) } else { None },
+        "drain_seconds": r.drain_seconds, "drained": r.drained, "efficiency": r.efficiency(),
+        "messages": r.messages, "started": r.started, "calls": r.calls, "throttled": r.throttled,
+        "throttle_ratio": r.throttle_ratio(), "table_calls": r.table_calls,
+        "table_calls_per_start": r.table_calls_per_start(), "fallbacks": r.fallbacks, "redriven": r.redriven,
+        "leased_slots": r.leased, "returned_slots": r.returned, "unused_slots": r.unused(),
+        "refused_writes": r.refused, "decreases": r.decreases,
+        "starts_per_second": r.starts_per_second, "throttles_per_second": r.throttles_per_second,
+        "replaced": r.replaced.as_ref().map(|x| json!({
+            "fresh_at_seconds": x.fresh_at, "throttled_after": x.throttled_after,
+            "throttled_fresh": x.throttled_fresh, "calls_fresh": x.calls_fresh,
+        })),
+        "foreign": r.foreign.as_ref().map(|f| json!({
+            "rate": f.rate, "calls": f.calls, "throttled": f.throttled, "our_rate": f.our_rate,
+            "left_rate": f.left_rate,
+        })),
+        "change": r.change.as_ref().map(|c| json!({
+            "at_seconds": c.at, "old_rate": c.old_rate, "new_rate": c.new_rate, "before_rate": c.before_rate,
+            "after_rate": c.after_rate, "settle_seconds": c.settle_seconds, "throttled_after": c.throttled_after,
+        })),
+    })
+}
+
+/// The shared budget's tables: the runs, the scenario details, the probes, the targets.
+fn shared_tables(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
+    let _ = writeln!(md, "## Shared budget (coordinated mode)\n");
+    let _ = writeln!(
+        md,
+        "Each scenario runs twice against one FakeSfn (the account's exact bucket): **static** (each instance \
+         paces STARTS_PER_SECOND / MAX_CONCURRENCY) and **shared** (every instance of every deployment leases \
+         from one budget item, `QUOTA_KEY` {}, in a `MemoryStore` with {} – {} ms per call). Network, queue and \
+         mapping as in the drain. T = start → the last busy queue empty; T* = max(0, (M − B) / r) of the \
+         account (scenario 5: of what the foreign caller leaves). Throttled and calls are ours only.\n",
+        shared::QUOTA_KEY,
+        shared::TABLE_LATENCY.0.as_millis(),
+        shared::TABLE_LATENCY.1.as_millis(),
+    );
+    let _ = writeln!(
+        md,
+        "| # | scenario | mode | deployments: K × STARTS_PER_SECOND / STARTS_BURST / MAX_CONCURRENCY, M | batch | T* (s) | T (s) | T*/T | started | throttled / calls | table calls / start | leased / given back / unused slots | refused writes, decreases | fallbacks | redriven |"
+    );
+    let _ = writeln!(
+        md,
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in runs {
+        let p = &r.plan;
+        let deployments: Vec<String> = p
+            .deployments
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} × {} / {} / {}, M {}",
+                    d.instances, d.rate, d.burst, d.max_concurrency, d.messages
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {}{:.2} | {} | {} | {:.2} % ({} / {}) | {} | {} | {} | {} | {} |",
+            p.id,
+            p.title,
+            if p.mode == Mode::Shared { "**shared**" } else { "static" },
+            deployments.join("; "),
+            p.deployments.first().map_or(0, |d| d.batch_size),
+            if p.ideal_seconds.is_finite() {
+                format!("{:.1}", p.ideal_seconds)
+            } else {
+                "—".to_string()
+            },
+            if r.drained { "" } else { "> " },
+            r.drain_seconds,
+            opt(r.efficiency(), 3),
+            r.started,
+            r.throttle_ratio() * 100.0,
+            r.throttled,
+            r.calls,
+            if p.mode == Mode::Shared {
+                format!("{:.3}", r.table_calls_per_start())
+            } else {
+                "—".to_string()
+            },
+            if p.mode == Mode::Shared {
+                format!("{} / {} / {}", r.leased, r.returned, r.unused())
+            } else {
+                "—".to_string()
+            },
+            if p.mode == Mode::Shared {
+                format!("{}, {}", r.refused, r.decreases)
+            } else {
+                "—".to_string()
+            },
+            r.fallbacks,
+            r.redriven,
+        );
+    }
+    let _ = writeln!(md);
+    let replaced: Vec<&SharedRun> = runs.iter().filter(|r| r.replaced.is_some()).collect();
+    if !replaced.is_empty() {
+        let _ = writeln!(md, "### 4. An instance replaced mid-drain\n");
+        let _ = writeln!(
+            md,
+            "| mode | fresh instance's first batch at (s) | throttles from then on (all instances) | the fresh instance's throttled / calls |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for r in replaced {
+            if let Some(x) = &r.replaced {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.2} | {} | {} / {} |",
+                    r.plan.mode, x.fresh_at, x.throttled_after, x.throttled_fresh, x.calls_fresh
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    let foreign: Vec<&SharedRun> = runs.iter().filter(|r| r.foreign.is_some()).collect();
+    if !foreign.is_empty() {
+        let _ = writeln!(md, "### 5. A foreign caller\n");
+        let (from, to) = shared::FOREIGN_WINDOW;
+        let _ = writeln!(
+            md,
+            "| mode | foreign rate (/s) | foreign calls (throttled) | our rate in [{}, {}) s (/s) | left for us (/s) | ours / left | our throttled / calls |",
+            from.as_secs(),
+            to.as_secs()
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        for r in foreign {
+            if let Some(f) = &r.foreign {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {} ({}) | {:.1} | {:.0} | {:.3} | {:.2} % ({} / {}) |",
+                    r.plan.mode,
+                    f.rate,
+                    f.calls,
+                    f.throttled,
+                    f.our_rate,
+                    f.left_rate,
+                    f.our_rate / f.left_rate,
+                    r.throttle_ratio() * 100.0,
+                    r.throttled,
+                    r.calls
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    let changes: Vec<&SharedRun> = runs.iter().filter(|r| r.change.is_some()).collect();
+    if !changes.is_empty() {
+        let _ = writeln!(md, "### 6. The rate halves mid-run\n");
+        let _ = writeln!(
+            md,
+            "| mode | change at (s) | rate: old → new (/s) | ours, 2 s before (/s) | ours, from 1 s after (/s) | within 5 % of the new rate after (s) | throttles after | starts per second |"
+        );
+        let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|---|");
+        for r in changes {
+            if let Some(c) = &r.change {
+                let series: Vec<String> = r.starts_per_second.iter().map(u64::to_string).collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.2} | {} → {} | {:.1} | {:.1} | {} | {} | {} |",
+                    r.plan.mode,
+                    c.at,
+                    c.old_rate,
+                    c.new_rate,
+                    c.before_rate,
+                    c.after_rate,
+                    c.settle_seconds
+                        .map_or_else(|| "never".to_string(), |s| format!("{s:.1}")),
+                    c.throttled_after,
+                    series.join(", ")
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    if !probes.is_empty() {
+        let _ = writeln!(md, "### 7. Table calls and latency per start (probe)\n");
+        let _ = writeln!(
+            md,
+            "`Pacing::reserve` alone (no network; each call takes 20 ms), an offered load of the quota's full rate \
+             arriving as invocations of the given size, at most MAX_IN_FLIGHT units at once. Latency = from asking \
+             the pacer to the call going out (time in `reserve` + the slot's wait). The bucket never runs dry at \
+             this load, so the static split never waits: the shared mode's latency is the table's.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| mode | instances | units per invocation | offered (/s) | starts | table calls / start | request → call p50 / p99 (ms) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        for p in probes {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} / {} |",
+                p.mode,
+                p.instances,
+                p.batch,
+                p.rate,
+                p.starts,
+                if p.mode == Mode::Shared {
+                    format!("{:.3}", p.table_calls_per_start())
+                } else {
+                    "—".to_string()
+                },
+                opt(p.latency(50.0), 1),
+                opt(p.latency(99.0), 1),
+            );
+        }
+        let _ = writeln!(md);
+    }
+    shared_targets(md, runs, probes);
+}
+
+/// The targets of the shared budget, the static split's figure beside the shared one.
+fn shared_targets(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
+    use shared::targets as t;
+    let find = |id: u32, mode: Mode| runs.iter().find(|r| r.plan.id == id && r.plan.mode == mode);
+    let _ = writeln!(md, "### Targets (shared mode)\n");
+    let _ = writeln!(md, "| # | measure | static | shared | target | |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---|---|");
+    let mut row = |id: u32,
+                   measure: &str,
+                   value: &dyn Fn(&SharedRun) -> Option<f64>,
+                   fmt: &dyn Fn(f64) -> String,
+                   target: &str,
+                   ok: &dyn Fn(f64) -> bool| {
+        let (Some(st), Some(sh)) = (find(id, Mode::Static), find(id, Mode::Shared)) else {
+            return;
+        };
+        let shown = |r: &SharedRun| value(r).map_or_else(|| "—".to_string(), fmt);
+        let _ = writeln!(
+            md,
+            "| {id} | {measure} | {} | {} | {target} | {} |",
+            shown(st),
+            shown(sh),
+            pass(value(sh).is_some_and(ok))
+        );
+    };
+    let three = |v: f64| format!("{v:.3}");
+    let pct = |v: f64| format!("{:.2} %", v * 100.0);
+    let secs = |v: f64| format!("{v:.1} s");
+    let count = |v: f64| format!("{v:.0}");
+    let efficiency = |r: &SharedRun| r.efficiency();
+    let throttles = |r: &SharedRun| Some(r.throttle_ratio());
+    let eff_ok = |v: f64| v >= t::EFFICIENCY;
+    let eff_target = format!("≥ {}", t::EFFICIENCY);
+    row(
+        1,
+        "T*/T, one of two deployments busy",
+        &efficiency,
+        &three,
+        &eff_target,
+        &eff_ok,
+    );
+    row(
+        2,
+        "T*/T, two busy deployments",
+        &efficiency,
+        &three,
+        &eff_target,
+        &eff_ok,
+    );
+    row(
+        2,
+        "throttled / calls, two busy deployments",
+        &throttles,
+        &pct,
+        &format!("≤ {} %", t::THROTTLE_RATIO * 100.0),
+        &|v| v <= t::THROTTLE_RATIO,
+    );
+    row(3, "T*/T, K = 10", &efficiency, &three, &eff_target, &eff_ok);
+    row(
+        4,
+        "throttles after the fresh instance started",
+        &|r| r.replaced.as_ref().map(|x| x.throttled_after as f64),
+        &count,
+        "0",
+        &|v| v == 0.0,
+    );
+    row(
+        5,
+        "our throttled / our calls, foreign caller at r/3",
+        &throttles,
+        &pct,
+        &format!("≤ {} %", t::FOREIGN_THROTTLE_RATIO * 100.0),
+        &|v| v <= t::FOREIGN_THROTTLE_RATIO,
+    );
+    row(
+        5,
+        "our rate / what is left (2r/3)",
+        &|r| r.foreign.as_ref().map(|f| f.our_rate / f.left_rate),
+        &three,
+        &format!("≥ {}", t::FOREIGN_RATE_FRACTION),
+        &|v| v >= t::FOREIGN_RATE_FRACTION,
+    );
+    row(
+        6,
+        "time to within 5 % of the new rate",
+        &|r| r.change.as_ref().and_then(|c| c.settle_seconds),
+        &secs,
+        &format!("≤ {} s", t::SETTLE_SECONDS),
+        &|v| v <= t::SETTLE_SECONDS,
+    );
+    for p in probes.iter().filter(|p| p.mode == Mode::Shared) {
+        let v = p.table_calls_per_start();
+        let _ = writeln!(
+            md,
+            "| 7 | table calls / start at full rate, {} instance(s), {} units per invocation | — | {:.3} | ≤ {} | {} |",
+            p.instances,
+            p.batch,
+            v,
+            t::TABLE_CALLS_PER_START,
+            pass(v <= t::TABLE_CALLS_PER_START)
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// Everything measured in one invocation of the runner.
 #[derive(Default)]
 pub struct Results {
@@ -106,6 +434,10 @@ pub struct Results {
     pub lambda_bootstrap: Option<(String, String, u64)>,
     /// Chart files written (relative to the output folder).
     pub charts: Vec<String>,
+    /// The shared budget's runs (static and shared side by side).
+    pub shared: Vec<SharedRun>,
+    /// The shared budget's latency probes.
+    pub probes: Vec<Probe>,
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -247,6 +579,9 @@ impl Results {
                 None => {}
             }
             let _ = writeln!(md);
+        }
+        if !self.shared.is_empty() || !self.probes.is_empty() {
+            shared_tables(&mut md, &self.shared, &self.probes);
         }
         if let Some(b) = &self.bootstrap {
             let _ = writeln!(md, "## Bootstrap\n");
@@ -429,8 +764,23 @@ impl Results {
                 })
             })
             .collect();
+        let shared_runs: Vec<Value> = self.shared.iter().map(shared_json).collect();
+        let probes: Vec<Value> = self
+            .probes
+            .iter()
+            .map(|p| {
+                json!({
+                    "mode": p.mode.to_string(), "instances": p.instances, "batch": p.batch, "rate": p.rate,
+                    "starts": p.starts, "table_calls": p.table_calls,
+                    "table_calls_per_start": p.table_calls_per_start(),
+                    "latency_p50_ms": p.latency(50.0), "latency_p99_ms": p.latency(99.0),
+                })
+            })
+            .collect();
         json!({
             "command": self.command,
+            "shared": shared_runs,
+            "shared_probes": probes,
             "sensitivity": sensitivity,
             "machine": self.machine,
             "capacity": self.capacity.as_ref().map(|c| json!({

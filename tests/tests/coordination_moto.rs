@@ -147,16 +147,13 @@ async fn the_operators_change_reaches_a_running_instance() {
     assert_eq!(outcome.report.started, 10);
     // The operator lowers it to 10/s, burst 10 (what `sfn-pacer-quota set` writes).
     let key = &config.quota_key;
-    store
-        .write(
-            key,
-            &Update::SetLimits {
-                rate_per_second: 10.0,
-                burst: 10.0,
-            },
-        )
+    let current = store.get(key).await.unwrap().unwrap();
+    let now = sfn_pacer::handler::now_epoch_ms() as f64 / 1000.0;
+    let written = store
+        .write(key, &current.plan_set_limits(10.0, 10.0, now))
         .await
         .unwrap();
+    assert!(matches!(written, sfn_pacer::budget::Written::Applied(_)), "{written:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t0 = Instant::now();
     let outcome = starter.process(batch(&queue, 40), deadline_in(60)).await.unwrap();
@@ -243,10 +240,7 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
             5 => state.plan_decrease(state.version, now + 0.02).unwrap(),
             6 => state
                 .plan_decrease(state.version - 1, now)
-                .unwrap_or(Update::SetLimits {
-                    rate_per_second: 80.0,
-                    burst: 40.0,
-                }),
+                .unwrap_or_else(|| state.plan_set_limits(80.0, 40.0, now + 0.03)),
             7 => lease(&state, now + 5.0, 40), // carries successes: raises the factor
             _ => lease(
                 &BudgetState {

@@ -10,6 +10,7 @@ use aws_sdk_sqs::types::{
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use crate::claim_check::{ObjectError, ObjectStore};
 use crate::dead_letter::{AttributeValue, DeadLetter};
 use crate::queue::{Queue, QueueError, VisibilityChange};
 use crate::start::{StartError, StartExecution, StartRequest, Started};
@@ -158,6 +159,47 @@ fn attribute_value(value: &AttributeValue) -> Result<MessageAttributeValue, Queu
     builder
         .build()
         .map_err(|e| QueueError(format!("message attribute: {e}")))
+}
+
+/// The claim-check bucket through `aws-sdk-s3` (standard retries, bounded timeouts).
+#[derive(Debug, Clone)]
+pub struct S3Objects {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Objects {
+    /// A client from `sdk_config` whose calls each take at most `timeout`. Path-style addressing
+    /// when an endpoint is configured (a local S3 such as moto has no per-bucket host names).
+    pub fn new(sdk_config: &aws_config::SdkConfig, timeout: Duration) -> S3Objects {
+        let config = aws_sdk_s3::config::Builder::from(sdk_config)
+            .force_path_style(sdk_config.endpoint_url().is_some())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(timeout)
+                    .operation_timeout(timeout)
+                    .build(),
+            )
+            .build();
+        S3Objects {
+            client: aws_sdk_s3::Client::from_conf(config),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Objects {
+    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), ObjectError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| ObjectError(format!("PutObject s3://{bucket}/{key}: {}", sdk_message(&e))))?;
+        Ok(())
+    }
 }
 
 /// A batch call that failed as a whole fails each of its `n` entries.

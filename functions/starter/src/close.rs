@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use crate::backoff::{unit_random, visibility_timeout_seconds};
+use crate::claim_check::{check_in, ObjectStore, DEAD_LETTER_PREFIX};
 use crate::config::Config;
 use crate::dead_letter::{dead_letter, DeadLetter, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use crate::event::Message;
@@ -58,6 +59,8 @@ pub struct Closed {
 pub struct Closing<'a> {
     /// The function's own SQS calls.
     pub queue: &'a dyn Queue,
+    /// The claim-check store, for dead letters too large for SQS (`CLAIM_CHECK_BUCKET`).
+    pub objects: Option<&'a dyn ObjectStore>,
     /// The configuration.
     pub config: &'a Config,
     /// The batch's records.
@@ -143,10 +146,9 @@ impl Closing<'_> {
         let mut failed: HashMap<usize, String> = HashMap::new();
         for (u, (members, rejection)) in rejected.iter().enumerate() {
             for m in distinct(self.messages, members) {
-                match dead_letter(m, rejection, dlq_url).fit() {
+                match self.fitted(dead_letter(m, rejection, dlq_url)).await {
                     Ok(letter) => letters.push(((u, m), letter)),
-                    Err(size) => {
-                        let why = format!("too large for the DLQ even without its copied attributes ({size} bytes)");
+                    Err(why) => {
                         log_rejection(
                             self.config,
                             m,
@@ -183,6 +185,30 @@ impl Closing<'_> {
                 None => (members, Disposition::DeadLettered),
             })
             .collect()
+    }
+
+    /// The letter within SQS's limit: without the message's own attributes if need be, else
+    /// with its body in the claim-check bucket and a pointer in its place (the reason stays).
+    async fn fitted(&self, letter: DeadLetter) -> Result<DeadLetter, String> {
+        let size = match letter.clone().fit() {
+            Ok(fitted) => return Ok(fitted),
+            Err(size) => size,
+        };
+        let too_large = format!("too large for the DLQ even without its copied attributes ({size} bytes)");
+        let (Some(bucket), Some(objects)) = (&self.config.claim_check_bucket, self.objects) else {
+            return Err(too_large);
+        };
+        let Some(limit) = self.time_left() else {
+            return Err(format!("{too_large}; no time left to store it"));
+        };
+        match timeout(limit, check_in(objects, bucket, DEAD_LETTER_PREFIX, &letter.body)).await {
+            Ok(Ok(pointer)) => letter
+                .with_claim_check(&pointer)
+                .fit()
+                .map_err(|size| format!("too large for the DLQ even as a pointer ({size} bytes)")),
+            Ok(Err(e)) => Err(format!("{too_large}; storing it failed: {e}")),
+            Err(_) => Err(format!("{too_large}; the claim-check bucket did not answer in time")),
+        }
     }
 
     /// One `SendMessageBatch`, if there is time; a call that fails as a whole fails each entry.

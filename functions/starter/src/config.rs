@@ -27,6 +27,7 @@ pub const VARIABLES: &[&str] = &[
     "METRICS_NAMESPACE",
     "COORDINATION_TABLE",
     "QUOTA_KEY",
+    "CLAIM_CHECK_BUCKET",
 ];
 
 /// How much of the quota's refill the pacer keeps out of its burst: 100 milliseconds' worth.
@@ -109,6 +110,9 @@ pub struct Config {
     pub coordination_table: Option<String>,
     /// `QUOTA_KEY`: the budget's key in that table; every instance naming it shares it.
     pub quota_key: String,
+    /// `CLAIM_CHECK_BUCKET`: the S3 bucket for inputs too large for StartExecution and dead
+    /// letters too large for SQS; `None`: such inputs are rejected, such letters reported.
+    pub claim_check_bucket: Option<String>,
 }
 
 /// A configuration error; its message names the variable.
@@ -254,6 +258,19 @@ impl Config {
                 "must be at most 200 characters, without control characters",
             ));
         }
+        let claim_check_bucket = r.get("CLAIM_CHECK_BUCKET");
+        if let Some(bucket) = &claim_check_bucket {
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !valid {
+                return Err(err(
+                    "CLAIM_CHECK_BUCKET",
+                    format!("expected an S3 bucket name (3-63 of a-z 0-9 - .), got {bucket:?}"),
+                ));
+            }
+        }
         Ok(Config {
             state_machine_arn,
             starts_per_second: r.positive_f64("STARTS_PER_SECOND", 150.0)?,
@@ -274,6 +291,7 @@ impl Config {
             metrics_namespace,
             coordination_table,
             quota_key,
+            claim_check_bucket,
         })
     }
 
@@ -519,6 +537,17 @@ mod tests {
             "arn:aws-us-gov:states:us-gov-west-1:123456789012:stateMachine:demo",
         ] {
             assert_eq!(load(&[("STATE_MACHINE_ARN", arn)]).unwrap().state_machine_arn, arn);
+        }
+    }
+
+    #[test]
+    fn the_claim_check_bucket_is_optional_and_checked() {
+        assert_eq!(load(&[("STATE_MACHINE_ARN", ARN)]).unwrap().claim_check_bucket, None);
+        let c = load(&[("STATE_MACHINE_ARN", ARN), ("CLAIM_CHECK_BUCKET", "my-inputs.eu")]).unwrap();
+        assert_eq!(c.claim_check_bucket.as_deref(), Some("my-inputs.eu"));
+        for bad in ["My_Bucket", "ab", "s3://bucket"] {
+            let e = load(&[("STATE_MACHINE_ARN", ARN), ("CLAIM_CHECK_BUCKET", bad)]).unwrap_err();
+            assert_eq!(e.variable, "CLAIM_CHECK_BUCKET", "{bad}");
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::claim_check::Pointer;
 use crate::event::{is_fifo_arn, Message};
 use crate::name::execution_name;
 use crate::plan::Rejection;
@@ -64,6 +65,17 @@ impl DeadLetter {
             })
             .sum();
         self.body.len() + attributes
+    }
+
+    /// The letter whose body is in the claim-check bucket: the pointer as its body, and the
+    /// object's URL in the attribute `sfn-pacer.claim-check`.
+    pub fn with_claim_check(mut self, pointer: &Pointer) -> DeadLetter {
+        self.body = pointer.to_json();
+        self.attributes.insert(
+            format!("{ATTR_PREFIX}claim-check"),
+            AttributeValue::String(pointer.url(), "String".to_string()),
+        );
+        self
     }
 
     /// The letter within SQS's limit: as it is, or without the message's own attributes (the

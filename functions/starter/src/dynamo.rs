@@ -149,6 +149,11 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
             factor,
         } => {
             let (mut condition, mut set, mut values) = match shape {
+                Shape::Exact { expected, tat_after } => (
+                    "#version = :v AND #tat = :expected".to_string(),
+                    "SET #tat = :tat".to_string(),
+                    vec![(":expected", t(*expected)), (":tat", t(*tat_after))],
+                ),
                 Shape::FromNow { now, tat_after } => (
                     "#version = :v AND #tat < :now".to_string(),
                     "SET #tat = :tat".to_string(),
@@ -185,36 +190,35 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
         Update::Decrease {
             version: v,
             factor,
-            empty_at,
-        } => {
-            let mut values = vec![
+            expected_tat,
+            new_tat,
+        } => (
+            "#version = :v AND #tat = :expected".to_string(),
+            "SET #factor = :f, #version = #version + :one, #tat = :tat".to_string(),
+            vec![
                 (":v", version(v)),
+                (":expected", t(*expected_tat)),
                 (":f", n(*factor)),
                 (":one", AttributeValue::N("1".into())),
-            ];
-            match empty_at {
-                Some(e) => {
-                    values.push((":e", t(*e)));
-                    (
-                        "#version = :v AND #tat < :e".to_string(),
-                        "SET #factor = :f, #version = #version + :one, #tat = :e".to_string(),
-                        values,
-                    )
-                }
-                None => (
-                    "#version = :v".to_string(),
-                    "SET #factor = :f, #version = #version + :one".to_string(),
-                    values,
-                ),
-            }
-        }
-        Update::SetLimits { rate_per_second, burst } => (
-            "attribute_exists(#pk)".to_string(),
-            "SET #rate = :r, #burst = :b, #version = #version + :one".to_string(),
+                (":tat", t(*new_tat)),
+            ],
+        ),
+        Update::SetLimits {
+            version: v,
+            rate_per_second,
+            burst,
+            expected_tat,
+            new_tat,
+        } => (
+            "#version = :v AND #tat = :expected".to_string(),
+            "SET #rate = :r, #burst = :b, #version = #version + :one, #tat = :tat".to_string(),
             vec![
+                (":v", version(v)),
+                (":expected", t(*expected_tat)),
                 (":r", n(*rate_per_second)),
                 (":b", n(*burst)),
                 (":one", AttributeValue::N("1".into())),
+                (":tat", t(*new_tat)),
             ],
         ),
     }

@@ -22,13 +22,14 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::backoff::{retry_wait, unit_random};
 use crate::budget::lease::SharedPacer;
 use crate::budget::{BudgetState, Store};
+use crate::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
 use crate::classify::{classify, systemic_advice, Class};
 use crate::close::{Closing, Settled};
 use crate::config::{Config, WorkflowType};
 use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
 use crate::pace::{Pacer, Pacing};
-use crate::plan::{plan, Plan, Rejection};
+use crate::plan::{plan, Plan, Rejection, MAX_INPUT_BYTES};
 use crate::queue::Queue;
 use crate::start::{StartError, StartExecution, StartRequest};
 
@@ -62,6 +63,8 @@ pub struct Starter {
     sfn: Arc<dyn StartExecution>,
     queue: Arc<dyn Queue>,
     pacing: Pacing,
+    /// The claim-check store (`CLAIM_CHECK_BUCKET`), if configured.
+    objects: Option<Arc<dyn ObjectStore>>,
 }
 
 /// Records that share one execution (same name), or one rejected message id.
@@ -91,8 +94,10 @@ struct Invocation<'a> {
     call_timeout: Duration,
     tally: Tally,
     systemic: Mutex<Option<String>>,
-    /// Units whose start is not settled yet: the demand that sizes shared leases.
+    /// Units whose start is not settled yet.
     pending: AtomicU64,
+    /// Units holding a slot (waiting for its time, or in their StartExecution call).
+    holding: AtomicU64,
 }
 
 /// Time kept after the close phase for the runtime to post the response.
@@ -165,7 +170,15 @@ impl Starter {
             sfn,
             queue,
             pacing,
+            objects: None,
         }
+    }
+
+    /// Stores inputs too large for StartExecution, and dead letters too large for SQS, in
+    /// `CLAIM_CHECK_BUCKET` through `objects` (see [`crate::claim_check`]).
+    pub fn with_claim_check(mut self, objects: Arc<dyn ObjectStore>) -> Starter {
+        self.objects = Some(objects);
+        self
     }
 
     /// Builds the starter in coordinated mode: it leases from the budget `config.quota_key` in
@@ -190,6 +203,7 @@ impl Starter {
             sfn,
             queue,
             pacing: Pacing::Shared(Box::new(shared)),
+            objects: None,
         }
     }
 
@@ -254,11 +268,13 @@ impl Starter {
             tally: Tally::default(),
             systemic: Mutex::new(None),
             pending: AtomicU64::new(units.len() as u64),
+            holding: AtomicU64::new(0),
         };
         let settled = invocation.start_all(units, fifo).await;
         self.close_pacing(times.hard_deadline).await;
         let closing = Closing {
             queue: self.queue.as_ref(),
+            objects: self.objects.as_deref(),
             config: &self.config,
             messages: &messages,
             hard_deadline: times.hard_deadline,
@@ -427,10 +443,14 @@ impl Invocation<'_> {
     async fn start(&self, plan: &Plan) -> Attempt {
         let config = self.config();
         let pacing = &self.starter.pacing;
+        let input = match self.claim_checked(&plan.input).await {
+            Ok(input) => input,
+            Err(attempt) => return attempt,
+        };
         let request = StartRequest {
             state_machine_arn: config.state_machine_arn.clone(),
             name: plan.name.clone(),
-            input: plan.input.clone(),
+            input,
             trace_header: plan.trace_header.clone(),
         };
         let name = plan.name.as_deref().unwrap_or("(AWS-assigned)");
@@ -441,7 +461,10 @@ impl Invocation<'_> {
             if let Some(reason) = self.systemic_failure() {
                 return Attempt::Retry { reason, backoff: true };
             }
-            let demand = self.pending.load(Ordering::Relaxed).max(1);
+            // The demand that sizes a shared lease: units that still need a slot, not those
+            // already holding one.
+            let holding = self.holding.load(Ordering::Relaxed);
+            let demand = self.pending.load(Ordering::Relaxed).saturating_sub(holding).max(1);
             let slot = match Instant::now() < self.cutoff {
                 true => pacing.reserve(self.cutoff, demand).await,
                 false => None,
@@ -452,6 +475,7 @@ impl Invocation<'_> {
                     backoff: false,
                 };
             };
+            self.holding.fetch_add(1, Ordering::Relaxed);
             if !slot.wait.is_zero() {
                 self.tally.add_pacing_delay(slot.wait);
                 sleep(slot.wait).await;
@@ -459,6 +483,7 @@ impl Invocation<'_> {
             let result = timeout(self.call_timeout, self.starter.sfn.start_execution(&request))
                 .await
                 .unwrap_or(Err(StartError::Timeout));
+            self.holding.fetch_sub(1, Ordering::Relaxed);
             let error = match result {
                 Ok(started) => {
                     pacing.on_success(slot).await;
@@ -521,6 +546,48 @@ impl Invocation<'_> {
             }
             self.tally.add(Count::Retried);
             sleep(wait).await;
+        }
+    }
+
+    /// The input as StartExecution takes it: as is, or, over its limit, stored in the
+    /// claim-check bucket and replaced by a pointer (the plan only lets it through when a bucket
+    /// is configured). A failed store is retried later, with backoff.
+    async fn claim_checked(&self, input: &str) -> Result<String, Attempt> {
+        if input.len() <= MAX_INPUT_BYTES {
+            return Ok(input.to_string());
+        }
+        let too_large = || {
+            Attempt::Permanent(Rejection::new(
+                "InputTooLarge",
+                "the input is over the Step Functions limit",
+            ))
+        };
+        let (Some(bucket), Some(objects)) = (&self.config().claim_check_bucket, &self.starter.objects) else {
+            return Err(too_large());
+        };
+        let left = self
+            .cutoff
+            .saturating_duration_since(Instant::now())
+            .min(self.call_timeout);
+        if left.is_zero() {
+            return Err(Attempt::Retry {
+                reason: "deadline: no time left to start".to_string(),
+                backoff: false,
+            });
+        }
+        match timeout(left, check_in(objects.as_ref(), bucket, INPUT_PREFIX, input)).await {
+            Ok(Ok(pointer)) => {
+                tracing::debug!(object = %pointer.url(), bytes = pointer.size, "input stored in the claim-check bucket");
+                Ok(pointer.to_json())
+            }
+            Ok(Err(e)) => Err(Attempt::Retry {
+                reason: format!("could not store the input in the claim-check bucket: {e}"),
+                backoff: true,
+            }),
+            Err(_) => Err(Attempt::Retry {
+                reason: "the claim-check bucket did not answer in time".to_string(),
+                backoff: true,
+            }),
         }
     }
 

@@ -1019,3 +1019,86 @@ mod coordinated {
         assert!(sfn.calls().iter().all(|(t, _)| *t <= cutoff));
     }
 }
+
+mod claim_check {
+    use super::*;
+    use crate::claim_check::memory::MemoryObjects;
+
+    fn starter_with(objects: Arc<MemoryObjects>, sfn: Arc<FakeSfn>, queue: Arc<FakeQueue>) -> Starter {
+        let c = config(&[("CLAIM_CHECK_BUCKET", "inputs"), ("DLQ_URL", "http://q/dlq")]);
+        Starter::new(c, sfn, queue).with_claim_check(objects)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_input_over_the_limit_starts_with_a_pointer_to_it_in_s3() {
+        let objects = Arc::new(MemoryObjects::default());
+        let sfn = FakeSfn::ok();
+        let starter = starter_with(objects.clone(), sfn.clone(), Arc::new(FakeQueue::default()));
+        let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(300_000));
+        let outcome = starter
+            .process(
+                event(vec![record("big", &big), record("small", "{}")]),
+                deadline_in(60_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome.report.started, 2);
+        let input: serde_json::Value = serde_json::from_str(&sfn.executions()["big"]).unwrap();
+        let pointer = &input["claimCheck"];
+        assert_eq!(pointer["bucket"], "inputs");
+        assert_eq!(pointer["size"], big.len());
+        let key = pointer["key"].as_str().unwrap().to_string();
+        assert!(key.starts_with("sfn-pacer/inputs/"), "{key}");
+        assert_eq!(
+            objects.objects.lock().unwrap()[&("inputs".to_string(), key)],
+            big.as_bytes()
+        );
+        assert_eq!(sfn.executions()["small"], "{}", "small inputs are passed as they are");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_store_reports_the_message_for_a_retry() {
+        let objects = Arc::new(MemoryObjects {
+            failing: Some("AccessDenied".into()),
+            ..MemoryObjects::default()
+        });
+        let sfn = FakeSfn::ok();
+        let starter = starter_with(objects, sfn.clone(), Arc::new(FakeQueue::default()));
+        let big = format!("\"{}\"", "x".repeat(300_000));
+        let outcome = starter
+            .process(event(vec![record("big", &big)]), deadline_in(60_000))
+            .await
+            .unwrap();
+        assert_eq!(failures(&outcome), vec!["big".to_string()]);
+        assert!(sfn.executions().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_too_large_for_sqs_goes_with_its_body_in_s3_and_its_reason() {
+        let objects = Arc::new(MemoryObjects::default());
+        let queue = Arc::new(FakeQueue::default());
+        let starter = starter_with(objects.clone(), FakeSfn::ok(), queue.clone());
+        // 1 MiB, not JSON: a permanent failure whose dead letter cannot fit SQS with its reason.
+        let mib = "x".repeat(1024 * 1024);
+        let outcome = starter
+            .process(event(vec![record("huge", &mib)]), deadline_in(60_000))
+            .await
+            .unwrap();
+        assert!(failures(&outcome).is_empty(), "dead-lettered, acknowledged");
+        let letters = queue.dead_letters.lock().unwrap();
+        let letter = &letters[0];
+        let pointer: serde_json::Value = serde_json::from_str(&letter.body).unwrap();
+        let key = pointer["claimCheck"]["key"].as_str().unwrap().to_string();
+        assert!(key.starts_with("sfn-pacer/dead-letters/"), "{key}");
+        let text = |name: &str| match &letter.attributes[name] {
+            crate::dead_letter::AttributeValue::String(v, _) => v.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text("sfn-pacer.error-code"), "BodyNotJson");
+        assert_eq!(text("sfn-pacer.claim-check"), format!("s3://inputs/{key}"));
+        assert_eq!(
+            objects.objects.lock().unwrap()[&("inputs".to_string(), key)],
+            mib.as_bytes()
+        );
+    }
+}

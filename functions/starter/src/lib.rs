@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod backoff;
 pub mod budget;
+pub mod claim_check;
 pub mod classify;
 pub mod close;
 pub mod config;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use sfn_pacer::aws::{SfnStarter, SqsQueue};
+use sfn_pacer::aws::{S3Objects, SfnStarter, SqsQueue};
 use sfn_pacer::dynamo::DynamoStore;
 use sfn_pacer::{Config, Starter};
 
@@ -19,14 +19,22 @@ async fn main() -> Result<(), Error> {
         }
     };
     let sdk_config = sfn_pacer::aws::sdk_config_loader().load().await;
-    let sfn = Arc::new(SfnStarter::new(&sdk_config, config.call_timeout));
-    let queue = Arc::new(SqsQueue::new(&sdk_config, config.call_timeout));
+    let timeout = config.call_timeout;
+    let sfn = Arc::new(SfnStarter::new(&sdk_config, timeout));
+    let queue = Arc::new(SqsQueue::new(&sdk_config, timeout));
+    let claim_check = config.claim_check_bucket.is_some();
     let starter = match config.coordination_table.clone() {
-        Some(table) => {
-            let store = Arc::new(DynamoStore::new(&sdk_config, &table, config.call_timeout));
-            Starter::coordinated(config, sfn, queue, store)
-        }
+        Some(table) => Starter::coordinated(
+            config,
+            sfn,
+            queue,
+            Arc::new(DynamoStore::new(&sdk_config, &table, timeout)),
+        ),
         None => Starter::new(config, sfn, queue),
+    };
+    let starter = match claim_check {
+        true => starter.with_claim_check(Arc::new(S3Objects::new(&sdk_config, timeout))),
+        false => starter,
     };
     let starter = &starter;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

@@ -17,7 +17,8 @@ pub const MAX_INPUT_BYTES: usize = 262_144;
 pub struct Plan {
     /// The execution name; `None` lets AWS pick one (`EXECUTION_NAME=none`).
     pub name: Option<String>,
-    /// The execution input: valid JSON of at most [`MAX_INPUT_BYTES`].
+    /// The execution input: valid JSON, of at most [`MAX_INPUT_BYTES`] unless a claim-check
+    /// bucket is configured (then the start phase stores a larger one and passes a pointer).
     pub input: String,
     /// The producer's X-Ray trace header (the record's `AWSTraceHeader`), passed on as
     /// StartExecution's `traceHeader` so the trace continues into the execution.
@@ -65,7 +66,7 @@ pub fn plan(message: &Message, config: &Config) -> Result<Plan, Rejection> {
             Some(execution_name(&key).ok_or_else(|| Rejection::new("NoUsableName", "the name key is empty"))?)
         }
     };
-    let input = input(message, config.input_mode)?;
+    let input = check_size(input(message, config.input_mode)?, config)?;
     Ok(Plan {
         name,
         input,
@@ -145,16 +146,22 @@ fn input(message: &Message, mode: InputMode) -> Result<String, Rejection> {
             envelope.to_string()
         }
     };
-    if input.len() > MAX_INPUT_BYTES {
-        return Err(Rejection::new(
-            "InputTooLarge",
-            format!(
-                "the input is {} bytes, over the {MAX_INPUT_BYTES}-byte Step Functions limit",
-                input.len()
-            ),
-        ));
-    }
     Ok(input)
+}
+
+/// An input over Step Functions' limit is rejected, unless a claim-check bucket takes it
+/// (`CLAIM_CHECK_BUCKET`: the start phase stores it and passes a pointer).
+fn check_size(input: String, config: &Config) -> Result<String, Rejection> {
+    if input.len() <= MAX_INPUT_BYTES || config.claim_check_bucket.is_some() {
+        return Ok(input);
+    }
+    Err(Rejection::new(
+        "InputTooLarge",
+        format!(
+            "the input is {} bytes, over the {MAX_INPUT_BYTES}-byte Step Functions limit (set CLAIM_CHECK_BUCKET to pass it through S3)",
+            input.len()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -235,6 +242,12 @@ mod tests {
         assert_eq!(r.code, "InputTooLarge");
         let mib = pad(1024 * 1024);
         assert_eq!(plan(&message(&mib), &config(&[])).unwrap_err().code, "InputTooLarge");
+        let claim_check = config(&[("CLAIM_CHECK_BUCKET", "inputs")]);
+        assert_eq!(
+            plan(&message(&mib), &claim_check).unwrap().input,
+            mib,
+            "passed on whole, to be stored"
+        );
     }
 
     #[test]

@@ -23,8 +23,11 @@ pub struct FunctionTotals {
     /// EMF documents seen (invocations, the warm-up included).
     pub invocations: u64,
     /// The function's counts, summed (records received, a redelivered message counting again;
-    /// started, duplicates, retried, throttled, failed, dead-lettered, possible duplicates).
+    /// started, duplicates, retried, throttled, failed, dead-lettered, possible duplicates;
+    /// coordinated mode: lease calls to the table, fallbacks to the static split).
     pub counts: Report,
+    /// Coordinated mode: the shared budget's effective rate, per second, as last reported.
+    pub shared_rate: f64,
 }
 
 impl FunctionTotals {
@@ -32,6 +35,18 @@ impl FunctionTotals {
     pub fn add(&mut self, s: &EmfSample) {
         self.invocations += 1;
         self.counts.add_counts(s);
+        if s.shared_rate_per_second > 0.0 {
+            self.shared_rate = s.shared_rate_per_second;
+        }
+    }
+
+    /// Adds another function's totals (the last shared rate seen by either).
+    pub fn merge(&mut self, other: &FunctionTotals) {
+        self.invocations += other.invocations;
+        self.counts.add_counts(&other.counts);
+        if other.shared_rate > 0.0 {
+            self.shared_rate = other.shared_rate;
+        }
     }
 }
 
@@ -44,6 +59,7 @@ impl Serialize for FunctionTotals {
         for (name, value) in self.counts.counts() {
             map.serialize_entry(name, &value)?;
         }
+        map.serialize_entry("SharedRate", &self.shared_rate)?;
         map.end()
     }
 }
@@ -106,5 +122,35 @@ mod tests {
         assert_eq!(log.totals.counts.received, 20);
         assert_eq!(log.totals.counts.dead_lettered, 2);
         assert_eq!(log.starts, vec![(1.0, 7), (2.5, 7)]);
+    }
+
+    #[test]
+    fn coordinated_counts_are_summed_and_the_shared_rate_is_the_last_seen() {
+        let doc = LINE.replace(
+            r#""Failed":0"#,
+            r#""Failed":0,"LeaseCalls":3,"Fallbacks":1,"SharedRate":95.5"#,
+        );
+        let s = parse_line(&doc).unwrap();
+        let mut a = FunctionTotals::default();
+        a.add(&s);
+        a.add(&EmfSample::default());
+        assert_eq!((a.counts.lease_calls, a.counts.fallbacks), (3, 1));
+        assert!(
+            (a.shared_rate - 95.5).abs() < 1e-9,
+            "a report without it keeps the last"
+        );
+        let mut sum = FunctionTotals::default();
+        sum.merge(&a);
+        sum.merge(&a);
+        assert_eq!(
+            (sum.invocations, sum.counts.lease_calls, sum.counts.started),
+            (4, 6, 14)
+        );
+        let json = serde_json::to_value(&sum).unwrap();
+        assert_eq!(
+            (json["LeaseCalls"].as_u64(), json["Fallbacks"].as_u64()),
+            (Some(6), Some(2))
+        );
+        assert_eq!(json["SharedRate"].as_f64(), Some(95.5));
     }
 }

@@ -15,8 +15,10 @@ pub struct Status {
     pub queue_in_flight: Option<u64>,
     /// Executions started so far (the function's count).
     pub started: u64,
-    /// Starts per second over the last few seconds.
+    /// Starts per second over the last few seconds, summed over the deployments.
     pub rate: f64,
+    /// The same per deployment, `(name, rate)`; shown when there are two or more.
+    pub rates: Vec<(String, f64)>,
     /// The target starts per second.
     pub target: f64,
     /// Messages in the DLQ (`None` if the last read failed).
@@ -31,8 +33,14 @@ fn or_unknown(v: Option<u64>) -> String {
 
 /// The line itself.
 pub fn status_line(s: &Status) -> String {
+    let split = if s.rates.len() > 1 {
+        let parts: Vec<String> = s.rates.iter().map(|(name, r)| format!("{name} {r:.1}")).collect();
+        format!(" ({})", parts.join(" + "))
+    } else {
+        String::new()
+    };
     format!(
-        "{:>5.0}s | queue {} (+{} in flight) | started {} | {:.1}/s of {:.0}/s | DLQ {} | {}",
+        "{:>5.0}s | queue {} (+{} in flight) | started {} | {:.1}/s{split} of {:.0}/s | DLQ {} | {}",
         s.elapsed_seconds,
         or_unknown(s.queue_visible),
         or_unknown(s.queue_in_flight),
@@ -132,10 +140,19 @@ mod tests {
             target: 100.0,
             dlq: None,
             phase: "producing".into(),
+            rates: vec![("a".into(), 98.44)],
         };
         assert_eq!(
             status_line(&s),
             "   12s | queue 23 (+20 in flight) | started 1180 | 98.4/s of 100/s | DLQ ? | producing"
+        );
+        let two = Status {
+            rates: vec![("a".into(), 49.0), ("b".into(), 49.44)],
+            ..s
+        };
+        assert_eq!(
+            status_line(&two),
+            "   12s | queue 23 (+20 in flight) | started 1180 | 98.4/s (a 49.0 + b 49.4) of 100/s | DLQ ? | producing"
         );
     }
 }

@@ -24,9 +24,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Commands {
-    /// Run the demo: moto, the function under cargo lambda watch (N instances), the local
-    /// event source mapping and the producer; a live line; then a report. Exits 0 only if
-    /// every good message has exactly one execution and every bad one is in the DLQ.
+    /// Run the demo: moto, and two deployments sharing one StartExecution budget through a
+    /// DynamoDB coordination table, each with its own queue, state machine, function (N
+    /// instances under cargo lambda watch), local event source mapping and producer; a live
+    /// line; then a report. Exits 0 only if, in every deployment, every good message has
+    /// exactly one execution and every bad one is in the DLQ, and the starts of all of them
+    /// together stayed within the budget (peak over 5 s <= rate x 1.1 + burst / 5 s).
     Run(RunArgs),
     /// Start moto on a fixed port (resources matching events/*.json) and the function under
     /// cargo lambda watch, for `make invoke`. Runs until Ctrl-C.
@@ -35,18 +38,28 @@ enum Commands {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Messages to produce.
+    /// Messages to produce, in all (dealt to the deployments in turn).
     #[arg(long, value_name = "N", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     messages: u64,
-    /// The global StartExecution budget, starts per second (STARTS_PER_SECOND).
+    /// The global StartExecution budget, starts per second: every deployment's
+    /// STARTS_PER_SECOND when coordinated, split evenly with --static-split.
     #[arg(long, value_name = "STARTS_PER_SECOND", default_value_t = 100.0)]
     rate: f64,
-    /// The global burst, in starts (STARTS_BURST). Default: one second's worth (= --rate).
+    /// The global burst, in starts (STARTS_BURST, split like --rate). Default: one second's
+    /// worth (= --rate).
     #[arg(long, value_name = "STARTS")]
     burst: Option<f64>,
-    /// Function instances sharing the budget: MAX_CONCURRENCY and the ESM's MaximumConcurrency.
+    /// Function instances of each deployment: its MAX_CONCURRENCY and its ESM's MaximumConcurrency.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     max_concurrency: u32,
+    /// Deployments sharing the budget ("a", "b"), each with its own queue, DLQ, state
+    /// machine, function, local-esm and producer.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    deployments: u32,
+    /// Turn coordination off: no COORDINATION_TABLE; each deployment is told its share of
+    /// the budget (--rate and --burst divided by --deployments), split over its instances.
+    #[arg(long)]
+    static_split: bool,
     /// Fraction (0 to 1) of bad messages (bodies that are not JSON; they belong in the DLQ).
     #[arg(long, value_name = "FRACTION", default_value_t = 0.002)]
     bad_share: f64,
@@ -59,16 +72,16 @@ struct RunArgs {
     /// Hard bound of the run, in seconds, from the producer's start.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
     max_seconds: f64,
-    /// The producer's pace, messages per second. Default: --rate. (Faster, the queue grows
-    /// until --max-queue-depth holds the producer back.)
+    /// The producers' pace, messages per second in all. Default: --rate. (Faster, the queues
+    /// grow until --max-queue-depth holds the producers back.)
     #[arg(long, value_name = "MSGS_PER_SECOND")]
     produce_rate: Option<f64>,
-    /// Hold the producer back while more than N messages are sent but not yet started or
-    /// dead-lettered, so that moto's queue stays shallow (its SQS slows down as the queue
-    /// deepens). Default: the larger of 100 and 2 x batch size x instances.
+    /// Hold a deployment's producer back while more than N of its messages are sent but not
+    /// yet started or dead-lettered, so that moto's queues stay shallow (its SQS slows down as
+    /// a queue deepens). Default: the larger of 100 and 2 x batch size x instances.
     #[arg(long, value_name = "N")]
     max_queue_depth: Option<u64>,
-    /// The work queue's maxReceiveCount (the redrive to the DLQ).
+    /// The work queues' maxReceiveCount (the redrive to the DLQ).
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_receive_count: u32,
     /// Also write the report as JSON to PATH.
@@ -137,6 +150,8 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
         rate,
         burst,
         max_concurrency: a.max_concurrency,
+        deployments: a.deployments,
+        coordinated: !a.static_split,
         bad_share: a.bad_share,
         batch_size: a.batch_size,
         seed: a.seed,

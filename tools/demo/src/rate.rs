@@ -1,12 +1,29 @@
-//! Rate arithmetic: the per-instance share of the budget, the fastest possible drain, rates
-//! over sliding windows, achieved against target.
+//! Rate arithmetic: what each deployment is told of the budget, the fastest possible drain,
+//! rates over sliding windows, achieved against target, and the limit the sum of the
+//! deployments' starts must stay under.
 
 /// The window of the live starts/s figure and of the peak rate, in seconds.
 pub const WINDOW_SECONDS: f64 = 5.0;
+/// The tolerance of the budget check: the peak over [`WINDOW_SECONDS`] may exceed what the
+/// budget's own bucket allows by this factor (timestamps, network jitter).
+pub const BUDGET_MARGIN: f64 = 1.1;
 
-/// One instance's share of the global rate: `rate / instances` (as the function computes it).
-pub fn instance_rate(global_rate: f64, instances: u32) -> f64 {
-    global_rate / f64::from(instances.max(1))
+/// What one of `deployments` deployments is told of the budget `(rate, burst)`: the whole of
+/// it when they coordinate (they share one bucket), else an even share (the static split).
+pub fn deployment_budget(rate: f64, burst: f64, deployments: u32, coordinated: bool) -> (f64, f64) {
+    if coordinated {
+        (rate, burst)
+    } else {
+        let n = f64::from(deployments.max(1));
+        (rate / n, burst / n)
+    }
+}
+
+/// The most the sum of the starts may reach over any [`WINDOW_SECONDS`]: a bucket of `burst`
+/// refilled at `rate` lets `burst + rate × window` through, that is `rate + burst / window` per
+/// second; the check allows `rate × BUDGET_MARGIN + burst / window`.
+pub fn budget_limit(rate: f64, burst: f64) -> f64 {
+    rate * BUDGET_MARGIN + burst / WINDOW_SECONDS
 }
 
 /// The fastest possible drain of `messages` already queued, under a token bucket of `burst`
@@ -59,12 +76,27 @@ pub fn window_rate(samples: &[(f64, u64)], now: f64, window: f64) -> f64 {
     sum as f64 / window
 }
 
-/// The highest [`window_rate`] over windows ending at each sample.
+/// The highest [`window_rate`] over windows ending at each sample (sorted, one pass).
 pub fn peak_window_rate(samples: &[(f64, u64)], window: f64) -> f64 {
-    samples
-        .iter()
-        .map(|(t, _)| window_rate(samples, *t, window))
-        .fold(0.0, f64::max)
+    if window <= 0.0 {
+        return 0.0;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut first, mut sum, mut peak) = (0, 0u64, 0u64);
+    for (i, (t, n)) in sorted.iter().enumerate() {
+        sum += n;
+        // Samples at the same time all belong to the window ending at the last of them.
+        if sorted.get(i + 1).is_some_and(|next| next.0 == *t) {
+            continue;
+        }
+        while sorted[first].0 <= t - window {
+            sum -= sorted[first].1;
+            first += 1;
+        }
+        peak = peak.max(sum);
+    }
+    peak as f64 / window
 }
 
 /// The producer's default pace: the start rate. Faster, the queue grows, and moto's SQS,
@@ -89,9 +121,12 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_is_split_like_the_function_splits_it() {
-        assert!(close(instance_rate(100.0, 4), 25.0));
-        assert!(close(instance_rate(100.0, 0), 100.0), "0 instances is treated as 1");
+    fn deployments_are_told_the_whole_budget_only_when_they_coordinate() {
+        assert_eq!(deployment_budget(100.0, 50.0, 2, true), (100.0, 50.0));
+        assert_eq!(deployment_budget(100.0, 50.0, 2, false), (50.0, 25.0));
+        assert_eq!(deployment_budget(100.0, 50.0, 1, false), (100.0, 50.0));
+        // 100/s with a burst of 100: at most 200 in 5 s is 120/s; plus 10 % of the rate.
+        assert!(close(budget_limit(100.0, 100.0), 130.0));
     }
 
     #[test]
@@ -133,5 +168,13 @@ mod tests {
         bursty.push((1.0, 100));
         assert!(close(peak_window_rate(&bursty, 5.0), 40.0));
         assert!(close(peak_window_rate(&[], 5.0), 0.0));
+        // Unsorted, with ties: the same as every window ending at a sample.
+        let mixed = [(3.0, 1), (1.0, 2), (3.0, 4), (8.0, 1), (6.0, 1)];
+        let brute = mixed
+            .iter()
+            .map(|(t, _)| window_rate(&mixed, *t, 5.0))
+            .fold(0.0, f64::max);
+        assert!(close(peak_window_rate(&mixed, 5.0), brute));
+        assert!(close(brute, 7.0 / 5.0));
     }
 }

@@ -1,44 +1,43 @@
 //! `sfn-pacer-demo run`: the whole system on this machine, then the accounting.
 //!
-//! - two moto processes, one request at a time each: SQS (queue, DLQ with redrive) and Step
-//!   Functions (state machine). Two, because each is bound to one core by Python's lock;
-//!   one request at a time, because moto's SQS is not thread-safe (see `stack`).
-//! - `cargo lambda watch --only-lambda-apis`: the Runtime API; N prebuilt `starter`
-//!   processes poll it at `/.rt/starter` (N instances, each with its own pacer, as on
-//!   Lambda). Their stdout carries the EMF lines, summed here.
-//! - `local-esm`: SQS events to the invoke API (`/2015-03-31/functions/starter/invocations`).
-//! - `producer --stdin`, fed by the demo at the pace (see `feed`).
+//! - moto, one request at a time per process: SQS (each deployment's queue and DLQ with
+//!   redrive), Step Functions (each deployment's state machine) and, when coordinated,
+//!   DynamoDB (the coordination table). One process each, because each is bound to one core
+//!   by Python's lock; one request at a time, because moto's SQS is not thread-safe (see
+//!   `stack`). DynamoDB gets its own process, not the Step Functions one: a start waits for
+//!   its lease, so lease calls must not queue behind both deployments' StartExecution calls in
+//!   one single-threaded server, and the Step Functions process then serves the same load
+//!   coordinated or not (`--static-split`), which keeps the two comparable. The cost: one more
+//!   Python process, started in parallel with the others.
+//! - per deployment (`deployment`): `cargo lambda watch --only-lambda-apis`, its Runtime API
+//!   (one each: cargo lambda routes only the workspace's binary names, so two functions of one
+//!   binary need two of them, as two Lambda functions have two control planes); N prebuilt
+//!   `starter` processes poll it at `/.rt/starter` (N instances, each with its own pacer, as
+//!   on Lambda), their stdout carrying the EMF lines, summed per deployment; `local-esm` (its
+//!   queue to its function); `producer --stdin`, fed by the demo at the pace (see `feed`).
 //!
 //! Every wait is bounded; the hard bound is `--max-seconds`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdout, Command};
-use tokio::task::JoinHandle;
-
-use crate::accounting::{account, expected_messages};
-use crate::emf::{self, EmfLog};
-use crate::feed::{self, FeedState, Feeder};
+use crate::accounting::expected_messages;
+use crate::deployment::{self, Coordination, Deployment, FunctionSettings, Reading, Site, LOCAL_DEADLINE_MS};
+use crate::emf::FunctionTotals;
 use crate::live::{Live, Status};
 use crate::rate;
-use crate::report::{Parameters, Report, Timing};
-use crate::stack;
+use crate::report::{Budget, DeploymentReport, Parameters, Report, Timing};
 use crate::tools::Binaries;
-use local_stack::moto::{self, aws_env, log_to, Endpoints, Moto, MotoOptions, REGION};
-use local_stack::paths;
+use local_stack::moto::{self, Endpoints, Moto, MotoOptions};
 use local_stack::process::{Handle, Supervisor};
 use local_stack::DisplayErrorContext;
 
-/// The function name at the invoke endpoint (the binary's name).
+/// The function name at the invoke endpoint of `make watch` (the binary's name).
 pub const FUNCTION_NAME: &str = "starter";
-/// The name of the queue (`<name>-dlq` for the DLQ) and of the state machine.
-const RESOURCE_NAME: &str = "sfn-pacer-demo";
+/// The coordination table the deployments share.
+pub const COORDINATION_TABLE: &str = "sfn-pacer-demo-coordination";
+/// The budget's key in it (`QUOTA_KEY`), the same for every deployment.
+pub const QUOTA_KEY: &str = "sfn-pacer-demo";
 /// The prefix of the generated ids.
 const ID_PREFIX: &str = "demo-";
 /// Grace for a child to stop after SIGTERM.
@@ -79,8 +78,13 @@ pub struct RunConfig {
     pub rate: f64,
     /// Global burst.
     pub burst: f64,
-    /// Instances (and ESM MaximumConcurrency).
+    /// Instances of each deployment (and its ESM's MaximumConcurrency).
     pub max_concurrency: u32,
+    /// Deployments sharing the budget, each with its own queue, state machine and function.
+    pub deployments: u32,
+    /// Whether the deployments share one budget in the coordination table (else the static
+    /// split: each is told its share of the rate).
+    pub coordinated: bool,
     /// Share of bad messages.
     pub bad_share: f64,
     /// ESM batch size.
@@ -89,7 +93,7 @@ pub struct RunConfig {
     pub seed: u64,
     /// Hard bound, seconds.
     pub max_seconds: f64,
-    /// The producer's pace, messages per second.
+    /// The producers' pace, messages per second, summed over the deployments.
     pub produce_rate: f64,
     /// The queue's maxReceiveCount.
     pub max_receive_count: u32,
@@ -99,14 +103,12 @@ pub struct RunConfig {
     pub out_dir: PathBuf,
     /// Period of the plain status line when stderr is not a terminal, seconds.
     pub progress_seconds: f64,
-    /// Hold the producer back while the queue holds more than this many messages.
+    /// Hold a deployment's producer back while more than this many of its messages are outstanding.
     pub max_queue_depth: u64,
 }
 
 /// A queue deeper than this slows moto's SQS noticeably (every call walks the whole queue).
 const SLOW_QUEUE_DEPTH: u64 = 300;
-/// The function's time budget per invocation under cargo lambda watch (its deadline is in 1970).
-const LOCAL_DEADLINE_MS: u64 = 10_000;
 /// The queue's visibility timeout, seconds: above the ESM's function timeout.
 const VISIBILITY_TIMEOUT_SECONDS: u32 = 30;
 
@@ -141,56 +143,15 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-/// Copies a starter's stdout into its log and sums its EMF lines; `handled` counts the
-/// messages started, duplicate or dead-lettered.
-fn capture_stdout(
-    stdout: ChildStdout,
-    log: PathBuf,
-    emf_log: Arc<Mutex<EmfLog>>,
-    handled: Arc<AtomicU64>,
-    t0: Instant,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).open(&log).await {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("sfn-pacer-demo: cannot write {}: {e}", log.display());
-                None
-            }
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(sample) = emf::parse_line(&line) {
-                handled.fetch_add(
-                    sample.started + sample.duplicates + sample.dead_lettered,
-                    Ordering::Relaxed,
-                );
-                let mut guard = emf_log.lock().unwrap_or_else(|p| p.into_inner());
-                guard.record(t0.elapsed().as_secs_f64(), &sample);
-            }
-            if let Some(f) = file.as_mut() {
-                let _ = f.write_all(line.as_bytes()).await;
-                let _ = f.write_all(b"\n").await;
-            }
-        }
-        if let Some(f) = file.as_mut() {
-            let _ = f.flush().await;
-        }
-    })
-}
-
-/// The last JSON line of a file (a child's `--summary-json` output).
-fn last_json_line(path: &Path) -> Option<Value> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
-}
-
-/// Posts an empty SQS batch to the function until it answers (at most `timeout`).
-pub async fn warm_up(invoke_port: u16, timeout: Duration, owners: &[Handle]) -> Result<(), String> {
+/// Posts an empty SQS batch to `function_name` until it answers (at most `timeout`).
+pub async fn warm_up(
+    invoke_port: u16,
+    function_name: &str,
+    timeout: Duration,
+    owners: &[Handle],
+) -> Result<(), String> {
     let client = moto::http_client()?;
-    let url = format!("http://127.0.0.1:{invoke_port}/2015-03-31/functions/{FUNCTION_NAME}/invocations");
+    let url = format!("http://127.0.0.1:{invoke_port}/2015-03-31/functions/{function_name}/invocations");
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no answer");
     while Instant::now() < deadline {
@@ -222,450 +183,476 @@ pub async fn warm_up(invoke_port: u16, timeout: Duration, owners: &[Handle]) -> 
     ))
 }
 
-/// Runs the demo. The caller stops every process still running afterwards (also on error).
-pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError> {
-    let total_t0 = Instant::now();
-    let setup = DemoError::Setup;
-    let bins = Binaries::next_to_current_exe().map_err(setup)?;
-    let cargo_lambda = paths::cargo_lambda().map_err(DemoError::Setup)?;
-    let expected = expected_messages(cfg.messages, cfg.bad_share, cfg.seed, ID_PREFIX).map_err(DemoError::Setup)?;
-    let bad = expected.iter().filter(|e| !e.good).count();
-    let run_dir = cfg
-        .out_dir
-        .join(format!("run-{}-{}", unix_seconds(), std::process::id()));
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", run_dir.display())))?;
-    let log = |name: &str| run_dir.join(name);
-    let n = cfg.max_concurrency;
-    eprintln!(
-        "sfn-pacer demo: {} messages ({bad} bad) at {:.0} starts/s (burst {:.0}) over {n} instance(s) ({:.1}/s each), batch {}; logs in {}",
-        cfg.messages,
-        cfg.rate,
-        cfg.burst,
-        rate::instance_rate(cfg.rate, n),
-        cfg.batch_size,
-        run_dir.display()
-    );
+/// The moto processes.
+struct Motos {
+    sqs: Moto,
+    sfn: Moto,
+    /// DynamoDB, when the deployments coordinate.
+    dynamodb: Option<Moto>,
+}
 
-    // 1. moto (one process for SQS, one for Step Functions) and the resources.
-    let port = || moto::free_port().map_err(|e| DemoError::Setup(format!("no free port: {e}")));
-    let sqs_port = port()?;
-    let mut sfn_port = port()?;
-    for _ in 0..10 {
-        if sfn_port != sqs_port {
-            break;
-        }
-        sfn_port = port()?;
-    }
-    let (sqs_log, sfn_log) = (log("moto-sqs.log"), log("moto-sfn.log"));
-    let options = |name: &str, port: u16, log: PathBuf| MotoOptions {
-        name: name.to_string(),
-        port: Some(port),
-        log: Some(log),
-        single_threaded: false,
-    };
-    let (sqs_options, sfn_options) = (
-        options("moto_server-sqs", sqs_port, sqs_log),
-        options("moto_server-sfn", sfn_port, sfn_log),
-    );
-    let (moto_sqs, moto_sfn) = tokio::try_join!(
-        Moto::start_preferring_single_threaded(sup, &sqs_options),
-        Moto::start_preferring_single_threaded(sup, &sfn_options),
-    )
-    .map_err(DemoError::Setup)?;
-    let endpoints = Endpoints {
-        sqs: moto_sqs.endpoint(),
-        sfn: moto_sfn.endpoint(),
-    };
-    let sqs_sdk = moto_sqs.sdk_config().await;
-    let sqs = aws_sdk_sqs::Client::new(&sqs_sdk);
-    let sfn = aws_sdk_sfn::Client::new(&moto_sfn.sdk_config().await);
-    // The queues (and an unused state machine) on the SQS moto, the state machine on the other.
-    let stack = moto::provision(
-        &sqs_sdk,
-        RESOURCE_NAME,
-        cfg.max_receive_count,
-        VISIBILITY_TIMEOUT_SECONDS,
-    )
-    .await
-    .map_err(DemoError::Setup)?;
-    let state_machine_arn = moto::create_state_machine(&sfn, RESOURCE_NAME)
-        .await
+impl Motos {
+    /// Starts them at once, on distinct free ports, one request at a time each.
+    async fn start(sup: &Supervisor, run_dir: &Path, coordinated: bool) -> Result<Motos, DemoError> {
+        let ports = free_ports(3).map_err(|e| DemoError::Setup(format!("no free port: {e}")))?;
+        let options = |service: &str, port: u16| MotoOptions {
+            name: format!("moto_server-{service}"),
+            port: Some(port),
+            log: Some(run_dir.join(format!("moto-{service}.log"))),
+            single_threaded: false,
+        };
+        let (sqs, sfn, dynamodb) = (
+            options("sqs", ports[0]),
+            options("sfn", ports[1]),
+            options("ddb", ports[2]),
+        );
+        let dynamodb = async {
+            if coordinated {
+                Moto::start_preferring_single_threaded(sup, &dynamodb).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (sqs, sfn, dynamodb) = tokio::try_join!(
+            Moto::start_preferring_single_threaded(sup, &sqs),
+            Moto::start_preferring_single_threaded(sup, &sfn),
+            dynamodb,
+        )
         .map_err(DemoError::Setup)?;
-    eprintln!(
-        "[1/4] moto_server: SQS on {}, Step Functions on {}: queue, DLQ (maxReceiveCount {}), state machine created",
-        endpoints.sqs, endpoints.sfn, cfg.max_receive_count
-    );
+        Ok(Motos { sqs, sfn, dynamodb })
+    }
 
-    // 2. The Runtime API, and N starter instances polling it.
-    let invoke_port = moto::free_port().map_err(|e| DemoError::Setup(format!("no free port: {e}")))?;
-    let mut command = Command::new(&cargo_lambda);
-    command
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(invoke_port.to_string())
-        .current_dir(paths::workspace_root());
-    log_to(&mut command, &log("cargo-lambda-watch.log")).map_err(DemoError::Setup)?;
-    let (watch, _) = sup
-        .spawn("cargo-lambda-watch", command)
-        .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", cargo_lambda.display())))?;
-    moto::wait_for_port(
-        invoke_port,
-        Duration::from_secs(60),
-        &watch,
-        &format!("see {}", log("cargo-lambda-watch.log").display()),
-    )
-    .await
-    .map_err(DemoError::Setup)?;
-    let emf_log = Arc::new(Mutex::new(EmfLog::default()));
-    let handled = Arc::new(AtomicU64::new(0));
-    let mut starters = Vec::new();
-    let mut readers = Vec::new();
-    // Times are measured from the producer's start; until then, from here.
-    let t0 = Instant::now();
-    for i in 1..=n {
-        let name = format!("starter-{i}");
-        let path = log(&format!("{name}.log"));
-        let mut command = Command::new(&bins.starter);
-        aws_env(&mut command, &endpoints);
-        command
-            .envs(function_env(&state_machine_arn, &stack.dlq_url, cfg.rate, cfg.burst, n))
-            .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{invoke_port}/.rt/{FUNCTION_NAME}"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(moto::log_file(&path).map_err(DemoError::Setup)?);
-        let (handle, pipes) = sup
-            .spawn(&name, command)
-            .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", bins.starter.display())))?;
-        if let Some(stdout) = pipes.stdout {
-            readers.push(capture_stdout(
-                stdout,
-                path,
-                Arc::clone(&emf_log),
-                Arc::clone(&handled),
-                t0,
-            ));
+    fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            sqs: self.sqs.endpoint(),
+            sfn: self.sfn.endpoint(),
         }
-        starters.push(handle);
     }
-    let mut owners = starters.clone();
-    owners.push(watch.clone());
-    warm_up(invoke_port, Duration::from_secs(30), &owners)
-        .await
-        .map_err(|e| DemoError::Setup(format!("{e}; see the logs in {}", run_dir.display())))?;
-    eprintln!(
-        "[2/4] cargo lambda watch (Runtime API on 127.0.0.1:{invoke_port}) with {n} starter instance(s): answering"
-    );
 
-    // 3. The event source mapping.
-    let function_timeout = LOCAL_DEADLINE_MS / 1000 + 5;
-    let mut command = Command::new(&bins.local_esm);
-    aws_env(&mut command, &endpoints);
-    command
-        .args(["--queue-url", &stack.queue_url, "--function-name", FUNCTION_NAME])
-        .args([
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-            &invoke_port.to_string(),
-        ])
-        .args([
-            "--batch-size",
-            &cfg.batch_size.to_string(),
-            "--max-concurrency",
-            &n.to_string(),
-        ])
-        .args([
-            "--function-timeout",
-            &function_timeout.to_string(),
-            // Short polls: the SQS moto serves one request at a time, so a long poll would
-            // stall every other call.
-            "--wait-seconds",
-            "0",
-        ])
-        .args(["--progress-seconds", "0", "--summary-json"])
-        .args(["--max-seconds", &(cfg.max_seconds + 60.0).to_string()])
-        .args(["--endpoint-url", &endpoints.sqs, "--region", REGION]);
-    if cfg.batch_size > 10 {
-        command.args(["--batching-window", "1"]);
+    fn handles(&self) -> Vec<Handle> {
+        let dynamodb = self.dynamodb.iter().map(|m| m.handle.clone());
+        [self.sqs.handle.clone(), self.sfn.handle.clone()]
+            .into_iter()
+            .chain(dynamodb)
+            .collect()
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(moto::log_file(&log("local-esm.out")).map_err(DemoError::Setup)?)
-        .stderr(moto::log_file(&log("local-esm.log")).map_err(DemoError::Setup)?);
-    let (esm, _) = sup
-        .spawn("local-esm", command)
-        .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", bins.local_esm.display())))?;
-    eprintln!("[3/4] local-esm: batch size {}, MaximumConcurrency {n}", cfg.batch_size);
+}
 
-    // 4. The producer, fed through its stdin at the pace (held back while the queue is deep).
-    let mut command = Command::new(&bins.producer);
-    aws_env(&mut command, &endpoints);
-    command
-        .args(["--queue-url", &stack.queue_url, "--stdin", "--quiet", "--summary-json"])
-        .args(["--endpoint-url", &endpoints.sqs, "--region", REGION])
-        .stdin(Stdio::piped())
-        .stdout(moto::log_file(&log("producer.out")).map_err(DemoError::Setup)?)
-        .stderr(moto::log_file(&log("producer.log")).map_err(DemoError::Setup)?);
-    let produce_t0 = t0.elapsed().as_secs_f64();
-    let (producer, pipes) = sup
-        .spawn("producer", command)
-        .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", bins.producer.display())))?;
-    let stdin = pipes
-        .stdin
-        .ok_or_else(|| DemoError::Setup("the producer's stdin is not a pipe".to_string()))?;
-    let feed_state = Arc::new(Mutex::new(FeedState::default()));
-    let feeder = feed::spawn(
-        stdin,
-        expected.iter().map(|e| e.body.clone()).collect(),
-        Feeder::new(cfg.produce_rate, cfg.max_queue_depth),
-        Arc::clone(&handled),
-        Arc::clone(&feed_state),
-    );
-    eprintln!(
-        "[4/4] producer: {} messages at {:.0}/s (held back while more than {} are queued or in flight)",
-        cfg.messages, cfg.produce_rate, cfg.max_queue_depth
-    );
+/// `n` distinct TCP ports that were free on 127.0.0.1 a moment ago (held together while read).
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
 
-    // Watch until the producer is done and the queue is empty, or the bound.
-    let mut live = Live::new(Duration::from_secs_f64(cfg.progress_seconds.max(0.0)));
-    let mut must_run: Vec<Handle> = vec![
-        moto_sqs.handle.clone(),
-        moto_sfn.handle.clone(),
-        watch.clone(),
-        esm.clone(),
-    ];
-    must_run.extend(starters.iter().cloned());
-    let mut status = Status {
-        target: cfg.rate,
-        phase: "producing".into(),
-        ..Status::default()
+/// Creates the coordination table (when coordinated) and returns what the functions are told.
+async fn function_settings(cfg: &RunConfig, motos: &Motos) -> Result<FunctionSettings, DemoError> {
+    let coordination = match &motos.dynamodb {
+        Some(dynamodb) => {
+            let table = moto::create_coordination_table(&dynamodb.sdk_config().await, COORDINATION_TABLE)
+                .await
+                .map_err(DemoError::Setup)?;
+            Some(Coordination {
+                table,
+                quota_key: QUOTA_KEY.to_string(),
+                endpoint: dynamodb.endpoint(),
+            })
+        }
+        None => None,
     };
-    let mut producer_exit = None;
-    let mut empty_since: Option<f64> = None;
-    let mut empty_checks = 0;
-    let mut drained = false;
-    let mut failure: Option<String> = None;
-    let mut max_queue_depth = 0;
-    let drain_seconds = loop {
+    let (rate, burst) = rate::deployment_budget(cfg.rate, cfg.burst, cfg.deployments, cfg.coordinated);
+    Ok(FunctionSettings {
+        rate,
+        burst,
+        instances: cfg.max_concurrency,
+        coordination,
+    })
+}
+
+/// What watching the run found.
+#[derive(Default)]
+struct Watched {
+    /// From the producers' start until the queues were found empty (or the bound), seconds.
+    drain_seconds: f64,
+    drained: bool,
+    /// A process that stopped unexpectedly.
+    failure: Option<String>,
+    /// The deepest the queues got together.
+    max_queue_depth: u64,
+}
+
+/// The producers' phase for the live line.
+fn phase(deployments: &[Deployment], messages: u64) -> String {
+    let exits: Vec<_> = deployments.iter().filter_map(|d| d.producer_exit).collect();
+    if exits.len() == deployments.len() {
+        return match exits.iter().find(|e| !e.success()) {
+            None => format!("produced {messages}"),
+            Some(exit) => format!("a producer failed ({exit})"),
+        };
+    }
+    let fed: Vec<_> = deployments.iter().map(Deployment::fed).collect();
+    let written: u64 = fed.iter().map(|f| f.written).sum();
+    match fed.iter().find_map(|f| f.error.clone()) {
+        Some(error) => error,
+        None if fed.iter().any(|f| f.held) => {
+            format!("producing {written}/{messages} (held: a queue is over --max-queue-depth outstanding)")
+        }
+        None => format!("producing {written}/{messages}"),
+    }
+}
+
+/// The live line's figures, summed over the deployments.
+fn status(deployments: &[Deployment], readings: &[Reading], cfg: &RunConfig, elapsed_seconds: f64) -> Status {
+    let sum = |f: fn(&Reading) -> Option<u64>| readings.iter().map(f).sum::<Option<u64>>();
+    let rates: Vec<(String, f64)> = deployments
+        .iter()
+        .zip(readings)
+        .map(|(d, r)| (d.name.clone(), r.rate))
+        .collect();
+    Status {
+        elapsed_seconds,
+        queue_visible: sum(|r| r.queue.map(|q| q.visible)),
+        queue_in_flight: sum(|r| r.queue.map(|q| q.not_visible + q.delayed)),
+        started: readings.iter().map(|r| r.started).sum(),
+        rate: rates.iter().map(|(_, r)| r).sum(),
+        rates,
+        target: cfg.rate,
+        dlq: sum(|r| r.dlq),
+        phase: phase(deployments, cfg.messages),
+    }
+}
+
+/// Watches until every producer is done and every queue is empty, a process stops, or the bound.
+async fn watch_run(
+    cfg: &RunConfig,
+    site: &Site<'_>,
+    deployments: &mut [Deployment],
+    sqs: &aws_sdk_sqs::Client,
+    must_run: &[Handle],
+    produce_t0: f64,
+) -> Watched {
+    let mut live = Live::new(Duration::from_secs_f64(cfg.progress_seconds.max(0.0)));
+    let mut watched = Watched::default();
+    let mut last = Status::default();
+    let (mut empty_since, mut empty_checks) = (None, 0);
+    watched.drain_seconds = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = t0.elapsed().as_secs_f64() - produce_t0;
+        let now = site.t0.elapsed().as_secs_f64() - produce_t0;
         if let Some(dead) = must_run.iter().find(|h| h.exit().is_some()) {
-            failure = Some(format!(
-                "{} stopped unexpectedly ({}); see {}",
+            let exit = dead.exit().map(|e| e.to_string()).unwrap_or_default();
+            watched.failure = Some(format!(
+                "{} stopped unexpectedly ({exit}); see {}",
                 dead.name,
-                dead.exit().map(|e| e.to_string()).unwrap_or_default(),
-                run_dir.display()
+                site.run_dir.display()
             ));
             break now;
         }
-        if producer_exit.is_none() {
-            if let Some(exit) = producer.exit() {
-                producer_exit = Some(exit);
-                status.phase = if exit.success() {
-                    format!("produced {}", cfg.messages)
-                } else {
-                    format!("producer failed ({exit})")
-                };
-                live.println(&format!("producer finished after {now:.1} s ({exit})"));
+        let mut readings = Vec::new();
+        for d in deployments.iter_mut() {
+            if let Some(exit) = d.note_producer_exit() {
+                live.println(&format!("producer-{} finished after {now:.1} s ({exit})", d.name));
             }
+            readings.push(d.read(sqs, site.t0.elapsed().as_secs_f64()).await);
         }
-        let counts = stack::queue_counts(&sqs, &stack.queue_url).await;
-        if let Ok(c) = &counts {
-            max_queue_depth = max_queue_depth.max(c.total());
-        }
-        if producer_exit.is_none() {
-            let fed = feed_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            status.phase = if let Some(e) = &fed.error {
-                e.clone()
-            } else if fed.held {
-                format!(
-                    "producing {}/{} (held: over {} outstanding)",
-                    fed.written, cfg.messages, cfg.max_queue_depth
-                )
-            } else {
-                format!("producing {}/{}", fed.written, cfg.messages)
-            };
-        }
-        status.queue_visible = counts.as_ref().ok().map(|c| c.visible);
-        status.queue_in_flight = counts.as_ref().ok().map(|c| c.not_visible + c.delayed);
-        status.dlq = stack::queue_counts(&sqs, &stack.dlq_url).await.ok().map(|c| c.total());
-        {
-            let guard = emf_log.lock().unwrap_or_else(|p| p.into_inner());
-            status.started = guard.totals.counts.started;
-            status.rate = rate::window_rate(&guard.starts, t0.elapsed().as_secs_f64(), rate::WINDOW_SECONDS);
-        }
-        status.elapsed_seconds = now;
-        live.update(&status);
-        match (&producer_exit, &counts) {
-            (Some(_), Ok(c)) if c.total() == 0 => {
-                empty_checks += 1;
-                let since = *empty_since.get_or_insert(now);
-                if empty_checks >= 2 {
-                    drained = true;
-                    break since;
-                }
+        last = status(deployments, &readings, cfg, now);
+        live.update(&last);
+        let queued = readings.iter().map(|r| r.queue.map(|q| q.total())).sum::<Option<u64>>();
+        watched.max_queue_depth = watched.max_queue_depth.max(queued.unwrap_or(0));
+        let produced = deployments.iter().all(|d| d.producer_exit.is_some());
+        if produced && queued == Some(0) {
+            empty_checks += 1;
+            let since = *empty_since.get_or_insert(now);
+            if empty_checks >= 2 {
+                watched.drained = true;
+                break since;
             }
-            _ => {
-                empty_checks = 0;
-                empty_since = None;
-            }
+        } else {
+            (empty_since, empty_checks) = (None, 0);
         }
         if now >= cfg.max_seconds {
             live.println(&format!("--max-seconds {} reached: stopping", cfg.max_seconds));
             break now;
         }
     };
-    live.finish(&status);
-    feeder.abort();
-    let fed = feed_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    live.finish(&last);
+    watched
+}
 
-    // Stop the mapping first (gracefully: it prints its summary), then the function.
-    let teardown_t0 = Instant::now();
-    sup.stop(
-        &[esm.clone(), producer.clone()],
-        Duration::from_secs(function_timeout + 10),
-    )
-    .await;
-    let mut function_side = starters.clone();
-    function_side.push(watch.clone());
-    sup.stop(&function_side, STOP_GRACE).await;
-    for reader in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+/// Stops the mappings and producers first (gracefully: they print their summaries), then the
+/// functions and their Runtime APIs.
+async fn stop_deployments(sup: &Supervisor, deployments: &mut [Deployment]) {
+    let t0 = Instant::now();
+    for d in deployments.iter_mut() {
+        d.stop_feeding();
+    }
+    let mapping: Vec<Handle> = deployments.iter().flat_map(Deployment::mapping).cloned().collect();
+    sup.stop(&mapping, Duration::from_secs(deployment::FUNCTION_TIMEOUT_SECONDS + 10))
+        .await;
+    let function: Vec<Handle> = deployments.iter().flat_map(Deployment::function).cloned().collect();
+    sup.stop(&function, STOP_GRACE).await;
+    for d in deployments.iter_mut() {
+        d.drain_stdout().await;
     }
     eprintln!(
         "stopped local-esm, the starters and cargo lambda watch ({:.1} s); counting in moto…",
-        teardown_t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64()
     );
+}
 
-    // Count what happened, in moto.
-    let count_t0 = Instant::now();
-    let listed = moto::list_executions(&sfn, &state_machine_arn)
-        .await
-        .map_err(DemoError::Run)?;
-    let executions = moto::describe_executions(&sfn, &listed).await.map_err(DemoError::Run)?;
-    let dead_letters = stack::read_queue(&sqs, &stack.dlq_url, Duration::from_secs(600), Duration::from_secs(60))
-        .await
-        .map_err(DemoError::Run)?;
-    let accounting = account(&expected, &executions, &dead_letters);
-    eprintln!(
-        "read {} executions and {} DLQ messages ({:.1} s)",
-        executions.len(),
-        dead_letters.len(),
-        count_t0.elapsed().as_secs_f64()
-    );
-    sup.stop(&[moto_sqs.handle.clone(), moto_sfn.handle.clone()], STOP_GRACE)
-        .await;
-    sup.stop_all(STOP_GRACE).await;
-
-    let producer_summary = last_json_line(&log("producer.out"));
-    let esm_summary = last_json_line(&log("local-esm.out"));
-    let sent = producer_summary
-        .as_ref()
-        .and_then(|v| v.get("sent"))
-        .and_then(Value::as_u64);
-    let not_sent = producer_summary
-        .as_ref()
-        .and_then(|v| v.get("failed"))
-        .and_then(Value::as_u64);
-    let (function, starts) = {
-        let guard = emf_log.lock().unwrap_or_else(|p| p.into_inner());
-        (guard.totals.clone(), guard.starts.clone())
-    };
-    let executions_in_moto = listed.len() as u64;
-    let achieved = rate::per_second(executions_in_moto, drain_seconds);
-    let timing = Timing {
-        drain_seconds,
-        producer_seconds: producer_summary
-            .as_ref()
-            .and_then(|v| v.get("elapsed_seconds"))
-            .and_then(Value::as_f64),
-        total_seconds: total_t0.elapsed().as_secs_f64(),
-        target_rate: cfg.rate,
-        achieved_rate: achieved,
-        achieved_percent: rate::percent(achieved, cfg.rate),
-        peak_rate_5s: rate::peak_window_rate(&starts, rate::WINDOW_SECONDS),
-        drain_bound_seconds: rate::paced_drain_bound_seconds(
-            accounting.good,
-            Some(cfg.produce_rate),
-            cfg.burst,
-            cfg.rate,
-        ),
-        max_queue_depth,
-        producer_held_seconds: fed.held_seconds,
-    };
-
-    let mut problems = accounting.problems();
-    if let Some(f) = failure {
-        problems.insert(0, f);
+/// Reads what each deployment did in moto; returns their reports and every start time.
+async fn count_in_moto(
+    site: &Site<'_>,
+    deployments: &[Deployment],
+    motos: &Motos,
+    drain_seconds: f64,
+) -> Result<(Vec<DeploymentReport>, Vec<(f64, u64)>), DemoError> {
+    let t0 = Instant::now();
+    let sqs = aws_sdk_sqs::Client::new(&motos.sqs.sdk_config().await);
+    let sfn = aws_sdk_sfn::Client::new(&motos.sfn.sdk_config().await);
+    let (mut reports, mut starts) = (Vec::new(), Vec::new());
+    for d in deployments {
+        let found = d.find(&sqs, &sfn).await.map_err(DemoError::Run)?;
+        starts.extend(found.listed.iter().map(|l| (l.started_at, 1)));
+        reports.push(d.report(site, found, drain_seconds));
     }
-    if !drained {
-        let mut problem = format!("the queue did not drain within --max-seconds {}", cfg.max_seconds);
-        if max_queue_depth > SLOW_QUEUE_DEPTH {
+    let dead: u64 = reports.iter().map(|r| r.accounting.dlq_depth).sum();
+    eprintln!(
+        "read {} executions and {dead} DLQ messages ({:.1} s)",
+        starts.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((reports, starts))
+}
+
+/// Why the run failed, besides the deployments' own problems.
+fn run_problems(cfg: &RunConfig, watched: &Watched, budget: &Budget) -> Vec<String> {
+    let mut problems: Vec<String> = watched.failure.iter().cloned().collect();
+    if !watched.drained {
+        let mut problem = format!("the queues did not drain within --max-seconds {}", cfg.max_seconds);
+        if watched.max_queue_depth > SLOW_QUEUE_DEPTH {
             problem.push_str(&format!(
-                " (the queue reached {max_queue_depth} messages: moto's SQS slows down as the queue deepens, \
-                 so this machine may not sustain {:.0}/s; try a lower --rate)",
-                cfg.rate
+                " (the queues reached {} messages: moto's SQS slows down as a queue deepens, so this machine \
+                 may not sustain {:.0}/s; try a lower --rate)",
+                watched.max_queue_depth, cfg.rate
             ));
         }
         problems.push(problem);
     }
-    match producer_exit {
-        Some(exit) if exit.success() => {}
-        Some(exit) => problems.push(format!(
-            "the producer failed ({exit}); see {}",
-            log("producer.log").display()
-        )),
-        None => problems.push("the producer did not finish".to_string()),
+    if !budget.within {
+        problems.push(format!(
+            "the starts exceeded the budget: {:.1}/s over 5 s, above the limit {:.1}/s",
+            budget.peak_rate_5s, budget.limit
+        ));
     }
-    if let Some(not) = not_sent.filter(|n| *n > 0) {
-        problems.push(format!("{not} message(s) were not sent"));
+    problems
+}
+
+fn parameters(cfg: &RunConfig, settings: &FunctionSettings) -> Parameters {
+    let coordination = settings.coordination.as_ref();
+    Parameters {
+        messages: cfg.messages,
+        bad_share: cfg.bad_share,
+        seed: cfg.seed,
+        rate: cfg.rate,
+        burst: cfg.burst,
+        deployments: cfg.deployments,
+        coordination_table: coordination.map(|c| c.table.clone()),
+        quota_key: coordination.map(|c| c.quota_key.clone()),
+        told_rate: settings.rate,
+        told_burst: settings.burst,
+        max_concurrency: cfg.max_concurrency,
+        batch_size: cfg.batch_size,
+        produce_rate: cfg.produce_rate,
+        max_receive_count: cfg.max_receive_count,
+        max_seconds: cfg.max_seconds,
+    }
+}
+
+/// The opening line: what runs, and where the logs go.
+fn announce(cfg: &RunConfig, deployments: &[Deployment], settings: &FunctionSettings, run_dir: &Path) {
+    let bad: usize = deployments
+        .iter()
+        .map(|d| d.expected.iter().filter(|e| !e.good).count())
+        .sum();
+    let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
+    let sharing = match &settings.coordination {
+        Some(c) => format!("coordinated in DynamoDB table {} (QUOTA_KEY {})", c.table, c.quota_key),
+        None => "static split".to_string(),
+    };
+    eprintln!(
+        "sfn-pacer demo: {} messages ({bad} bad) over {} deployment(s) ({}) sharing {:.0} starts/s (burst {:.0}), \
+         {sharing}: each told {}/s, burst {}, {} instance(s) each, batch {}; logs in {}",
+        cfg.messages,
+        deployments.len(),
+        names.join(", "),
+        cfg.rate,
+        cfg.burst,
+        settings.rate,
+        settings.burst,
+        cfg.max_concurrency,
+        cfg.batch_size,
+        run_dir.display()
+    );
+}
+
+/// Creates the run's log folder.
+fn run_dir(out_dir: &Path) -> Result<PathBuf, DemoError> {
+    let dir = out_dir.join(format!("run-{}-{}", unix_seconds(), std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Starts moto, creates the coordination table (when coordinated) and each deployment's
+/// queues and state machine, with its share of the messages.
+async fn provision(
+    cfg: &RunConfig,
+    sup: &Supervisor,
+    run_dir: &Path,
+) -> Result<(Motos, FunctionSettings, Vec<Deployment>), DemoError> {
+    let expected = expected_messages(cfg.messages, cfg.bad_share, cfg.seed, ID_PREFIX).map_err(DemoError::Setup)?;
+    let motos = Motos::start(sup, run_dir, cfg.coordinated).await?;
+    let settings = function_settings(cfg, &motos).await?;
+    let sqs_sdk = motos.sqs.sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&motos.sfn.sdk_config().await);
+    let hands = deployment::deal(expected, cfg.deployments as usize);
+    let mut deployments = Vec::new();
+    for (name, hand) in deployment::names(cfg.deployments).iter().zip(hands) {
+        let visibility = VISIBILITY_TIMEOUT_SECONDS;
+        let d = Deployment::provision(name, hand, &sqs_sdk, &sfn, cfg.max_receive_count, visibility)
+            .await
+            .map_err(DemoError::Setup)?;
+        deployments.push(d);
+    }
+    announce(cfg, &deployments, &settings, run_dir);
+    let endpoints = motos.endpoints();
+    let ddb = motos
+        .dynamodb
+        .as_ref()
+        .map(|m| format!(", DynamoDB on {}", m.endpoint()))
+        .unwrap_or_default();
+    eprintln!(
+        "[1/4] moto_server: SQS on {}, Step Functions on {}{ddb}: per deployment a queue, DLQ (maxReceiveCount {}) \
+         and state machine",
+        endpoints.sqs, endpoints.sfn, cfg.max_receive_count
+    );
+    Ok((motos, settings, deployments))
+}
+
+/// Starts each deployment's function, local-esm and producer; returns when the producers
+/// started, in seconds since `site.t0`.
+async fn start_deployments(
+    cfg: &RunConfig,
+    site: &Site<'_>,
+    deployments: &mut [Deployment],
+    settings: &FunctionSettings,
+) -> Result<f64, DemoError> {
+    for d in deployments.iter_mut() {
+        d.start_function(site, settings).await.map_err(DemoError::Setup)?;
+    }
+    let ports: Vec<String> = deployments
+        .iter()
+        .map(|d| format!("{} on 127.0.0.1:{}", d.name, d.invoke_port))
+        .collect();
+    eprintln!(
+        "[2/4] cargo lambda watch per deployment (Runtime API of {}), {} starter instance(s) each: answering",
+        ports.join(", "),
+        cfg.max_concurrency
+    );
+    for d in deployments.iter_mut() {
+        d.spawn_esm(site, cfg.batch_size, cfg.max_concurrency, cfg.max_seconds)
+            .map_err(DemoError::Setup)?;
+    }
+    eprintln!(
+        "[3/4] local-esm per deployment: batch size {}, MaximumConcurrency {}",
+        cfg.batch_size, cfg.max_concurrency
+    );
+    // Fed through their stdin at the pace, each held back while its queue is deep.
+    let produce_t0 = site.t0.elapsed().as_secs_f64();
+    let produce_rate = cfg.produce_rate / f64::from(cfg.deployments);
+    for d in deployments.iter_mut() {
+        d.spawn_producer(site, produce_rate, cfg.max_queue_depth)
+            .map_err(DemoError::Setup)?;
+    }
+    eprintln!(
+        "[4/4] producers: {} messages at {:.0}/s in all (each held back while more than {} of its own are queued \
+         or in flight)",
+        cfg.messages, cfg.produce_rate, cfg.max_queue_depth
+    );
+    Ok(produce_t0)
+}
+
+/// The timings of the run, from what was watched and the producers' summaries.
+fn timing(cfg: &RunConfig, watched: &Watched, reports: &[DeploymentReport], total_seconds: f64) -> Timing {
+    let good: u64 = reports.iter().map(|r| r.accounting.good).sum();
+    Timing {
+        drain_seconds: watched.drain_seconds,
+        producer_seconds: reports
+            .iter()
+            .filter_map(|r| r.producer.as_ref()?.get("elapsed_seconds")?.as_f64())
+            .reduce(f64::max),
+        total_seconds,
+        drain_bound_seconds: rate::paced_drain_bound_seconds(good, Some(cfg.produce_rate), cfg.burst, cfg.rate),
+        max_queue_depth: watched.max_queue_depth,
+    }
+}
+
+/// Runs the demo. The caller stops every process still running afterwards (also on error).
+pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError> {
+    let total_t0 = Instant::now();
+    let bins = Binaries::next_to_current_exe().map_err(DemoError::Setup)?;
+    let run_dir = run_dir(&cfg.out_dir)?;
+    let (motos, settings, mut deployments) = provision(cfg, sup, &run_dir).await?;
+    let endpoints = motos.endpoints();
+    let site = Site {
+        sup,
+        bins: &bins,
+        endpoints: &endpoints,
+        run_dir: &run_dir,
+        t0: Instant::now(),
+    };
+    let produce_t0 = start_deployments(cfg, &site, &mut deployments, &settings).await?;
+
+    let mut must_run = motos.handles();
+    must_run.extend(deployments.iter().flat_map(Deployment::must_run).cloned());
+    let sqs = aws_sdk_sqs::Client::new(&motos.sqs.sdk_config().await);
+    let watched = watch_run(cfg, &site, &mut deployments, &sqs, &must_run, produce_t0).await;
+    stop_deployments(sup, &mut deployments).await;
+    let (reports, starts) = count_in_moto(&site, &deployments, &motos, watched.drain_seconds).await?;
+    sup.stop(&motos.handles(), STOP_GRACE).await;
+    sup.stop_all(STOP_GRACE).await;
+
+    let peak = rate::peak_window_rate(&starts, rate::WINDOW_SECONDS);
+    let budget = Budget::check(cfg.rate, cfg.burst, starts.len() as u64, watched.drain_seconds, peak);
+    let mut problems = run_problems(cfg, &watched, &budget);
+    let mut function = FunctionTotals::default();
+    for (d, r) in deployments.iter().zip(&reports) {
+        problems.extend(d.problems(&site, r));
+        function.merge(&r.function);
     }
     let report = Report {
         ok: problems.is_empty(),
-        accounted: accounting.is_complete(),
+        accounted: reports.iter().all(|r| r.accounting.is_complete()),
         problems,
-        parameters: Parameters {
-            messages: cfg.messages,
-            bad_share: cfg.bad_share,
-            seed: cfg.seed,
-            rate: cfg.rate,
-            burst: cfg.burst,
-            max_concurrency: n,
-            batch_size: cfg.batch_size,
-            produce_rate: cfg.produce_rate,
-            max_receive_count: cfg.max_receive_count,
-            max_seconds: cfg.max_seconds,
-        },
-        sent,
-        not_sent,
-        executions_in_moto,
-        accounting,
+        parameters: parameters(cfg, &settings),
+        timing: timing(cfg, &watched, &reports, total_t0.elapsed().as_secs_f64()),
+        deployments: reports,
         function,
-        timing,
-        drained,
-        producer: producer_summary,
-        esm: esm_summary,
+        budget,
+        drained: watched.drained,
         processes: sup.records(),
         log_dir: run_dir.clone(),
     };
-    if let Some(path) = &cfg.report_json {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| DemoError::Run(format!("cannot serialize the report: {e}")))?;
-        std::fs::write(path, json + "\n")
-            .map_err(|e| DemoError::Run(format!("cannot write {}: {e}", path.display())))?;
-    }
+    write_json(cfg.report_json.as_deref(), &report)?;
     Ok(report)
+}
+
+/// Writes the report as JSON to `path`, if given.
+fn write_json(path: Option<&Path>, report: &Report) -> Result<(), DemoError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| DemoError::Run(format!("cannot serialize the report: {e}")))?;
+    std::fs::write(path, json + "\n").map_err(|e| DemoError::Run(format!("cannot write {}: {e}", path.display())))
 }

@@ -87,6 +87,7 @@ pub async fn serve(cfg: &ServeConfig, sup: &Supervisor) -> Result<(), DemoError>
     eprintln!("sfn-pacer-demo: building and starting the function (the first build can take minutes)…");
     warm_up(
         cfg.invoke_port,
+        FUNCTION_NAME,
         Duration::from_secs(cfg.build_timeout),
         &[watch.clone(), server.handle.clone()],
     )

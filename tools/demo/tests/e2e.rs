@@ -1,7 +1,11 @@
 //! End to end: 300 messages through producer → SQS (moto) → local-esm → the `starter` function
 //! (N processes on the Runtime API of `cargo lambda watch`) → Step Functions (moto), driven by
-//! `sfn-pacer-demo run`. Every good message must have exactly one execution, every bad one
-//! must be in the DLQ, and no process the demo started may be left running.
+//! `sfn-pacer-demo run` with its defaults: two deployments, each with its own queue, state
+//! machine and function, sharing one budget through the coordination table (DynamoDB, moto).
+//! In each deployment every good message must have exactly one execution and every bad one
+//! must be in its DLQ; the functions must have used the table (LeaseCalls) without falling back
+//! to the static split; the sum of the deployments' rates must stay within the budget; and no
+//! process the demo started may be left running.
 //!
 //! Needs `make venv` (moto_server and cargo-lambda in .venv). Bounded: the build of the
 //! sibling binaries and the run each have a time limit.
@@ -159,33 +163,65 @@ fn three_hundred_messages_end_to_end() {
     assert_eq!(report["ok"], true, "{:#}", report["problems"]);
     assert_eq!(report["accounted"], true);
 
-    // Every good message has exactly one execution; every bad one is in the DLQ.
-    let a = &report["accounting"];
-    assert_eq!(a["good"], 297);
-    assert_eq!(a["bad"], 3);
-    assert_eq!(a["good_started_once"], 297, "{a:#}");
-    assert_eq!(
-        report["executions_in_moto"], 297,
-        "one execution per good message, no more"
+    // In each deployment, every good message has exactly one execution; every bad one is in its DLQ.
+    let deployments = report["deployments"].as_array().expect("deployments");
+    assert_eq!(deployments.len(), 2, "two deployments by default");
+    assert!(
+        report["parameters"]["coordination_table"].is_string(),
+        "coordinated by default"
     );
-    assert_eq!(a["bad_in_dlq"], 3, "{a:#}");
-    assert_eq!(
-        a["reasons"]["BodyNotJson"], 3,
-        "the function dead-letters them with their reason: {a:#}"
-    );
-    for list in [
-        "good_not_started",
-        "good_started_more_than_once",
-        "good_in_dlq",
-        "bad_not_in_dlq",
-        "bad_started",
-        "unexpected_executions",
-        "unexpected_dead_letters",
-    ] {
-        assert_eq!(a[list]["count"], 0, "{list}: {a:#}");
+    let total = |field: &str| -> u64 {
+        deployments
+            .iter()
+            .map(|d| d["accounting"][field].as_u64().expect(field))
+            .sum()
+    };
+    assert_eq!((total("good"), total("bad")), (297, 3));
+    for d in deployments {
+        let (name, a) = (&d["name"], &d["accounting"]);
+        let (good, bad) = (&a["good"], &a["bad"]);
+        assert_eq!(&a["good_started_once"], good, "deployment {name}: {a:#}");
+        assert_eq!(
+            &d["executions_in_moto"], good,
+            "deployment {name}: one execution per good message, no more"
+        );
+        assert_eq!(&a["bad_in_dlq"], bad, "deployment {name}: {a:#}");
+        if bad.as_u64() > Some(0) {
+            assert_eq!(
+                &a["reasons"]["BodyNotJson"], bad,
+                "deployment {name}: the function dead-letters them with their reason: {a:#}"
+            );
+        }
+        for list in [
+            "good_not_started",
+            "good_started_more_than_once",
+            "good_in_dlq",
+            "bad_not_in_dlq",
+            "bad_started",
+            "unexpected_executions",
+            "unexpected_dead_letters",
+        ] {
+            assert_eq!(a[list]["count"], 0, "deployment {name}: {list}: {a:#}");
+        }
+        assert_eq!(d["sent"].as_u64(), Some(150), "deployment {name}");
+        // Coordinated: the function used the table, and never the static split.
+        let f = &d["function"];
+        assert!(
+            f["LeaseCalls"].as_u64() > Some(0),
+            "deployment {name}: no table calls: {f:#}"
+        );
+        assert_eq!(f["Fallbacks"], 0, "deployment {name}: {f:#}");
     }
-    assert_eq!(report["sent"], 300);
     assert_eq!(report["drained"], true);
+
+    // Together they stayed within the one budget (50/s): the sum of the achieved rates, and
+    // the peak over 5 s checked by the demo itself.
+    let sum: f64 = deployments
+        .iter()
+        .map(|d| d["achieved_rate"].as_f64().expect("achieved_rate"))
+        .sum();
+    assert!(sum > 0.0 && sum <= 50.0 * 1.1, "sum of the achieved rates {sum}/s");
+    assert_eq!(report["budget"]["within"], true, "{:#}", report["budget"]);
 
     // No process the demo started is left: each ended, and no process remains in its group.
     let processes = report["processes"].as_array().expect("processes");
@@ -193,11 +229,17 @@ fn three_hundred_messages_end_to_end() {
     for expected in [
         "moto_server-sqs",
         "moto_server-sfn",
-        "cargo-lambda-watch",
-        "starter-1",
-        "starter-2",
-        "local-esm",
-        "producer",
+        "moto_server-ddb",
+        "cargo-lambda-watch-a",
+        "cargo-lambda-watch-b",
+        "starter-a-1",
+        "starter-a-2",
+        "starter-b-1",
+        "starter-b-2",
+        "local-esm-a",
+        "local-esm-b",
+        "producer-a",
+        "producer-b",
     ] {
         assert!(names.contains(expected), "{expected} not recorded: {names:?}");
     }

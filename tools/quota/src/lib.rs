@@ -19,7 +19,7 @@ pub const TOOL: &str = "sfn-pacer-quota";
 pub const MAX_KEY_CHARS: usize = 200;
 
 /// Writes `set` tries before it gives up (each retry follows a concurrent create or delete).
-const SET_ATTEMPTS: usize = 3;
+const SET_ATTEMPTS: usize = 10;
 
 /// Why the command failed, and so its exit code.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,7 +228,9 @@ impl SetOutcome {
 }
 
 /// Sets the budget's limits: reads it, fills the limit not given from it, and writes
-/// `SetLimits` (which bumps the version, so every instance's next lease uses the new limits);
+/// `SetLimits` (which keeps the bucket's level and bumps the version, so every instance's next
+/// lease uses the new limits; it is a compare-and-set on the budget's `tat`, so a lease in
+/// between makes it read and try again);
 /// creates it with `BudgetState::new(rate, burst)` when there is none. A create that loses to
 /// an instance creating it at the same moment becomes a `SetLimits`, and a `SetLimits` on an
 /// item deleted meanwhile becomes a create.
@@ -238,7 +240,7 @@ pub async fn set(store: &dyn Store, table: &str, key: &str, limits: Limits) -> R
         let (rate_per_second, burst) = limits.resolve(current.as_ref())?;
         let update = match current {
             None => Update::Create(BudgetState::new(rate_per_second, burst)),
-            Some(_) => Update::SetLimits { rate_per_second, burst },
+            Some(ref state) => state.plan_set_limits(rate_per_second, burst, epoch_now()),
         };
         let written = store
             .write(key, &update)
@@ -261,6 +263,14 @@ pub async fn set(store: &dyn Store, table: &str, key: &str, limits: Limits) -> R
         "the budget under {} in table {table} changed under every one of {SET_ATTEMPTS} writes; try again",
         budget_pk(key)
     )))
+}
+
+/// Now, seconds since the Unix epoch (the budget's clock).
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Slots the bucket holds at `now` (seconds since the epoch):
@@ -453,7 +463,8 @@ mod tests {
             burst: 800.0,
             factor: 0.5,
             version: 7,
-            tat: 1_800_000_000.25,
+            // In the past: a full bucket, which stays full (a booked-ahead one keeps its level).
+            tat: 1_700_000_000.25,
         };
         store.write(KEY, &Update::Create(existing.clone())).await.unwrap();
 
@@ -475,7 +486,7 @@ mod tests {
         assert_eq!(outcome.after.rate_per_second, 300.0);
         assert_eq!(outcome.after.burst, 1200.0);
         assert_eq!(outcome.after.version, 9);
-        // The factor and tat are the instances': set leaves them alone.
+        // The factor is the instances'; a full bucket's tat stays as it is.
         assert_eq!(outcome.after.factor, 0.5);
         assert_eq!(outcome.after.tat, existing.tat);
         let text = render_set_text(TABLE, KEY, &outcome, existing.tat);

@@ -6,7 +6,7 @@
 //! on stderr naming what failed).
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -104,12 +104,6 @@ fn quota_key(cli: &Cli, key_on_command_line: bool) -> Result<String, Failure> {
     Ok(key)
 }
 
-fn epoch_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 async fn run(cli: Cli, key_on_command_line: bool) -> Result<(), Failure> {
     let key = quota_key(&cli, key_on_command_line)?;
     let limits = match cli.command {
@@ -125,7 +119,7 @@ async fn run(cli: Cli, key_on_command_line: bool) -> Result<(), Failure> {
     let output = match limits {
         None => {
             let state = sfn_pacer_quota::show(&store, table, &key).await?;
-            let now = epoch_seconds();
+            let now = sfn_pacer_quota::epoch_now();
             if cli.json {
                 sfn_pacer_quota::render_json(table, &key, &state, now).to_string()
             } else {
@@ -134,7 +128,7 @@ async fn run(cli: Cli, key_on_command_line: bool) -> Result<(), Failure> {
         }
         Some(limits) => {
             let outcome = sfn_pacer_quota::set(&store, table, &key, limits).await?;
-            let now = epoch_seconds();
+            let now = sfn_pacer_quota::epoch_now();
             if cli.json {
                 sfn_pacer_quota::render_set_json(table, &key, &outcome, now).to_string()
             } else {

@@ -25,6 +25,8 @@ use crate::pace::{Pacer, Slot, Source};
 
 /// How long the static split is used after the table failed, before the table is tried again.
 pub const FALLBACK_RETRY: Duration = Duration::from_secs(1);
+/// Tries at lowering the shared rate after a throttle (each a compare-and-set on `tat`).
+const DECREASE_ATTEMPTS: usize = 4;
 /// The most a lessee adds to a wait for room in the budget, at random.
 const LEASE_JITTER: Duration = Duration::from_millis(10);
 
@@ -232,7 +234,9 @@ impl SharedPacer {
         g.slots.clear();
         g.last_tat = None;
         let latest = Instant::now() + self.call_timeout;
-        for _ in 0..2 {
+        // A compare-and-set on `tat`: a lease by someone else in between refuses it; try again
+        // with the item as it is, a few times.
+        for _ in 0..DECREASE_ATTEMPTS {
             let Some(state) = g.cached.clone() else { return };
             let Some(update) = state.plan_decrease(slot.epoch, self.clock.epoch(Instant::now())) else {
                 return;
@@ -244,21 +248,6 @@ impl SharedPacer {
                         "throttled: the shared rate is lowered for every instance"
                     );
                     g.cached = Some(after);
-                    return;
-                }
-                // The bucket is already empty enough: lower the factor alone.
-                Ok(Written::Refused(Some(current))) if current.version == slot.epoch => {
-                    let update = match update {
-                        Update::Decrease { version, factor, .. } => Update::Decrease {
-                            version,
-                            factor,
-                            empty_at: None,
-                        },
-                        other => other,
-                    };
-                    if let Ok(Written::Applied(after)) = self.write(&update, latest).await {
-                        g.cached = Some(after);
-                    }
                     return;
                 }
                 Ok(Written::Refused(current)) => g.cached = current,

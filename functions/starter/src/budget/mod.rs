@@ -23,6 +23,13 @@
 //! Each lessee reads `now` from its own clock; Lambda's clocks agree within milliseconds, and
 //! the burst reserve (100 ms of refill) absorbs that as it absorbs network jitter.
 //!
+//! ## Changing the rate keeps the bucket's level
+//! `tat − now` is a backlog in seconds *at the rate it was booked at*. When the rate or the
+//! burst changes (the operator's `set`, a throttle's decrease, the successes' increase), the
+//! bucket's level in slots, `L = B − r × max(0, tat − now)`, is kept: `tat' = now + (B' − min(L,
+//! B')) / r'` (a full bucket, `tat ≤ now`, stays full). Such a change is written as a
+//! compare-and-set on `tat` (and the version), since it depends on `tat`'s exact value.
+//!
 //! ## Adapting, shared (AIMD)
 //! A throttle seen by any instance halves `factor` (not below [`MIN_RATE_FRACTION`]) and
 //! empties the bucket (`tat ≥ now + τ`), once per `version`: the update is conditioned on the
@@ -106,28 +113,45 @@ pub enum Update {
         /// `tat` without the returned slots.
         new_tat: f64,
     },
-    /// Lowers the factor after a throttle: `SET factor, version + 1`, and `tat = empty_at`
-    /// (condition `tat < empty_at`) when given. Condition: `version = version`.
+    /// Lowers the factor after a throttle and empties the bucket: `SET factor, version + 1,
+    /// tat = new_tat`. Condition: `version = version AND tat = expected_tat`.
     Decrease {
         /// The version the throttled slot was leased under.
         version: u64,
         /// The new factor.
         factor: f64,
-        /// The empty-bucket `tat`, if `tat` is below it.
-        empty_at: Option<f64>,
+        /// `tat` as read.
+        expected_tat: f64,
+        /// The rescaled `tat`, at least the empty bucket's.
+        new_tat: f64,
     },
-    /// The operator's change: `SET rate, burst, version + 1`. Condition: the item exists.
+    /// The operator's change: `SET rate, burst, version + 1, tat = new_tat`. Condition:
+    /// `version = version AND tat = expected_tat`.
     SetLimits {
+        /// The version as read.
+        version: u64,
         /// Slots per second.
         rate_per_second: f64,
         /// Slots.
         burst: f64,
+        /// `tat` as read.
+        expected_tat: f64,
+        /// The rescaled `tat` (the bucket's level kept).
+        new_tat: f64,
     },
 }
 
-/// The two shapes of a lease.
+/// The shapes of a lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
+    /// `tat = expected`: `SET tat = tat_after` (a lease that also changes the rate: `tat`
+    /// is rescaled, see the module docs).
+    Exact {
+        /// `tat` as read.
+        expected: f64,
+        /// The rescaled `tat` plus the lease.
+        tat_after: f64,
+    },
     /// `tat < now`: `SET tat = tat_after`.
     FromNow {
         /// Now, seconds since the epoch.
@@ -227,6 +251,22 @@ impl BudgetState {
         let cap = (r * LEASE_SECONDS).floor().max(1.0);
         let n = (want.max(1) as f64).min(cap);
         let delta = tick_up(n / r);
+        if factor.is_some() {
+            let rescaled = self.rescaled_tat(&next, now).max(now);
+            let shape = Shape::Exact {
+                expected: self.tat,
+                tat_after: tick(rescaled + delta),
+            };
+            let update = Update::Lease {
+                version: self.version,
+                shape,
+                factor,
+            };
+            return LeasePlan::Lease {
+                update,
+                slots: n as u64,
+            };
+        }
         let now = tick(now);
         let shape = if self.tat < now {
             Shape::FromNow {
@@ -280,8 +320,39 @@ impl BudgetState {
         Some(Update::Decrease {
             version,
             factor,
-            empty_at: Some(tick(now + after.tau())),
+            expected_tat: self.tat,
+            new_tat: tick(self.rescaled_tat(&after, now).max(now + after.tau())),
         })
+    }
+
+    /// The operator's change to `rate_per_second` and `burst`, at `now`, keeping the level.
+    pub fn plan_set_limits(&self, rate_per_second: f64, burst: f64, now: f64) -> Update {
+        let after = BudgetState {
+            rate_per_second,
+            burst,
+            ..self.clone()
+        };
+        Update::SetLimits {
+            version: self.version,
+            rate_per_second,
+            burst,
+            expected_tat: self.tat,
+            new_tat: self.rescaled_tat(&after, now),
+        }
+    }
+
+    /// The level in slots at `now`: `B − r × max(0, tat − now)`; negative when booked beyond empty.
+    pub fn level(&self, now: f64) -> f64 {
+        self.effective_burst() - self.effective_rate() * (self.tat - now).max(0.0)
+    }
+
+    /// The `tat` that gives `next` (other rate, burst or factor) this bucket's level at `now`.
+    fn rescaled_tat(&self, next: &BudgetState, now: f64) -> f64 {
+        if self.tat <= now {
+            return self.tat;
+        }
+        let level = self.level(now).min(next.effective_burst());
+        tick(now + (next.effective_burst() - level) / next.effective_rate())
     }
 
     /// Returns the last `n` slots of a lease whose `tat'` was `expected_tat`.
@@ -312,6 +383,7 @@ impl BudgetState {
                     return refused();
                 }
                 match shape {
+                    Shape::Exact { expected, tat_after } if s.tat == *expected => next.tat = *tat_after,
                     Shape::FromNow { now, tat_after } if s.tat < *now => next.tat = *tat_after,
                     // A Number attribute adds exactly; 4 decimals plus 4 decimals stay on the tick.
                     Shape::Extend { now, limit, delta } if s.tat >= *now && s.tat <= *limit => {
@@ -337,21 +409,30 @@ impl BudgetState {
             Update::Decrease {
                 version,
                 factor,
-                empty_at,
+                expected_tat,
+                new_tat,
             } => {
-                if *version != s.version || empty_at.is_some_and(|e| s.tat >= e) {
+                if *version != s.version || s.tat != *expected_tat {
                     return refused();
                 }
                 next.factor = *factor;
                 next.version += 1;
-                if let Some(e) = empty_at {
-                    next.tat = *e;
-                }
+                next.tat = *new_tat;
             }
-            Update::SetLimits { rate_per_second, burst } => {
+            Update::SetLimits {
+                version,
+                rate_per_second,
+                burst,
+                expected_tat,
+                new_tat,
+            } => {
+                if *version != s.version || s.tat != *expected_tat {
+                    return refused();
+                }
                 next.rate_per_second = *rate_per_second;
                 next.burst = *burst;
                 next.version += 1;
+                next.tat = *new_tat;
             }
         }
         Written::Applied(next)

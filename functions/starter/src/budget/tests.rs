@@ -302,3 +302,61 @@ async fn busy_lessees_make_about_one_table_call_per_lease() {
         assert_eq!(pacers.iter().map(|p| p.take_counts().dropped).sum::<u64>(), 0);
     }
 }
+
+#[test]
+fn changing_the_rate_keeps_the_level_of_the_bucket() {
+    let now = 100.0;
+    // Drained: the bucket is empty (level 0) at 300/s.
+    let mut state = full(300.0, 1300.0);
+    state.tat = now + state.tau();
+    assert!(state.level(now).abs() < 1e-6);
+    let Written::Applied(halved) = BudgetState::apply(Some(&state), &state.plan_set_limits(150.0, 1300.0, now)) else {
+        panic!("applied")
+    };
+    // Still empty at the new rate: no phantom burst of slots booked at the old one.
+    assert!(halved.level(now).abs() < 0.01, "{}", halved.level(now));
+    assert_eq!(halved.version, state.version + 1);
+    // Booked 200 slots beyond empty: still 200 beyond empty after the change.
+    state.tat = now + state.tau() + 200.0 / 300.0;
+    let Written::Applied(after) = BudgetState::apply(Some(&state), &state.plan_set_limits(150.0, 1300.0, now)) else {
+        panic!("applied")
+    };
+    assert!((after.level(now) + 200.0).abs() < 0.01, "{}", after.level(now));
+    // A full bucket stays full.
+    let idle = BudgetState {
+        tat: 10.0,
+        ..full(300.0, 1300.0)
+    };
+    let Written::Applied(after) = BudgetState::apply(Some(&idle), &idle.plan_set_limits(100.0, 500.0, now)) else {
+        panic!("applied")
+    };
+    assert_eq!(after.tat, 10.0);
+    // A lease in between (tat moved): the change is refused, to be planned again.
+    let moved = BudgetState {
+        tat: state.tat + 0.1,
+        ..state.clone()
+    };
+    assert!(matches!(
+        BudgetState::apply(Some(&moved), &state.plan_set_limits(150.0, 1300.0, now)),
+        Written::Refused(Some(_))
+    ));
+}
+
+#[test]
+fn a_throttle_empties_the_bucket_at_the_lowered_rate_and_keeps_what_is_booked() {
+    let now = 50.0;
+    let mut state = full(100.0, 100.0);
+    state.tat = now + state.tau() + 1.0; // 100 slots booked beyond empty
+    let update = state.plan_decrease(state.version, now).unwrap();
+    let Written::Applied(after) = BudgetState::apply(Some(&state), &update) else {
+        panic!("applied")
+    };
+    assert_eq!(after.factor, DECREASE_FACTOR);
+    assert!((after.level(now) + 100.0).abs() < 0.01, "{}", after.level(now));
+    // An idle bucket is emptied: the account's bucket is empty when AWS throttles.
+    let idle = full(100.0, 100.0);
+    let Written::Applied(after) = BudgetState::apply(Some(&idle), &idle.plan_decrease(1, now).unwrap()) else {
+        panic!("applied")
+    };
+    assert!(after.level(now).abs() < 0.01, "{}", after.level(now));
+}
