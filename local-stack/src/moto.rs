@@ -297,6 +297,8 @@ impl Endpoints {
 pub fn aws_env(command: &mut Command, endpoints: &Endpoints) {
     for var in [
         "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_ENDPOINT_URL_S3",
         "AWS_PROFILE",
         "AWS_DEFAULT_PROFILE",
         "AWS_SESSION_TOKEN",
@@ -443,11 +445,19 @@ pub struct Execution {
     pub input: String,
 }
 
-/// Every execution of a state machine: (name, ARN), by ListExecutions.
-pub async fn list_executions(
-    sfn: &aws_sdk_sfn::Client,
-    state_machine_arn: &str,
-) -> Result<Vec<(String, String)>, String> {
+/// An execution as ListExecutions lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listed {
+    /// Its name.
+    pub name: String,
+    /// Its ARN.
+    pub arn: String,
+    /// When Step Functions started it, seconds since the Unix epoch.
+    pub started_at: f64,
+}
+
+/// Every execution of a state machine, by ListExecutions.
+pub async fn list_executions(sfn: &aws_sdk_sfn::Client, state_machine_arn: &str) -> Result<Vec<Listed>, String> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     // Bounded: 10,000 pages of 1,000 is more than any local run starts.
@@ -456,9 +466,13 @@ pub async fn list_executions(
             .list_executions()
             .state_machine_arn(state_machine_arn)
             .max_results(1000)
-            .set_next_token(token.clone());
+            .set_next_token(token.take());
         let page = bounded("ListExecutions", request.send()).await?;
-        out.extend(page.executions.into_iter().map(|e| (e.name, e.execution_arn)));
+        out.extend(page.executions.into_iter().map(|e| Listed {
+            started_at: e.start_date.as_secs_f64(),
+            name: e.name,
+            arn: e.execution_arn,
+        }));
         token = page.next_token.filter(|t| !t.is_empty());
         if token.is_none() {
             return Ok(out);
@@ -468,15 +482,13 @@ pub async fn list_executions(
 }
 
 /// The inputs of executions listed by [`list_executions`] (DescribeExecution, several in flight).
-pub async fn describe_executions(
-    sfn: &aws_sdk_sfn::Client,
-    executions: &[(String, String)],
-) -> Result<Vec<Execution>, String> {
+pub async fn describe_executions(sfn: &aws_sdk_sfn::Client, executions: &[Listed]) -> Result<Vec<Execution>, String> {
     let results: Vec<Result<Execution, String>> = futures::stream::iter(executions.iter())
-        .map(|(name, arn)| async move {
-            let described = bounded("DescribeExecution", sfn.describe_execution().execution_arn(arn).send()).await?;
+        .map(|listed| async move {
+            let request = sfn.describe_execution().execution_arn(&listed.arn);
+            let described = bounded("DescribeExecution", request.send()).await?;
             Ok(Execution {
-                name: name.clone(),
+                name: listed.name.clone(),
                 input: described.input.unwrap_or_default(),
             })
         })

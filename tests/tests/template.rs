@@ -319,7 +319,9 @@ fn check_visibility(t: &Template) -> Result<(), String> {
     let holds = |t: &Template| -> Result<(f64, f64, f64), String> {
         let visibility = t.number(&t.work_queue()?["Properties"]["VisibilityTimeout"])?;
         let timeout = t.number(&t.function()?["Properties"]["Timeout"])?;
-        let window = match t.sqs_event()?.get("MaximumBatchingWindowInSeconds") {
+        // The window may depend on a condition (none with FIFO queues).
+        let event = t.evaluate(t.sqs_event()?)?.unwrap_or_default();
+        let window = match event.get("MaximumBatchingWindowInSeconds") {
             Some(w) => t.number(w)?,
             None => 0.0,
         };
@@ -334,10 +336,12 @@ fn check_visibility(t: &Template) -> Result<(), String> {
     holds(t)?;
     // The other parameter values the bound must hold for.
     let timeout_param = parameter_ref(t, &t.function()?["Properties"]["Timeout"]);
-    let window_param = t
-        .sqs_event()?
+    let event = t.evaluate(t.sqs_event()?)?.unwrap_or_default();
+    let window_param = event
         .get("MaximumBatchingWindowInSeconds")
-        .and_then(|w| parameter_ref(t, w));
+        .and_then(|w| parameter_ref(t, w))
+        .map(str::to_string);
+    let window_param = window_param.as_deref();
     // `None`: that value is not a parameter, so it stays as the template has it.
     let values = |p: Option<&str>| -> Vec<Option<Value>> {
         p.map(|p| t.candidates(p).into_iter().map(Some).collect())
@@ -472,6 +476,24 @@ fn function_policies(t: &Template) -> Result<(Vec<Value>, Vec<Value>), String> {
     Ok((statements, managed))
 }
 
+/// The claim-check objects' key prefix: the only place a Resource of the function's role may end
+/// in a wildcard, since the keys are content hashes (`sfn-pacer/inputs/<sha256>.json`).
+const CLAIM_CHECK_OBJECTS: &str = "/sfn-pacer/*";
+
+/// Whether `resource` is the claim-check objects of one bucket (`<bucket ARN>/sfn-pacer/*`, no
+/// other wildcard), in a statement of S3 object actions without wildcards.
+fn is_claim_check_objects(statement: &Value, resource: &str) -> bool {
+    let mut actions = Vec::new();
+    strings(&statement["Action"], &mut actions);
+    let bucket = resource.strip_suffix(CLAIM_CHECK_OBJECTS).unwrap_or("");
+    !bucket.is_empty()
+        && !bucket.contains('*')
+        && ((bucket.starts_with("arn:") && bucket.contains(":s3:::"))
+            || (bucket.starts_with("${") && bucket.ends_with(".Arn}")))
+        && !actions.is_empty()
+        && actions.iter().all(|a| a.starts_with("s3:") && !a.contains('*'))
+}
+
 fn check_least_privilege(t: &Template) -> Result<(), String> {
     let (statements, managed) = function_policies(t)?;
     if statements.is_empty() {
@@ -489,7 +511,9 @@ fn check_least_privilege(t: &Template) -> Result<(), String> {
                 .ok_or_else(|| format!("statement {statement} has no {key}"))?;
             let mut found = Vec::new();
             strings(value, &mut found);
-            if let Some(wild) = found.iter().find(|s| s.contains('*')) {
+            let wildcard =
+                |s: &&String| s.contains('*') && !(key == "Resource" && is_claim_check_objects(statement, s));
+            if let Some(wild) = found.iter().find(wildcard) {
                 return Err(format!("statement {} has a wildcard {key} {wild:?}", statement["Sid"]));
             }
         }
@@ -578,6 +602,29 @@ fn check_queues(t: &Template) -> Result<(), String> {
     Ok(())
 }
 
+/// The metrics an alarm reads: its own (`Namespace`, `MetricName`, `Dimensions`), or those of its
+/// metric math (`Metrics[].MetricStat.Metric`, each with its `Id`).
+fn alarm_metrics(alarm: &Value) -> Vec<Value> {
+    let props = &alarm["Properties"];
+    if props.get("MetricName").is_some() {
+        return vec![serde_json::json!({
+            "Namespace": props["Namespace"],
+            "MetricName": props["MetricName"],
+            "Dimensions": props["Dimensions"],
+        })];
+    }
+    props["Metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let mut metric = m.get("MetricStat")?.get("Metric")?.clone();
+            metric["Id"] = m["Id"].clone();
+            Some(metric)
+        })
+        .collect()
+}
+
 fn check_alarms(t: &Template) -> Result<(), String> {
     let mut metrics = Vec::new();
     for (name, alarm) in t.resources_of_type("AWS::CloudWatch::Alarm") {
@@ -586,12 +633,7 @@ fn check_alarms(t: &Template) -> Result<(), String> {
         if description.concat().trim().len() < 40 {
             return Err(format!("alarm {name} does not say what to do"));
         }
-        metrics.push(
-            alarm["Properties"]["MetricName"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        metrics.extend(alarm_metrics(alarm).into_iter().map(|m| text(&m["MetricName"])));
     }
     for wanted in [
         "ApproximateNumberOfMessagesVisible",
@@ -870,6 +912,478 @@ fn check_dashboard_metrics(t: &Template, wanted: &[&str]) -> Result<(), String> 
     Ok(())
 }
 
+// ------------------------------------------------------------------ FIFO, alarms, claim-check
+
+/// The physical name a queue gets: its `QueueName` (a `Fn::Sub` with the parameters substituted),
+/// or `None` when CloudFormation generates one.
+fn queue_name(t: &Template, queue: &Value) -> Result<Option<String>, String> {
+    let props = t.evaluate(&queue["Properties"])?.unwrap_or_default();
+    match props.get("QueueName") {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(t.substitute(s))),
+        Some(v) => match v.get("Fn::Sub").and_then(Value::as_str) {
+            Some(sub) => Ok(Some(t.substitute(sub))),
+            None => Ok(Some(text(&t.resolve(v)?))),
+        },
+    }
+}
+
+/// Evaluates a rule assertion: `Fn::Contains` (a list of literals, a value) and the condition
+/// functions.
+fn asserts(t: &Template, expression: &Value) -> Result<bool, String> {
+    if let Some(args) = expression.get("Fn::Contains") {
+        let [list, value] = args.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err("Fn::Contains takes two arguments".into());
+        };
+        let value = text(&t.resolve(value)?);
+        let list = list.as_array().ok_or("Fn::Contains takes a list first")?;
+        return Ok(list.iter().any(|v| text(v) == value));
+    }
+    t.holds(expression)
+}
+
+/// Whether the template's `Rules` accept its parameters; `Err` names the failing assertion.
+fn check_rules(t: &Template) -> Result<(), String> {
+    for (name, rule) in t.doc["Rules"].as_object().into_iter().flatten() {
+        if let Some(condition) = rule.get("RuleCondition") {
+            if !asserts(t, condition)? {
+                continue;
+            }
+        }
+        for assertion in rule["Assertions"].as_array().into_iter().flatten() {
+            if !asserts(t, &assertion["Assert"])? {
+                return Err(format!(
+                    "rule {name} rejects the parameters: {}",
+                    assertion["AssertDescription"]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `QueueType` as asked: FIFO makes both queues FIFO with `.fifo` names (content-based
+/// deduplication on the work queue), the DLQ's RedriveAllowPolicy names the work queue, the
+/// mapping has no batching window, and a BatchSize above 10 is rejected; Standard makes neither
+/// queue FIFO.
+fn check_queue_type(t: &Template) -> Result<(), String> {
+    let fifo = text(t.params.get("QueueType").ok_or("no QueueType parameter")?) == "FIFO";
+    let work = t.work_queue()?;
+    let dlq_ref = &work["Properties"]["RedrivePolicy"]["deadLetterTargetArn"];
+    let dlq_id = logical_id(dlq_ref).ok_or("the work queue's DLQ is not in this template")?;
+    let dlq = &t.resources()[dlq_id];
+    for (role, queue) in [("work queue", work), ("DLQ", dlq)] {
+        let props = t.evaluate(&queue["Properties"])?.unwrap_or_default();
+        let name = queue_name(t, queue)?;
+        let is_fifo = props.get("FifoQueue").is_some_and(|f| text(f) == "true");
+        if is_fifo != fifo {
+            return Err(format!(
+                "with QueueType {}, the {role} has FifoQueue {is_fifo}",
+                t.params["QueueType"]
+            ));
+        }
+        match (&name, fifo) {
+            (Some(n), true) if n.ends_with(".fifo") => {}
+            (n, true) => return Err(format!("the FIFO {role}'s name {n:?} does not end in .fifo")),
+            (Some(n), false) if n.ends_with(".fifo") => return Err(format!("the Standard {role} is named {n}")),
+            (_, false) => {}
+        }
+    }
+    let work_props = t.evaluate(&work["Properties"])?.unwrap_or_default();
+    let deduplication = work_props.get("ContentBasedDeduplication").map(text);
+    if fifo && deduplication.as_deref() != Some("true") {
+        return Err("the FIFO work queue has no content-based deduplication".into());
+    }
+    if !fifo && deduplication.is_some() {
+        return Err("the Standard work queue sets ContentBasedDeduplication".into());
+    }
+    // The DLQ lets exactly the work queue redrive into it.
+    let work_name = queue_name(t, work)?.ok_or("the work queue has no name for the DLQ to name")?;
+    let dlq_props = t.evaluate(&dlq["Properties"])?.unwrap_or_default();
+    let sources: Vec<String> = dlq_props["RedriveAllowPolicy"]["sourceQueueArns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| t.substitute(a.get("Fn::Sub").and_then(Value::as_str).unwrap_or(&text(a))))
+        .collect();
+    let [source] = sources.as_slice() else {
+        return Err(format!("the DLQ's RedriveAllowPolicy names {sources:?}, not one queue"));
+    };
+    if !source.ends_with(&format!(":{work_name}")) || !source.starts_with("arn:") {
+        return Err(format!(
+            "the DLQ allows redrive from {source}, not from the work queue {work_name}"
+        ));
+    }
+    // The mapping: no batching window with FIFO, and at most 10 messages per batch.
+    let event = t.evaluate(t.sqs_event()?)?.unwrap_or_default();
+    if fifo && event.get("MaximumBatchingWindowInSeconds").is_some() {
+        return Err("the FIFO mapping sets MaximumBatchingWindowInSeconds".into());
+    }
+    if !fifo && event.get("MaximumBatchingWindowInSeconds").is_none() {
+        return Err("the Standard mapping lost MaximumBatchingWindowInSeconds".into());
+    }
+    let batch = &event["BatchSize"];
+    let mut sizes: Vec<Value> = match parameter_ref(t, batch) {
+        Some(p) => t.candidates(p),
+        None => vec![batch.clone()],
+    };
+    sizes.extend([Value::from(10), Value::from(11)]);
+    for size in sizes {
+        let mut varied = Template {
+            doc: t.doc.clone(),
+            params: t.params.clone(),
+        };
+        if let Some(p) = parameter_ref(t, batch) {
+            varied.params.insert(p.to_string(), size.clone());
+        }
+        let n = varied.number(batch)?;
+        match (check_rules(&varied), fifo && n > 10.0) {
+            (Ok(()), true) => return Err(format!("BatchSize {n} with a FIFO queue passes the Rules")),
+            (Err(e), false) => return Err(format!("BatchSize {n}: {e}")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The alarm on the DLQ fires on new arrivals: metric math with DIFF or RATE over the DLQ's
+/// ApproximateNumberOfMessagesVisible (Maximum, 60 s), above 0, not on the depth itself.
+fn check_dlq_alarm(t: &Template) -> Result<(), String> {
+    let dlq_ref = &t.work_queue()?["Properties"]["RedrivePolicy"]["deadLetterTargetArn"];
+    let dlq = logical_id(dlq_ref).ok_or("the work queue's DLQ is not in this template")?;
+    let dlq_name = serde_json::json!({"Fn::GetAtt": [dlq, "QueueName"]});
+    let on_dlq = |metric: &Value| {
+        metric["Namespace"] == "AWS/SQS"
+            && metric["Dimensions"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["Name"] == "QueueName" && d["Value"] == dlq_name))
+    };
+    let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
+    let mut found = Vec::new();
+    for (name, alarm) in &alarms {
+        let metrics = alarm_metrics(alarm);
+        if !metrics.iter().any(on_dlq) {
+            continue;
+        }
+        let props = &alarm["Properties"];
+        if props.get("MetricName").is_some() {
+            return Err(format!("alarm {name} alarms on the DLQ's depth, not on arrivals"));
+        }
+        let visible = metrics
+            .iter()
+            .find(|m| on_dlq(m) && m["MetricName"] == "ApproximateNumberOfMessagesVisible")
+            .ok_or_else(|| format!("alarm {name} does not read the DLQ's ApproximateNumberOfMessagesVisible"))?;
+        let stat = props["Metrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["Id"] == visible["Id"])
+            .map(|m| &m["MetricStat"])
+            .ok_or("no MetricStat")?;
+        if stat["Stat"] != "Maximum" || t.number(&stat["Period"])? != 60.0 {
+            return Err(format!(
+                "alarm {name} reads the DLQ's depth as {} over {}",
+                stat["Stat"], stat["Period"]
+            ));
+        }
+        let returned: Vec<&Value> = props["Metrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m.get("ReturnData").is_none_or(|r| r == true))
+            .collect();
+        let [result] = returned.as_slice() else {
+            return Err(format!(
+                "alarm {name} returns {} series, not one expression",
+                returned.len()
+            ));
+        };
+        let expression = result["Expression"].as_str().unwrap_or_default();
+        let id = visible["Id"].as_str().unwrap_or_default();
+        let grows = ["DIFF(", "RATE("].iter().any(|f| expression.contains(f));
+        if !grows || id.is_empty() || !expression.contains(id) {
+            return Err(format!(
+                "alarm {name} expression {expression:?} is not DIFF/RATE of {id}"
+            ));
+        }
+        let threshold = t.number(&props["Threshold"])?;
+        if props["ComparisonOperator"] != "GreaterThanThreshold" || threshold != 0.0 {
+            return Err(format!("alarm {name} does not fire on any arrival (> 0)"));
+        }
+        let mut description = Vec::new();
+        strings(&props["AlarmDescription"], &mut description);
+        if !description.concat().contains("start-message-move-task") {
+            return Err(format!("alarm {name} does not say how to redrive"));
+        }
+        check_notifies(t, name, props)?;
+        found.push(name.clone());
+    }
+    match found.len() {
+        1 => Ok(()),
+        n => Err(format!("expected one alarm on DLQ arrivals, found {n}")),
+    }
+}
+
+/// With an AlarmTopicArn, the alarm notifies it on ALARM and OK.
+fn check_notifies(t: &Template, name: &str, props: &Value) -> Result<(), String> {
+    if !text(t.params.get("AlarmTopicArn").unwrap_or(&Value::Null)).is_empty() {
+        let topic = serde_json::json!([{"Ref": "AlarmTopicArn"}]);
+        if props["AlarmActions"] != topic || props["OKActions"] != topic {
+            return Err(format!("alarm {name} does not notify AlarmTopicArn"));
+        }
+    }
+    Ok(())
+}
+
+/// An alarm on the account's throttled StartExecution calls (AWS/States ThrottledEvents,
+/// APIName=StartExecution, all callers) that says what to do, next to the function's own.
+fn check_account_throttle_alarm(t: &Template) -> Result<(), String> {
+    let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
+    let account: Vec<_> = alarms
+        .iter()
+        .filter(|(_, a)| {
+            let p = &a["Properties"];
+            p["Namespace"] == "AWS/States" && p["MetricName"] == "ThrottledEvents"
+        })
+        .collect();
+    let [(name, alarm)] = account.as_slice() else {
+        return Err(format!(
+            "expected one alarm on AWS/States ThrottledEvents, found {}",
+            account.len()
+        ));
+    };
+    let props = &alarm["Properties"];
+    let dimensions = serde_json::json!([{"Name": "APIName", "Value": "StartExecution"}]);
+    if props["Dimensions"] != dimensions {
+        return Err(format!(
+            "alarm {name} dimensions {} are not APIName=StartExecution",
+            props["Dimensions"]
+        ));
+    }
+    let threshold = t.number(&props["Threshold"])?;
+    if props["Statistic"] != "Sum" || props["ComparisonOperator"] != "GreaterThanThreshold" || threshold != 0.0 {
+        return Err(format!("alarm {name} does not fire on throttled calls (Sum > 0)"));
+    }
+    let mut description = Vec::new();
+    strings(&props["AlarmDescription"], &mut description);
+    let description = description.concat();
+    for needed in ["StartsPerSecond", "sfn-pacer-quota set", "other caller"] {
+        if !description.contains(needed) {
+            return Err(format!("alarm {name} does not mention {needed:?}"));
+        }
+    }
+    check_notifies(t, name, props)?;
+    let own = alarms.iter().any(|(_, a)| {
+        a["Properties"]["MetricName"] == "Throttled"
+            && a["Properties"]["Namespace"] == serde_json::json!({"Ref": "MetricsNamespace"})
+    });
+    if !own {
+        return Err("the alarm on the function's own Throttled metric is gone".into());
+    }
+    Ok(())
+}
+
+/// The created claim-check bucket: encrypted, public access blocked, objects under sfn-pacer/
+/// expiring after ClaimCheckRetentionDays, and a bucket policy that denies requests without TLS.
+fn check_bucket(t: &Template, name: &str, bucket: &Value) -> Result<(), String> {
+    let props = &bucket["Properties"];
+    let sse = &props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"];
+    if !["AES256", "aws:kms", "aws:kms:dsse"].contains(&text(&sse["SSEAlgorithm"]).as_str()) {
+        return Err(format!("bucket {name} has no default encryption"));
+    }
+    let block = &props["PublicAccessBlockConfiguration"];
+    for key in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        if text(&block[key]) != "true" {
+            return Err(format!("bucket {name} does not set {key}"));
+        }
+    }
+    let retention = serde_json::json!({"Ref": "ClaimCheckRetentionDays"});
+    let expires = props["LifecycleConfiguration"]["Rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| {
+            let prefix = r.get("Prefix").unwrap_or(&r["Filter"]["Prefix"]);
+            r["Status"] == "Enabled" && prefix == "sfn-pacer/" && r["ExpirationInDays"] == retention
+        });
+    if !expires {
+        return Err(format!(
+            "bucket {name} has no rule expiring sfn-pacer/ after ClaimCheckRetentionDays"
+        ));
+    }
+    let days = &t.doc["Parameters"]["ClaimCheckRetentionDays"];
+    if days["MinValue"].as_f64().is_none_or(|m| m < 1.0) {
+        return Err("ClaimCheckRetentionDays allows less than a day".into());
+    }
+    let policies = t.deployed_of_type("AWS::S3::BucketPolicy")?;
+    let tls = policies.iter().any(|(_, p)| {
+        let p = &p["Properties"];
+        p["Bucket"] == serde_json::json!({"Ref": name})
+            && p["PolicyDocument"]["Statement"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s["Effect"] == "Deny"
+                        && s["Principal"] == "*"
+                        && text(&s["Condition"]["Bool"]["aws:SecureTransport"]) == "false"
+                })
+    });
+    if !tls {
+        return Err(format!("bucket {name} has no policy denying requests without TLS"));
+    }
+    Ok(())
+}
+
+/// The S3 statements of a list of policy statements.
+fn s3_statements(statements: &[Value]) -> Vec<&Value> {
+    statements
+        .iter()
+        .filter(|s| {
+            let mut actions = Vec::new();
+            strings(&s["Action"], &mut actions);
+            actions.iter().any(|a| a.to_lowercase().starts_with("s3:"))
+        })
+        .collect()
+}
+
+/// The single S3 statement allows exactly `action` on exactly `arn` (after substitution).
+fn check_s3_statement(t: &Template, who: &str, statements: &[&Value], action: &str, arn: &str) -> Result<(), String> {
+    let [statement] = statements else {
+        return Err(format!("{who}: expected one S3 statement, found {}", statements.len()));
+    };
+    let mut actions = Vec::new();
+    strings(&statement["Action"], &mut actions);
+    if statement["Effect"] != "Allow" || actions != [action] {
+        return Err(format!("{who}: the S3 statement allows {actions:?}, not just {action}"));
+    }
+    let resources: Vec<String> = match &statement["Resource"] {
+        Value::Array(items) => items.clone(),
+        one => vec![one.clone()],
+    }
+    .iter()
+    .map(|r| t.substitute(r.get("Fn::Sub").and_then(Value::as_str).unwrap_or(&text(r))))
+    .collect();
+    if resources != [arn] {
+        return Err(format!(
+            "{who}: the S3 statement's Resource {resources:?} is not just {arn}"
+        ));
+    }
+    Ok(())
+}
+
+/// Claim-check as the `ClaimCheckBucket` parameter asks: "Create" creates one bucket and wires
+/// it, "None" creates and wires nothing, another value wires that existing bucket. The function
+/// may only s3:PutObject under sfn-pacer/, the sample state machine only s3:GetObject under
+/// sfn-pacer/inputs/.
+fn check_claim_check(t: &Template) -> Result<(), String> {
+    let mode = text(
+        t.params
+            .get("ClaimCheckBucket")
+            .ok_or("no ClaimCheckBucket parameter")?,
+    );
+    let buckets = t.deployed_of_type("AWS::S3::Bucket")?;
+    let props = t.evaluate(&t.function()?["Properties"])?.unwrap_or_default();
+    let variable = props["Environment"]["Variables"].get("CLAIM_CHECK_BUCKET");
+    let (statements, _) = function_policies(t)?;
+    let s3 = s3_statements(&statements);
+    let machine = t
+        .deployed_of_type("AWS::Serverless::StateMachine")?
+        .into_iter()
+        .next()
+        .map(|(_, m)| m);
+    let mut machine_statements = Vec::new();
+    for policy in machine
+        .iter()
+        .flat_map(|m| m["Properties"]["Policies"].as_array().cloned().unwrap_or_default())
+    {
+        machine_statements.extend(policy["Statement"].as_array().cloned().unwrap_or_default());
+    }
+    let machine_s3 = s3_statements(&machine_statements);
+    let output = t.doc["Outputs"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(_, o)| o["Value"].to_string().contains("ClaimCheck"));
+    let (bucket, arn) = match mode.as_str() {
+        "None" => {
+            if let Some((name, _)) = buckets.first() {
+                return Err(format!("ClaimCheckBucket=None still creates bucket {name}"));
+            }
+            if let Some(v) = variable {
+                return Err(format!("ClaimCheckBucket=None still sets CLAIM_CHECK_BUCKET {v}"));
+            }
+            if let Some(statement) = s3.first().or(machine_s3.first()) {
+                return Err(format!("ClaimCheckBucket=None still allows S3: {statement}"));
+            }
+            if let Some((name, o)) = output {
+                let shown = match o.get("Condition").and_then(Value::as_str) {
+                    Some(c) => t.condition(c)?,
+                    None => true,
+                };
+                if shown {
+                    return Err(format!("ClaimCheckBucket=None still outputs {name}"));
+                }
+            }
+            return Ok(());
+        }
+        "Create" => {
+            let [(name, bucket)] = buckets.as_slice() else {
+                return Err(format!(
+                    "ClaimCheckBucket=Create creates {} buckets, not one",
+                    buckets.len()
+                ));
+            };
+            check_bucket(t, name, bucket)?;
+            (serde_json::json!({"Ref": name}), format!("${{{name}.Arn}}"))
+        }
+        existing => {
+            if let Some((name, _)) = buckets.first() {
+                return Err(format!("ClaimCheckBucket={existing} also creates bucket {name}"));
+            }
+            (
+                Value::from(existing),
+                format!("arn:${{AWS::Partition}}:s3:::{existing}"),
+            )
+        }
+    };
+    let variable = variable.ok_or_else(|| format!("ClaimCheckBucket={mode} does not set CLAIM_CHECK_BUCKET"))?;
+    let told = if parameter_ref(t, variable).is_some() {
+        t.resolve(variable)?
+    } else {
+        variable.clone()
+    };
+    if told != bucket {
+        return Err(format!("CLAIM_CHECK_BUCKET is {told}, expected {bucket}"));
+    }
+    check_s3_statement(
+        t,
+        "the function's role",
+        &s3,
+        "s3:PutObject",
+        &format!("{arn}/sfn-pacer/*"),
+    )?;
+    if machine.is_some() {
+        let inputs = format!("{arn}/sfn-pacer/inputs/*");
+        check_s3_statement(
+            t,
+            "the sample state machine's role",
+            &machine_s3,
+            "s3:GetObject",
+            &inputs,
+        )?;
+    }
+    if output.is_none() {
+        return Err("no output names the claim-check bucket".into());
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------ tests
 
 /// The names `sfn_pacer::config` reads.
@@ -1120,7 +1634,7 @@ fn coordination_statement(d: &mut Value) -> &mut Value {
         .unwrap();
     let conditional = statements
         .iter_mut()
-        .find(|s| s.get("Fn::If").is_some())
+        .find(|s| s["Fn::If"][0] == "UseCoordination")
         .expect("a conditional statement");
     &mut conditional["Fn::If"][1]
 }
@@ -1259,4 +1773,351 @@ fn dashboard_check_rejects_a_missing_metric_and_broken_json() {
         *body = body.as_str().unwrap().replacen("},", "}", 1).into();
     });
     assert!(check_dashboard_metrics(&t, &["SharedRate"]).is_err());
+}
+
+// ------------------------------------------------------------------ FIFO, alarms, claim-check
+
+#[test]
+fn queue_type_defaults_to_standard_and_fifo_makes_both_queues_fifo() {
+    let standard = Template::load();
+    assert_eq!(standard.params["QueueType"], "Standard");
+    let fifo = Template::load().with("QueueType", "FIFO".into());
+    for t in [standard, fifo] {
+        let mode = t.params["QueueType"].clone();
+        check_queue_type(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        // Everything else holds for both queue types.
+        check_queues(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_visibility(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_max_receive_count(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_batch_item_failures(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_least_privilege(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_dlq_alarm(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+    }
+}
+
+#[test]
+fn rules_reject_a_fifo_batch_above_ten_only() {
+    let fifo = || Template::load().with("QueueType", "FIFO".into());
+    assert!(check_rules(&fifo().with("BatchSize", 10.into())).is_ok());
+    assert!(check_rules(&fifo().with("BatchSize", 1.into())).is_ok());
+    assert!(check_rules(&fifo().with("BatchSize", 11.into())).is_err());
+    assert!(check_rules(&fifo().with("BatchSize", 10000.into())).is_err());
+    assert!(check_rules(&Template::load().with("BatchSize", 10000.into())).is_ok());
+}
+
+#[test]
+fn queue_type_check_rejects_half_fifo_queues_and_missing_bounds() {
+    let broken: [fn(&mut Value); 7] = [
+        // The DLQ stays Standard.
+        |d| d["Resources"]["DeadLetterQueue"]["Properties"]["FifoQueue"] = Value::Null,
+        // A FIFO work queue without the .fifo name.
+        |d| {
+            d["Resources"]["WorkQueue"]["Properties"]["QueueName"] =
+                serde_json::json!({"Fn::Sub": "${AWS::StackName}-work"})
+        },
+        // The DLQ's redrive source still names the Standard work queue.
+        |d| {
+            d["Resources"]["DeadLetterQueue"]["Properties"]["RedriveAllowPolicy"]["sourceQueueArns"] = serde_json::json!([
+                {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${AWS::StackName}-work"}
+            ])
+        },
+        // No content-based deduplication.
+        |d| {
+            d["Resources"]["WorkQueue"]["Properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ContentBasedDeduplication");
+        },
+        // A batching window for FIFO.
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]
+                ["MaximumBatchingWindowInSeconds"] = serde_json::json!({"Ref": "MaximumBatchingWindowInSeconds"})
+        },
+        // No rule bounding BatchSize.
+        |d| {
+            d.as_object_mut().unwrap().remove("Rules");
+        },
+        // A rule that lets 11 through.
+        |d| {
+            d["Rules"]["FifoBatchSize"]["Assertions"][0]["Assert"]["Fn::Contains"][0]
+                .as_array_mut()
+                .unwrap()
+                .push("11".into())
+        },
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        let t = edited(edit).with("QueueType", "FIFO".into());
+        assert!(check_queue_type(&t).is_err(), "edit {i} passes");
+    }
+    // FIFO queues whatever the parameter says.
+    let t = edited(|d| d["Resources"]["WorkQueue"]["Properties"]["FifoQueue"] = true.into());
+    assert!(check_queue_type(&t).is_err());
+    let t = edited(|d| {
+        d["Resources"]["DeadLetterQueue"]["Properties"]["QueueName"] =
+            serde_json::json!({"Fn::Sub": "${AWS::StackName}-dlq.fifo"})
+    });
+    assert!(check_queue_type(&t).is_err());
+}
+
+#[test]
+fn dlq_alarm_fires_on_new_arrivals() {
+    check_dlq_alarm(&Template::load()).unwrap();
+    check_dlq_alarm(&Template::load().with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into())).unwrap();
+}
+
+/// The DLQ alarm's metric math expression.
+fn dlq_expression(d: &mut Value) -> &mut Value {
+    let metrics = d["Resources"]["DeadLetterQueueAlarm"]["Properties"]["Metrics"]
+        .as_array_mut()
+        .unwrap();
+    &mut metrics.iter_mut().find(|m| m.get("Expression").is_some()).unwrap()["Expression"]
+}
+
+#[test]
+fn dlq_alarm_check_rejects_the_depth_alarm_and_other_queues() {
+    // The old alarm: ApproximateNumberOfMessagesVisible > 0, in ALARM as long as anything sits there.
+    let t = edited(|d| {
+        d["Resources"]["DeadLetterQueueAlarm"]["Properties"] = serde_json::json!({
+            "AlarmDescription": "sfn-pacer: messages are in the DLQ; redrive with start-message-move-task",
+            "Namespace": "AWS/SQS",
+            "MetricName": "ApproximateNumberOfMessagesVisible",
+            "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}],
+            "Statistic": "Maximum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 0,
+            "ComparisonOperator": "GreaterThanThreshold"
+        })
+    });
+    assert!(check_dlq_alarm(&t).is_err());
+    // The depth through metric math, without DIFF/RATE.
+    let t = edited(|d| *dlq_expression(d) = "FILL(visible, 0) + FILL(inflight, 0)".into());
+    assert!(check_dlq_alarm(&t).is_err());
+    // DIFF of something else.
+    let t = edited(|d| *dlq_expression(d) = "DIFF(inflight)".into());
+    assert!(check_dlq_alarm(&t).is_err());
+    // The work queue instead of the DLQ.
+    let t = edited(|d| {
+        for m in d["Resources"]["DeadLetterQueueAlarm"]["Properties"]["Metrics"]
+            .as_array_mut()
+            .unwrap()
+        {
+            if let Some(dims) = m.pointer_mut("/MetricStat/Metric/Dimensions/0/Value") {
+                *dims = serde_json::json!({"Fn::GetAtt": ["WorkQueue", "QueueName"]});
+            }
+        }
+    });
+    assert!(check_dlq_alarm(&t).is_err());
+    // Silent with a topic.
+    let t = edited(|d| {
+        d["Resources"]["DeadLetterQueueAlarm"]["Properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("AlarmActions");
+    })
+    .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
+    assert!(check_dlq_alarm(&t).is_err());
+}
+
+#[test]
+fn account_start_execution_throttling_has_an_alarm() {
+    check_account_throttle_alarm(&Template::load()).unwrap();
+    check_account_throttle_alarm(
+        &Template::load().with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn account_throttle_alarm_check_rejects_other_dimensions_and_a_missing_alarm() {
+    let alarm_id = |d: &Value| -> String {
+        let resources = d["Resources"].as_object().unwrap();
+        resources
+            .iter()
+            .find(|(_, r)| r["Properties"]["MetricName"] == "ThrottledEvents")
+            .map(|(name, _)| name.clone())
+            .expect("an alarm on ThrottledEvents")
+    };
+    let edits: [fn(&mut Value); 4] = [
+        |p| p["Dimensions"][0]["Value"] = "StartSyncExecution".into(),
+        |p| p["Dimensions"] = serde_json::json!([{"Name": "ServiceMetric", "Value": "StateTransition"}]),
+        |p| p["Namespace"] = serde_json::json!({"Ref": "MetricsNamespace"}),
+        |p| p["AlarmDescription"] = "sfn-pacer: StartExecution calls were throttled somewhere in the account.".into(),
+    ];
+    for (i, edit) in edits.into_iter().enumerate() {
+        let t = edited(|d| {
+            let id = alarm_id(d);
+            edit(&mut d["Resources"][&id]["Properties"]);
+        });
+        assert!(check_account_throttle_alarm(&t).is_err(), "edit {i} passes");
+    }
+    let t = edited(|d| {
+        let id = alarm_id(d);
+        d["Resources"].as_object_mut().unwrap().remove(&id);
+    });
+    assert!(check_account_throttle_alarm(&t).is_err());
+    // The function's own StartThrottledAlarm stays.
+    let t = edited(|d| {
+        d["Resources"].as_object_mut().unwrap().remove("StartThrottledAlarm");
+    });
+    assert!(check_account_throttle_alarm(&t).is_err());
+}
+
+/// The `ClaimCheckBucket` modes: create (default), off, an existing bucket; with and without the
+/// sample state machine.
+fn claim_check_modes() -> Vec<Template> {
+    let existing = "arn:aws:states:us-east-1:123456789012:stateMachine:mine";
+    let mut modes = Vec::new();
+    for bucket in ["Create", "None", "my-inputs.example"] {
+        modes.push(Template::load().with("ClaimCheckBucket", bucket.into()));
+        modes.push(
+            Template::load()
+                .with("ClaimCheckBucket", bucket.into())
+                .with("StateMachineArn", existing.into()),
+        );
+    }
+    modes
+}
+
+#[test]
+fn claim_check_bucket_is_private_expiring_and_wired_only_when_asked() {
+    assert_eq!(Template::load().params["ClaimCheckBucket"], "Create");
+    assert_eq!(Template::load().params["ClaimCheckRetentionDays"], 90);
+    for t in claim_check_modes() {
+        let mode = (&t.params["ClaimCheckBucket"], &t.params["StateMachineArn"]);
+        check_claim_check(&t).unwrap_or_else(|e| panic!("with {mode:?}: {e}"));
+        check_least_privilege(&t).unwrap_or_else(|e| panic!("with {mode:?}: {e}"));
+        check_environment(&t, known_variables()).unwrap_or_else(|e| panic!("with {mode:?}: {e}"));
+    }
+}
+
+/// The function role's claim-check statement (inside its `Fn::If`).
+fn claim_check_statement(d: &mut Value) -> &mut Value {
+    let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap();
+    let conditional = statements
+        .iter_mut()
+        .find(|s| s["Fn::If"][0] == "UseClaimCheck")
+        .expect("a claim-check statement");
+    &mut conditional["Fn::If"][1]
+}
+
+fn bucket_id(d: &Value) -> String {
+    let resources = d["Resources"].as_object().unwrap();
+    let (name, _) = resources
+        .iter()
+        .find(|(_, r)| r["Type"] == "AWS::S3::Bucket")
+        .expect("a bucket");
+    name.clone()
+}
+
+#[test]
+fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
+    let edits: [fn(&mut Value); 6] = [
+        |p| {
+            p.as_object_mut().unwrap().remove("BucketEncryption");
+        },
+        |p| p["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] = false.into(),
+        |p| {
+            p.as_object_mut().unwrap().remove("PublicAccessBlockConfiguration");
+        },
+        |p| {
+            p.as_object_mut().unwrap().remove("LifecycleConfiguration");
+        },
+        |p| p["LifecycleConfiguration"]["Rules"][0]["Prefix"] = "inputs/".into(),
+        |p| p["LifecycleConfiguration"]["Rules"][0]["Status"] = "Disabled".into(),
+    ];
+    for (i, edit) in edits.into_iter().enumerate() {
+        let t = edited(|d| {
+            let id = bucket_id(d);
+            edit(&mut d["Resources"][&id]["Properties"]);
+        });
+        assert!(check_claim_check(&t).is_err(), "edit {i} passes");
+    }
+    // No TLS-only bucket policy.
+    let t = edited(|d| {
+        let resources = d["Resources"].as_object_mut().unwrap();
+        resources.retain(|_, r| r["Type"] != "AWS::S3::BucketPolicy");
+    });
+    assert!(check_claim_check(&t).is_err());
+    // A bucket created whatever the parameter says.
+    let t = edited(|d| {
+        let id = bucket_id(d);
+        d["Resources"][&id].as_object_mut().unwrap().remove("Condition");
+    })
+    .with("ClaimCheckBucket", "None".into());
+    assert!(check_claim_check(&t).is_err());
+}
+
+#[test]
+fn claim_check_check_rejects_more_actions_wider_resources_and_missing_wiring() {
+    let broken: [fn(&mut Value); 6] = [
+        |d| claim_check_statement(d)["Action"] = Value::from(vec!["s3:PutObject", "s3:GetObject"]),
+        |d| claim_check_statement(d)["Action"] = "s3:*".into(),
+        |d| claim_check_statement(d)["Resource"] = "*".into(),
+        // The whole bucket, not the prefix.
+        |d| {
+            claim_check_statement(d)["Resource"] = serde_json::json!({"Fn::If": ["CreateClaimCheckBucket",
+                {"Fn::Sub": "${ClaimCheckStore.Arn}/*"},
+                {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ClaimCheckBucket}/*"}]})
+        },
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
+                .as_object_mut()
+                .unwrap()
+                .remove("CLAIM_CHECK_BUCKET");
+        },
+        |d| {
+            d.as_object_mut().unwrap()["Outputs"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ClaimCheckBucketName");
+        },
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        for mode in ["Create", "my-inputs.example"] {
+            let t = edited(edit).with("ClaimCheckBucket", mode.into());
+            assert!(check_claim_check(&t).is_err(), "edit {i} with {mode} passes");
+        }
+    }
+    // Wildcards the least-privilege check rejects outright.
+    for resource in ["*", "arn:aws:s3:::*/sfn-pacer/*", "arn:aws:s3:::inputs/*"] {
+        let t = edited(|d| claim_check_statement(d)["Resource"] = resource.into());
+        assert!(check_least_privilege(&t).is_err(), "{resource} passes");
+    }
+    let t = edited(|d| claim_check_statement(d)["Action"] = "s3:Put*".into());
+    assert!(check_least_privilege(&t).is_err());
+    // The prefix wildcard is only for S3 actions.
+    let t = edited(|d| claim_check_statement(d)["Action"] = "sqs:SendMessage".into());
+    assert!(check_least_privilege(&t).is_err());
+    // Kept when claim-check is off.
+    let t = edited(|d| {
+        let statement = claim_check_statement(d).clone();
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .push(statement);
+    })
+    .with("ClaimCheckBucket", "None".into());
+    assert!(check_claim_check(&t).is_err());
+    // CLAIM_CHECK_BUCKET set although claim-check is off.
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]["CLAIM_CHECK_BUCKET"] =
+            "inputs".into()
+    })
+    .with("ClaimCheckBucket", "None".into());
+    assert!(check_claim_check(&t).is_err());
+    // An existing bucket's ARN that names another bucket.
+    let t = edited(|d| {
+        claim_check_statement(d)["Resource"]["Fn::If"][2] =
+            serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:s3:::other/sfn-pacer/*"})
+    })
+    .with("ClaimCheckBucket", "my-inputs.example".into());
+    assert!(check_claim_check(&t).is_err());
+    // The sample state machine cannot read the inputs.
+    let t = edited(|d| {
+        let policies = d["Resources"]["SampleStateMachine"]["Properties"]["Policies"][0]["Statement"]
+            .as_array_mut()
+            .unwrap();
+        policies.retain(|s| s.get("Fn::If").is_none());
+    });
+    assert!(check_claim_check(&t).is_err());
 }

@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use sfn_pacer_tests::fake_sfn::{FakeSfn, Faults, InitialThrottle};
+//! use local_stack::fake_sfn::{FakeSfn, Faults, InitialThrottle};
 //! let sfn = FakeSfn::builder()
 //!     .bucket(1300, 300.0)
 //!     .latency_ms(5, 2)

@@ -22,8 +22,9 @@ use crate::feed::{self, FeedState, Feeder};
 use crate::rate;
 use crate::report::DeploymentReport;
 use crate::run::{warm_up, FUNCTION_NAME};
-use crate::stack::{self, Listed, QueueCounts};
+use crate::stack::{self, QueueCounts};
 use crate::tools::Binaries;
+use local_stack::moto::Listed;
 use local_stack::moto::{self, aws_env, log_to, Endpoints, REGION};
 use local_stack::paths;
 use local_stack::process::{Exit, Handle, Pipes, Supervisor};
@@ -414,9 +415,8 @@ impl Deployment {
 
     /// Reads its executions (with start times) and DLQ in moto, and accounts for its messages.
     pub async fn find(&self, sqs: &aws_sdk_sqs::Client, sfn: &aws_sdk_sfn::Client) -> Result<Found, String> {
-        let listed = stack::list_executions_started(sfn, &self.state_machine_arn).await?;
-        let pairs: Vec<(String, String)> = listed.iter().map(|l| (l.name.clone(), l.arn.clone())).collect();
-        let executions = moto::describe_executions(sfn, &pairs).await?;
+        let listed = moto::list_executions(sfn, &self.state_machine_arn).await?;
+        let executions = moto::describe_executions(sfn, &listed).await?;
         let dead_letters =
             stack::read_queue(sqs, &self.dlq_url, Duration::from_secs(600), Duration::from_secs(60)).await?;
         let accounting = account(&self.expected, &executions, &dead_letters);

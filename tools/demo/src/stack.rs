@@ -77,46 +77,6 @@ pub async fn read_queue(
     Ok(out)
 }
 
-/// An execution as ListExecutions lists it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Listed {
-    /// Its name.
-    pub name: String,
-    /// Its ARN.
-    pub arn: String,
-    /// When Step Functions started it, seconds since the Unix epoch.
-    pub started_at: f64,
-}
-
-/// Every execution of a state machine with its start time: `local_stack::moto::list_executions`
-/// plus `startDate`, which the budget check needs (the rate where the quota is enforced).
-pub async fn list_executions_started(
-    sfn: &aws_sdk_sfn::Client,
-    state_machine_arn: &str,
-) -> Result<Vec<Listed>, String> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    // Bounded: 10,000 pages of 1,000 is more than any local run starts.
-    for _ in 0..10_000 {
-        let request = sfn
-            .list_executions()
-            .state_machine_arn(state_machine_arn)
-            .max_results(1000)
-            .set_next_token(token.take());
-        let page = bounded("ListExecutions", request.send()).await?;
-        out.extend(page.executions.into_iter().map(|e| Listed {
-            started_at: e.start_date.as_secs_f64(),
-            name: e.name,
-            arn: e.execution_arn,
-        }));
-        token = page.next_token.filter(|t| !t.is_empty());
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
-    Err("ListExecutions: too many pages".to_string())
-}
-
 /// Creates a FIFO queue (content-based deduplication) and returns its URL.
 pub async fn create_fifo_queue(
     sqs: &aws_sdk_sqs::Client,
