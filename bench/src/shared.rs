@@ -485,26 +485,50 @@ struct Ledger {
     decreases: AtomicU64,
 }
 
-/// Slots a lease or give-back moved, at the rate of the item after the write.
-fn slots(update: &Update, after: &BudgetState) -> (u64, u64) {
+/// Slots a lease or give-back moved, at the rate of the item after the write. `before`: the
+/// item as it was when the write was sent, and the time then (seconds since the epoch); only
+/// an `Exact` lease needs it, since its `tat_after` is the rescaled `tat` plus the lease.
+fn slots(update: &Update, after: &BudgetState, before: Option<(&BudgetState, f64)>) -> (u64, u64) {
     let r = after.effective_rate();
     match update {
         Update::Lease { shape, .. } => {
             let seconds = match shape {
                 Shape::FromNow { now, tat_after } => tat_after - now,
                 Shape::Extend { delta, .. } => *delta,
-                // A lease that also raises the rate (rescaled `tat`): about one lease's worth.
-                Shape::Exact { expected, tat_after } => {
-                    (tat_after - expected).clamp(0.0, sfn_pacer::budget::LEASE_SECONDS)
-                }
+                Shape::Exact { expected, tat_after } => tat_after - rescaled_tat(before, *expected, after),
             };
-            ((seconds * r).round() as u64, 0)
+            ((seconds * r).round().max(0.0) as u64, 0)
         }
         Update::GiveBack {
             expected_tat, new_tat, ..
         } => (0, ((expected_tat - new_tat) * r).round() as u64),
         _ => (0, 0),
     }
+}
+
+/// The `tat` an `Exact` lease rescaled to before adding its slots (`BudgetState::plan_lease`):
+/// the level of the item before (its `tat` was `expected`, since the write applied) kept at the
+/// rate after, at `now`, and at least `now`. Without the item before, `expected`.
+fn rescaled_tat(before: Option<(&BudgetState, f64)>, expected: f64, after: &BudgetState) -> f64 {
+    let Some((before, now)) = before else { return expected };
+    if expected <= now {
+        return now;
+    }
+    let before = BudgetState {
+        tat: expected,
+        ..before.clone()
+    };
+    let burst = after.effective_burst();
+    let level = before.level(now).min(burst);
+    (now + (burst - level) / after.effective_rate()).max(now)
+}
+
+/// Now, seconds since the epoch (the lessees' clock).
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 #[async_trait]
@@ -514,10 +538,24 @@ impl Store for Ledger {
     }
 
     async fn write(&self, key: &str, update: &Update) -> Result<Written, StoreError> {
+        // An `Exact` lease's slots depend on the item before it and the time it was planned:
+        // peek (not a table call) as it is sent. If the version moved since, it is refused.
+        let before = match update {
+            Update::Lease {
+                version,
+                shape: Shape::Exact { .. },
+                ..
+            } => self
+                .inner
+                .item(key)
+                .filter(|s| s.version == *version)
+                .map(|s| (s, epoch_now())),
+            _ => None,
+        };
         let written = self.inner.write(key, update).await?;
         match &written {
             Written::Applied(after) => {
-                let (leased, returned) = slots(update, after);
+                let (leased, returned) = slots(update, after, before.as_ref().map(|(s, now)| (s, *now)));
                 self.leased.fetch_add(leased, Ordering::Relaxed);
                 self.returned.fetch_add(returned, Ordering::Relaxed);
                 if matches!(update, Update::Decrease { .. }) {
@@ -968,25 +1006,38 @@ pub fn probe(
 }
 
 /// One simulated invocation of the probe: `batch` units, at most `max_in_flight` at once; each
-/// reserves a slot (demand: the units not yet done, as the handler's), waits for it, "calls".
+/// reserves a slot (demand: the units not yet done less those holding a slot, as the
+/// handler's), waits for it, "calls".
 async fn invocation(starter: Arc<Starter>, batch: usize, max_in_flight: usize, latencies: Arc<Mutex<Vec<f64>>>) {
     let pending = Arc::new(AtomicU64::new(batch as u64));
+    let holding = Arc::new(AtomicU64::new(0));
     let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let latest = Instant::now() + Duration::from_secs(10);
     let mut units = tokio::task::JoinSet::new();
     for _ in 0..batch {
-        let (starter, pending, permits, latencies) =
-            (starter.clone(), pending.clone(), permits.clone(), latencies.clone());
+        let (starter, pending, holding, permits, latencies) = (
+            starter.clone(),
+            pending.clone(),
+            holding.clone(),
+            permits.clone(),
+            latencies.clone(),
+        );
         units.spawn(async move {
             let Ok(_permit) = permits.acquire().await else { return };
             let asked = Instant::now();
-            let demand = pending.load(Ordering::Relaxed).max(1);
+            // As the handler: the units that still need a slot, not those holding one.
+            let demand = pending
+                .load(Ordering::Relaxed)
+                .saturating_sub(holding.load(Ordering::Relaxed))
+                .max(1);
             let slot = starter.pacing().reserve(latest, demand).await;
             if let Some(slot) = slot {
+                holding.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(slot.wait).await;
                 let waited = asked.elapsed().as_secs_f64() * 1e3;
                 latencies.lock().unwrap_or_else(|p| p.into_inner()).push(waited);
                 tokio::time::sleep(PROBE_CALL).await;
+                holding.fetch_sub(1, Ordering::Relaxed);
                 starter.pacing().on_success(slot).await;
             }
             pending.fetch_sub(1, Ordering::Relaxed);
@@ -1001,6 +1052,7 @@ async fn invocation(starter: Arc<Starter>, batch: usize, max_in_flight: usize, l
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sfn_pacer::budget::LeasePlan;
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
@@ -1066,21 +1118,58 @@ mod tests {
             now: 100.0,
             tat_after: 100.1,
         });
-        assert_eq!(slots(&from_now, &after), (30, 0));
+        assert_eq!(slots(&from_now, &after, None), (30, 0));
         let extend = lease(Shape::Extend {
             now: 100.0,
             limit: 105.0,
             delta: 0.05,
         });
-        assert_eq!(slots(&extend, &after), (15, 0));
+        assert_eq!(slots(&extend, &after, None), (15, 0));
         let give_back = Update::GiveBack {
             version: 1,
             expected_tat: 200.1,
             new_tat: 200.0667,
         };
-        assert_eq!(slots(&give_back, &after), (0, 10));
-        let halved = BudgetState { factor: 0.5, ..after };
-        assert_eq!(slots(&from_now, &halved), (15, 0), "at the effective rate");
+        assert_eq!(slots(&give_back, &after, None), (0, 10));
+        let halved = BudgetState {
+            factor: 0.5,
+            ..after.clone()
+        };
+        assert_eq!(slots(&from_now, &halved, None), (15, 0), "at the effective rate");
+    }
+
+    #[test]
+    fn the_ledger_counts_an_exact_lease_from_the_rescaled_tat() {
+        // Factor 0.5 → 0.6 at now = 100 with tat = 102: the product's own plan.
+        let before = BudgetState {
+            factor: 0.5,
+            tat: 102.0,
+            ..BudgetState::new(300.0, 1300.0)
+        };
+        let LeasePlan::Lease { update, slots: n } = before.plan_lease(100.0, 12, 100) else {
+            panic!("a lease")
+        };
+        assert!(matches!(
+            update,
+            Update::Lease {
+                shape: Shape::Exact { .. },
+                ..
+            }
+        ));
+        let Written::Applied(after) = BudgetState::apply(Some(&before), &update) else {
+            panic!("applied")
+        };
+        assert!(after.tat < before.tat, "the raised rate pulls tat in");
+        assert_eq!(slots(&update, &after, Some((&before, 100.0))), (n, 0));
+        // An empty bucket's lease starts now.
+        let idle = BudgetState { tat: 90.0, ..before };
+        let LeasePlan::Lease { update, slots: n } = idle.plan_lease(100.0, 12, 100) else {
+            panic!("a lease")
+        };
+        let Written::Applied(after) = BudgetState::apply(Some(&idle), &update) else {
+            panic!("applied")
+        };
+        assert_eq!(slots(&update, &after, Some((&idle, 100.0))), (n, 0));
     }
 
     #[test]

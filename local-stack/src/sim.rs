@@ -13,15 +13,19 @@
 //! [`drive`] runs it with K pollers, one per simulated Lambda instance, each with its own
 //! [`Starter`] (its own pacer), invoked in-process ([`InProcess`]).
 //!
-//! What it leaves out: FIFO queues (group ordering and blocking), delay queues, SQS's 1 MiB
-//! message size limit, and the latency of SQS calls (every call is instant).
+//! - a FIFO queue (its name ends in `.fifo`) delivers each message group in order, and no
+//!   later message of a group while an earlier one is in flight;
+//! - a dead letter over SQS's 1 MiB limit is refused, as SQS refuses it.
+//!
+//! What it leaves out: delay queues, FIFO deduplication and the 10-message limit of a FIFO
+//! receive batch, and the latency of SQS calls (every call is instant).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sfn_pacer::dead_letter::{AttributeValue, DeadLetter};
+use sfn_pacer::dead_letter::{AttributeValue, DeadLetter, MAX_MESSAGE_BYTES};
 use sfn_pacer::queue::{Queue, QueueError};
 use sfn_pacer::Starter;
 use tokio::time::Instant;
@@ -60,6 +64,8 @@ pub enum DlqEntry {
 #[derive(Debug, Clone)]
 struct SimMessage {
     id: String,
+    /// FIFO: the message group.
+    group: Option<String>,
     body: String,
     receive_count: u32,
     visible_at: Instant,
@@ -126,15 +132,38 @@ impl SimQueue {
         &self.arn
     }
 
+    /// Whether it is a FIFO queue (its name ends in `.fifo`).
+    pub fn is_fifo(&self) -> bool {
+        self.arn.ends_with(".fifo")
+    }
+
+    /// How long until the message `id` is visible again (zero: it is); `None`: it is gone
+    /// (deleted or moved to the DLQ). Where a reported message goes next.
+    pub fn visible_in(&self, id: &str) -> Option<Duration> {
+        let s = self.lock();
+        let m = s.messages.get(id)?;
+        Some(m.visible_at.saturating_duration_since(Instant::now()))
+    }
+
     /// Enqueues a message; returns its id (`msg-000000001`, …, in send order).
     pub fn send(&self, body: impl Into<String>) -> String {
+        self.send_message(None, body.into())
+    }
+
+    /// Enqueues a message of the FIFO message group `group`; returns its id.
+    pub fn send_to_group(&self, group: &str, body: impl Into<String>) -> String {
+        self.send_message(Some(group.to_string()), body.into())
+    }
+
+    fn send_message(&self, group: Option<String>, body: String) -> String {
         let mut s = self.lock();
         s.next_id += 1;
         let id = format!("msg-{:09}", s.next_id);
         let now = Instant::now();
         let message = SimMessage {
             id: id.clone(),
-            body: body.into(),
+            group,
+            body,
             receive_count: 0,
             visible_at: now,
             sent_at: now,
@@ -149,12 +178,21 @@ impl SimQueue {
         let now = Instant::now();
         let mut s = self.lock();
         let mut records = Vec::new();
+        // FIFO: a group with a message in flight delivers nothing more until it is settled.
+        let in_flight: HashSet<String> = s
+            .messages
+            .values()
+            .filter(|m| m.visible_at > now)
+            .filter_map(|m| m.group.clone())
+            .collect();
+        let scan = if self.is_fifo() { usize::MAX } else { max * 2 + 16 };
         let visible: Vec<String> = s
             .messages
             .values()
             .filter(|m| m.visible_at <= now)
+            .filter(|m| m.group.as_ref().is_none_or(|g| !in_flight.contains(g)))
             .map(|m| m.id.clone())
-            .take(max * 2 + 16)
+            .take(scan)
             .collect();
         for id in visible {
             if records.len() >= max {
@@ -244,6 +282,9 @@ fn record(m: &SimMessage, receipt: String) -> ReceivedMessage {
     r.attributes
         .insert("ApproximateReceiveCount".into(), m.receive_count.to_string());
     r.attributes.insert("SentTimestamp".into(), "0".into());
+    if let Some(group) = &m.group {
+        r.attributes.insert("MessageGroupId".into(), group.clone());
+    }
     r
 }
 
@@ -319,6 +360,12 @@ impl Queue for SimQueue {
     }
 
     async fn send_dead_letter(&self, _dlq_url: &str, letter: &DeadLetter) -> Result<(), QueueError> {
+        if letter.size() > MAX_MESSAGE_BYTES {
+            return Err(QueueError(format!(
+                "InvalidParameterValue: the message is {} bytes, over SQS's limit",
+                letter.size()
+            )));
+        }
         let entry = DlqEntry::DeadLettered {
             message_id: text(letter, "sfn-pacer.message-id"),
             code: text(letter, "sfn-pacer.error-code"),
@@ -486,5 +533,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(q.depth().visible, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_group_waits_while_its_earlier_message_is_in_flight() {
+        let q = SimQueue::new("work.fifo", 5, Duration::from_secs(30));
+        let a1 = q.send_to_group("a", "1");
+        let a2 = q.send_to_group("a", "2");
+        let b1 = q.send_to_group("b", "1");
+        let first = q.receive(1);
+        assert_eq!(message_id(&first[0]), a1);
+        assert_eq!(first[0].attributes["MessageGroupId"], "a");
+        let second = q.receive(10);
+        let ids: Vec<&str> = second.iter().map(message_id).collect();
+        assert_eq!(ids, [b1.as_str()], "a2 waits while a1 is in flight");
+        // a1 is reported with a 2 s backoff: the group resumes then, not after 30 s.
+        q.change_visibility(q.arn(), receipt_handle(&first[0]), 2)
+            .await
+            .unwrap();
+        assert_eq!(q.visible_in(&a1), Some(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let third = q.receive(10);
+        let ids: Vec<&str> = third.iter().map(message_id).collect();
+        assert_eq!(ids, [a1.as_str(), a2.as_str()], "in order");
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_over_the_limit_is_refused() {
+        let q = SimQueue::new("q", 5, Duration::from_secs(30));
+        let letter = DeadLetter {
+            body: "x".repeat(MAX_MESSAGE_BYTES + 1),
+            attributes: BTreeMap::new(),
+            group_id: None,
+            deduplication_id: None,
+        };
+        assert!(q.send_dead_letter("dlq", &letter).await.is_err());
+        assert!(q.dlq().is_empty());
     }
 }
