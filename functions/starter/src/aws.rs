@@ -5,7 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, MessageAttributeValue,
+    SendMessageBatchRequestEntry,
 };
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -207,11 +208,11 @@ fn all_failed(n: usize, error: QueueError) -> Vec<Result<(), QueueError>> {
     vec![Err(error); n]
 }
 
-/// Per-entry results of a batch call: entry `i` has id `i`; an entry in neither list failed.
-fn entry_results(n: usize, failed: &[(String, String)]) -> Vec<Result<(), QueueError>> {
+/// Per-entry results of a batch call (entry `i` has id `i`): those SQS lists as failed failed.
+fn entry_results(n: usize, failed: &[BatchResultErrorEntry]) -> Vec<Result<(), QueueError>> {
     (0..n)
-        .map(|i| match failed.iter().find(|(id, _)| *id == i.to_string()) {
-            Some((_, why)) => Err(QueueError(why.clone())),
+        .map(|i| match failed.iter().find(|f| f.id() == i.to_string()) {
+            Some(f) => Err(QueueError(format!("{}: {}", f.code(), f.message().unwrap_or_default()))),
             None => Ok(()),
         })
         .collect()
@@ -284,19 +285,7 @@ impl Queue for SqsQueue {
             .send()
             .await;
         match sent {
-            Ok(out) => {
-                let failed: Vec<(String, String)> = out
-                    .failed()
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.id().to_string(),
-                            format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-                        )
-                    })
-                    .collect();
-                entry_results(changes.len(), &failed)
-            }
+            Ok(out) => entry_results(changes.len(), out.failed()),
             Err(e) => all_failed(
                 changes.len(),
                 QueueError(format!("ChangeMessageVisibilityBatch: {}", sdk_message(&e))),
@@ -322,19 +311,7 @@ impl Queue for SqsQueue {
             .send()
             .await;
         match sent {
-            Ok(out) => {
-                let failed: Vec<(String, String)> = out
-                    .failed()
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.id().to_string(),
-                            format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-                        )
-                    })
-                    .collect();
-                entry_results(letters.len(), &failed)
-            }
+            Ok(out) => entry_results(letters.len(), out.failed()),
             Err(e) => all_failed(
                 letters.len(),
                 QueueError(format!("SendMessageBatch to the DLQ: {}", sdk_message(&e))),
@@ -363,7 +340,13 @@ mod tests {
 
     #[test]
     fn batch_results_follow_the_entry_ids() {
-        let failed = [("1".to_string(), "ReceiptHandleIsInvalid: gone".to_string())];
+        let failed = [BatchResultErrorEntry::builder()
+            .id("1")
+            .code("ReceiptHandleIsInvalid")
+            .message("gone")
+            .sender_fault(true)
+            .build()
+            .unwrap()];
         let results = entry_results(3, &failed);
         assert!(results[0].is_ok() && results[2].is_ok());
         assert_eq!(results[1], Err(QueueError("ReceiptHandleIsInvalid: gone".into())));
