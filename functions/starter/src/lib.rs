@@ -19,6 +19,7 @@ pub mod dead_letter;
 pub mod dynamo;
 pub mod event;
 pub mod handler;
+pub mod logs;
 pub mod metrics;
 pub mod name;
 pub mod pace;

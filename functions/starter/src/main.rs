@@ -9,7 +9,7 @@ use sfn_pacer::{Config, Starter};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    sfn_pacer::logs::init();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
