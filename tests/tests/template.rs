@@ -364,34 +364,156 @@ fn check_visibility(t: &Template) -> Result<(), String> {
     Ok(())
 }
 
-/// ESM MaximumConcurrency <= reserved concurrency, and the function is told the same N.
+/// The mapping's scaling as the parameters ask. On-demand (`ProvisionedPollers` 0, the default):
+/// ScalingConfig.MaximumConcurrency <= reserved concurrency, the function is told the same N, and
+/// no ProvisionedPollerConfig. Provisioned mode (`ProvisionedPollers` >= 2): no ScalingConfig
+/// (Lambda rejects it with provisioned mode), ProvisionedPollerConfig wired to ProvisionedPollers
+/// and MaximumPollers within AWS's SQS ranges, and reserved concurrency >= 10 x MaximumPollers
+/// (each poller runs up to 10 concurrent invokes; above the reserved concurrency they would be
+/// throttled, and a throttled invocation counts as a receive).
 fn check_concurrency(t: &Template) -> Result<(), String> {
-    let props = &t.function()?["Properties"];
-    let maximum = t.number(
-        t.sqs_event()?["ScalingConfig"]
-            .get("MaximumConcurrency")
-            .ok_or("the SQS event has no ScalingConfig.MaximumConcurrency")?,
-    )?;
+    let props = t.evaluate(&t.function()?["Properties"])?.unwrap_or_default();
+    let event = t.evaluate(t.sqs_event()?)?.unwrap_or_default();
     let reserved = t.number(
         props
             .get("ReservedConcurrentExecutions")
             .ok_or("the function has no ReservedConcurrentExecutions")?,
     )?;
-    if !(2.0..=1000.0).contains(&maximum) {
-        return Err(format!("MaximumConcurrency {maximum} is outside 2..=1000"));
+    let told = t.number(
+        props["Environment"]["Variables"]
+            .get("MAX_CONCURRENCY")
+            .ok_or("MAX_CONCURRENCY is not set")?,
+    )?;
+    let provisioned = match t.params.get("ProvisionedPollers") {
+        Some(p) => t.number(p)?,
+        None => 0.0,
+    };
+    if provisioned == 0.0 {
+        if let Some(config) = event.get("ProvisionedPollerConfig") {
+            return Err(format!(
+                "ProvisionedPollers 0 still sets ProvisionedPollerConfig {config}"
+            ));
+        }
+        let maximum = t.number(
+            event["ScalingConfig"]
+                .get("MaximumConcurrency")
+                .ok_or("the SQS event has no ScalingConfig.MaximumConcurrency")?,
+        )?;
+        if !(2.0..=1000.0).contains(&maximum) {
+            return Err(format!("MaximumConcurrency {maximum} is outside 2..=1000"));
+        }
+        if maximum > reserved {
+            return Err(format!(
+                "MaximumConcurrency {maximum} > ReservedConcurrentExecutions {reserved}"
+            ));
+        }
+        if told != maximum {
+            return Err(format!(
+                "MAX_CONCURRENCY {told} differs from MaximumConcurrency {maximum}"
+            ));
+        }
+        return Ok(());
     }
-    if maximum > reserved {
+    if let Some(scaling) = event.get("ScalingConfig") {
         return Err(format!(
-            "MaximumConcurrency {maximum} > ReservedConcurrentExecutions {reserved}"
+            "ProvisionedPollers {provisioned} keeps ScalingConfig {scaling} (Lambda rejects both)"
         ));
     }
-    let told = props["Environment"]["Variables"]
-        .get("MAX_CONCURRENCY")
-        .ok_or("MAX_CONCURRENCY is not set")?;
-    if t.number(told)? != maximum {
+    let config = event
+        .get("ProvisionedPollerConfig")
+        .ok_or_else(|| format!("ProvisionedPollers {provisioned} sets no ProvisionedPollerConfig"))?;
+    let pollers = |key: &str| -> Result<f64, String> {
+        t.number(
+            config
+                .get(key)
+                .ok_or_else(|| format!("ProvisionedPollerConfig has no {key}"))?,
+        )
+    };
+    let (minimum, maximum) = (pollers("MinimumPollers")?, pollers("MaximumPollers")?);
+    if minimum != provisioned {
         return Err(format!(
-            "MAX_CONCURRENCY {told} differs from MaximumConcurrency {maximum}"
+            "MinimumPollers {minimum} is not ProvisionedPollers {provisioned}"
         ));
+    }
+    let asked = t.number(t.params.get("MaximumPollers").ok_or("no MaximumPollers parameter")?)?;
+    if maximum != asked {
+        return Err(format!(
+            "MaximumPollers {maximum} is not the MaximumPollers parameter {asked}"
+        ));
+    }
+    // SQS: MinimumPollers 2 to 200, MaximumPollers 2 to 2000 (CloudFormation's bound).
+    if !(2.0..=200.0).contains(&minimum) {
+        return Err(format!("MinimumPollers {minimum} is outside 2..=200"));
+    }
+    if !(2.0..=2000.0).contains(&maximum) {
+        return Err(format!("MaximumPollers {maximum} is outside 2..=2000"));
+    }
+    if minimum > maximum {
+        return Err(format!("MinimumPollers {minimum} > MaximumPollers {maximum}"));
+    }
+    if reserved < 10.0 * maximum {
+        return Err(format!(
+            "ReservedConcurrentExecutions {reserved} < 10 x MaximumPollers {maximum}: invocations would be throttled"
+        ));
+    }
+    // The fallback's static split must count every instance that can run.
+    if told < reserved {
+        return Err(format!(
+            "MAX_CONCURRENCY {told} < ReservedConcurrentExecutions {reserved}: the fallback split overspends"
+        ));
+    }
+    Ok(())
+}
+
+/// Provisioned mode's parameters and rules: the parameters' bounds fit AWS's SQS ranges and the
+/// reserved concurrency (MaxConcurrency's maximum >= 10 x MaximumPollers' maximum), and the Rules
+/// reject ProvisionedPollers 1, and ProvisionedPollers > 0 without coordinated mode, only.
+fn check_provisioned_mode(t: &Template) -> Result<(), String> {
+    let bound = |p: &str, k: &str| -> Result<f64, String> {
+        t.doc["Parameters"][p][k]
+            .as_f64()
+            .ok_or_else(|| format!("parameter {p} has no {k}"))
+    };
+    // MinimumPollers <= MaximumPollers: no ProvisionedPollers above MaximumPollers' maximum.
+    let most = bound("MaximumPollers", "MaxValue")?.min(200.0);
+    if bound("ProvisionedPollers", "MinValue")? != 0.0 || bound("ProvisionedPollers", "MaxValue")? > most {
+        return Err(format!("ProvisionedPollers must allow 0 and at most {most}"));
+    }
+    if text(&t.doc["Parameters"]["ProvisionedPollers"]["Default"]) != "0" {
+        return Err("ProvisionedPollers does not default to 0 (on-demand polling)".into());
+    }
+    if bound("MaximumPollers", "MinValue")? < 2.0 || bound("MaximumPollers", "MaxValue")? > 2000.0 {
+        return Err("MaximumPollers must stay within 2..=2000".into());
+    }
+    if bound("MaxConcurrency", "MaxValue")? < 10.0 * bound("MaximumPollers", "MaxValue")? {
+        return Err("MaximumPollers allows more pollers than MaxConcurrency can serve (10 each)".into());
+    }
+    let with = |pollers: i64, table: &str| {
+        Template {
+            doc: t.doc.clone(),
+            params: t.params.clone(),
+        }
+        .with("ProvisionedPollers", pollers.into())
+        .with("CoordinationTable", table.into())
+    };
+    for (pollers, table, accepted) in [
+        (0, "None", true),
+        (0, "Create", true),
+        (2, "Create", true),
+        (100, "shared-budget", true),
+        (1, "Create", false),
+        (2, "None", false),
+        (100, "None", false),
+    ] {
+        match (check_rules(&with(pollers, table)), accepted) {
+            (Ok(()), false) => {
+                return Err(format!(
+                    "ProvisionedPollers {pollers} with CoordinationTable {table} passes the Rules"
+                ))
+            }
+            (Err(e), true) => return Err(format!("ProvisionedPollers {pollers}, CoordinationTable {table}: {e}")),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -1401,6 +1523,62 @@ fn reserved_concurrency_covers_maximum_concurrency() {
     check_concurrency(&Template::load()).unwrap();
 }
 
+/// Provisioned mode with pollers the reserved concurrency can serve (10 invokes per poller).
+fn provisioned() -> Template {
+    Template::load()
+        .with("ProvisionedPollers", 3.into())
+        .with("MaximumPollers", 20.into())
+        .with("MaxConcurrency", 200.into())
+}
+
+#[test]
+fn scaling_is_on_demand_by_default_and_provisioned_when_asked() {
+    let on_demand = Template::load();
+    assert_eq!(text(&on_demand.params["ProvisionedPollers"]), "0");
+    let event = on_demand.evaluate(on_demand.sqs_event().unwrap()).unwrap().unwrap();
+    assert_eq!(
+        event["ScalingConfig"],
+        serde_json::json!({"MaximumConcurrency": {"Ref": "MaxConcurrency"}})
+    );
+    assert!(event.get("ProvisionedPollerConfig").is_none());
+
+    let t = provisioned();
+    check_concurrency(&t).unwrap();
+    check_rules(&t).unwrap();
+    let event = t.evaluate(t.sqs_event().unwrap()).unwrap().unwrap();
+    assert!(event.get("ScalingConfig").is_none(), "{event}");
+    let config = &event["ProvisionedPollerConfig"];
+    assert_eq!(t.number(&config["MinimumPollers"]).unwrap(), 3.0);
+    assert_eq!(t.number(&config["MaximumPollers"]).unwrap(), 20.0);
+    // Everything else holds in provisioned mode, for both queue types and coordinated modes.
+    for t in [
+        provisioned(),
+        provisioned().with("QueueType", "FIFO".into()),
+        provisioned().with("CoordinationTable", "shared-budget".into()),
+    ] {
+        check_concurrency(&t).unwrap();
+        check_rules(&t).unwrap();
+        check_visibility(&t).unwrap();
+        check_queue_type(&t).unwrap();
+        check_batch_item_failures(&t).unwrap();
+        check_coordination(&t).unwrap();
+        check_least_privilege(&t).unwrap();
+    }
+    // The largest allowed MaximumPollers with the largest MaxConcurrency.
+    check_concurrency(
+        &provisioned()
+            .with("ProvisionedPollers", 100.into())
+            .with("MaximumPollers", 100.into())
+            .with("MaxConcurrency", 1000.into()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn provisioned_mode_needs_coordination_and_at_least_two_pollers() {
+    check_provisioned_mode(&Template::load()).unwrap();
+}
+
 #[test]
 fn max_receive_count_is_at_least_five() {
     check_max_receive_count(&Template::load()).unwrap();
@@ -1554,6 +1732,82 @@ fn visibility_check_rejects_a_short_visibility_timeout() {
 fn concurrency_check_rejects_reserved_below_maximum() {
     let t = edited(|d| d["Resources"]["StarterFunction"]["Properties"]["ReservedConcurrentExecutions"] = 1.into());
     assert!(check_concurrency(&t).is_err());
+}
+
+#[test]
+fn concurrency_check_rejects_provisioned_mode_that_throttles_or_is_miswired() {
+    // The defaults (MaxConcurrency 5, MaximumPollers 20) cannot serve 20 pollers x 10 invokes.
+    assert!(check_concurrency(&Template::load().with("ProvisionedPollers", 2.into())).is_err());
+    // Fewer pollers allowed than kept ready.
+    assert!(check_concurrency(&provisioned().with("MaximumPollers", 2.into())).is_err());
+    let broken: [fn(&mut Value); 4] = [
+        // MaximumConcurrency kept in provisioned mode (Lambda rejects both).
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]["ScalingConfig"] =
+                serde_json::json!({"MaximumConcurrency": {"Ref": "MaxConcurrency"}})
+        },
+        // No ProvisionedPollerConfig at all.
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ProvisionedPollerConfig");
+        },
+        // MinimumPollers wired to the wrong parameter.
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]
+                ["ProvisionedPollerConfig"]["Fn::If"][1]["MinimumPollers"] =
+                serde_json::json!({"Ref": "MaximumPollers"})
+        },
+        // MaximumPollers fixed instead of the parameter.
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]
+                ["ProvisionedPollerConfig"]["Fn::If"][1]["MaximumPollers"] = 2000.into()
+        },
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        let t = edited(edit);
+        let t = Template {
+            params: provisioned().params,
+            doc: t.doc,
+        };
+        assert!(check_concurrency(&t).is_err(), "edit {i} passes");
+    }
+    // A ProvisionedPollerConfig in on-demand mode.
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]
+            ["ProvisionedPollerConfig"] = serde_json::json!({"MinimumPollers": 2, "MaximumPollers": 2})
+    });
+    assert!(check_concurrency(&t).is_err());
+}
+
+#[test]
+fn provisioned_mode_check_rejects_missing_rules_and_wide_bounds() {
+    let broken: [fn(&mut Value); 6] = [
+        |d| {
+            d["Rules"].as_object_mut().unwrap().remove("ProvisionedMode");
+        },
+        // Only the two-pollers assertion left.
+        |d| {
+            d["Rules"]["ProvisionedMode"]["Assertions"]
+                .as_array_mut()
+                .unwrap()
+                .truncate(1);
+        },
+        // Only the coordination assertion left.
+        |d| {
+            d["Rules"]["ProvisionedMode"]["Assertions"]
+                .as_array_mut()
+                .unwrap()
+                .remove(0);
+        },
+        |d| d["Parameters"]["MaximumPollers"]["MaxValue"] = 2000.into(),
+        |d| d["Parameters"]["ProvisionedPollers"]["Default"] = 2.into(),
+        |d| d["Parameters"]["ProvisionedPollers"]["MaxValue"] = 200.into(),
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        assert!(check_provisioned_mode(&edited(edit)).is_err(), "edit {i} passes");
+    }
 }
 
 #[test]
