@@ -1025,11 +1025,14 @@ async fn invocation(starter: Arc<Starter>, batch: usize, max_in_flight: usize, l
         units.spawn(async move {
             let Ok(_permit) = permits.acquire().await else { return };
             let asked = Instant::now();
-            // As the handler: the units that still need a slot, not those holding one.
-            let demand = pending
-                .load(Ordering::Relaxed)
-                .saturating_sub(holding.load(Ordering::Relaxed))
-                .max(1);
+            // As the handler: the units that still need a slot, not those holding one, read
+            // when a lease is planned.
+            let demand = || {
+                pending
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(holding.load(Ordering::Relaxed))
+                    .max(1)
+            };
             let slot = starter.pacing().reserve(latest, demand).await;
             if let Some(slot) = slot {
                 holding.fetch_add(1, Ordering::Relaxed);

@@ -462,9 +462,11 @@ impl Invocation<'_> {
                 return Attempt::Retry { reason, backoff: true };
             }
             // The demand that sizes a shared lease: units that still need a slot, not those
-            // already holding one.
-            let holding = self.holding.load(Ordering::Relaxed);
-            let demand = self.pending.load(Ordering::Relaxed).saturating_sub(holding).max(1);
+            // already holding one (read when the lease is planned).
+            let demand = || {
+                let holding = self.holding.load(Ordering::Relaxed);
+                self.pending.load(Ordering::Relaxed).saturating_sub(holding).max(1)
+            };
             let slot = match Instant::now() < self.cutoff {
                 true => pacing.reserve(self.cutoff, demand).await,
                 false => None,

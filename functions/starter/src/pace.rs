@@ -65,9 +65,9 @@ pub enum Pacing {
 }
 
 impl Pacing {
-    /// Reserves the next call, unless it would have to wait past `latest`; `demand` is how
-    /// many calls the caller still has to make (it sizes shared leases).
-    pub async fn reserve(&self, latest: Instant, demand: u64) -> Option<Slot> {
+    /// Reserves the next call, unless it would have to wait past `latest`; `demand` says how
+    /// many calls the caller's invocation still needs slots for (it sizes shared leases).
+    pub async fn reserve(&self, latest: Instant, demand: impl Fn() -> u64) -> Option<Slot> {
         match self {
             Pacing::Local(pacer) => pacer.reserve(Instant::now(), latest),
             Pacing::Shared(shared) => shared.reserve(latest, demand).await,

@@ -153,9 +153,11 @@ impl SharedPacer {
         }
     }
 
-    /// Reserves the next call at or after now, for a caller with `demand` calls to make,
-    /// unless it would have to wait past `latest`.
-    pub async fn reserve(&self, latest: Instant, demand: u64) -> Option<Slot> {
+    /// Reserves the next call at or after now, unless it would have to wait past `latest`.
+    /// `demand` tells how many calls the caller's invocation still needs slots for; it is read
+    /// with the lease lock held, when a lease is planned (read earlier, it would be stale by
+    /// the time the lease is written, and the lease too large).
+    pub async fn reserve(&self, latest: Instant, demand: impl Fn() -> u64) -> Option<Slot> {
         let mut g = self.state.lock().await;
         loop {
             let now = Instant::now();
@@ -184,7 +186,7 @@ impl SharedPacer {
                 }
                 continue;
             };
-            match state.plan_lease(self.clock.epoch(now), demand, g.successes) {
+            match state.plan_lease(self.clock.epoch(now), demand(), g.successes) {
                 LeasePlan::WaitUntil(epoch) => {
                     let at = self.clock.instant(epoch);
                     if at > latest {

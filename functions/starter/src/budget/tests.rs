@@ -25,7 +25,7 @@ fn lessee(store: &Arc<MemoryStore>, rate: f64, burst: f64) -> SharedPacer {
 async fn take_slots(pacer: Arc<SharedPacer>, run: Duration, demand: u64) -> Vec<Instant> {
     let end = Instant::now() + run;
     let mut times = Vec::new();
-    while let Some(slot) = pacer.reserve(end, demand).await {
+    while let Some(slot) = pacer.reserve(end, || demand).await {
         tokio::time::sleep(slot.wait).await;
         times.push(Instant::now());
         pacer.on_success(slot).await;
@@ -188,7 +188,7 @@ async fn unused_slots_are_given_back_unless_someone_leased_since() {
     let store = Arc::new(MemoryStore::new());
     let a = lessee(&store, 100.0, 100.0);
     let latest = Instant::now() + Duration::from_secs(5);
-    let slot = a.reserve(latest, 10).await.unwrap();
+    let slot = a.reserve(latest, || 10).await.unwrap();
     a.on_success(slot).await;
     let leased = store.item(KEY).unwrap();
     a.give_back(latest).await;
@@ -202,9 +202,9 @@ async fn unused_slots_are_given_back_unless_someone_leased_since() {
     );
 
     // Someone else leases in between: the give-back is refused, nothing is returned twice.
-    a.reserve(latest, 10).await.unwrap();
+    a.reserve(latest, || 10).await.unwrap();
     let b = lessee(&store, 100.0, 100.0);
-    b.reserve(latest, 10).await.unwrap();
+    b.reserve(latest, || 10).await.unwrap();
     let before = store.item(KEY).unwrap();
     a.give_back(latest).await;
     assert_eq!(store.item(KEY).unwrap(), before);
@@ -217,8 +217,8 @@ async fn throttles_lower_the_shared_rate_once_per_version() {
     let a = lessee(&store, 100.0, 100.0);
     let b = lessee(&store, 100.0, 100.0);
     let latest = Instant::now() + Duration::from_secs(5);
-    let slot_a = a.reserve(latest, 5).await.unwrap();
-    let slot_b = b.reserve(latest, 5).await.unwrap();
+    let slot_a = a.reserve(latest, || 5).await.unwrap();
+    let slot_b = b.reserve(latest, || 5).await.unwrap();
     assert_eq!(slot_a.source, Source::Shared);
     assert_eq!(slot_a.epoch, slot_b.epoch, "both leased under one version");
     a.on_throttle(slot_a).await;
@@ -231,12 +231,12 @@ async fn throttles_lower_the_shared_rate_once_per_version() {
     );
     assert_eq!(item.version, slot_a.epoch + 1);
     // The bucket was emptied: the next slot waits about 1 / r of the new rate.
-    let next = b.reserve(latest, 1).await.unwrap();
+    let next = b.reserve(latest, || 1).await.unwrap();
     assert!(next.wait >= Duration::from_millis(15), "{:?}", next.wait);
     // Successes of the new version raise it back, one lease at a time.
     b.on_success(next).await;
     for _ in 0..60 {
-        let slot = b.reserve(latest, 1).await.unwrap();
+        let slot = b.reserve(latest, || 1).await.unwrap();
         tokio::time::sleep(slot.wait).await;
         b.on_success(slot).await;
     }
@@ -249,7 +249,7 @@ async fn a_failing_table_falls_back_to_the_static_split_and_recovers() {
     store.set_failure(Some("ResourceNotFoundException: no such table"));
     let a = lessee(&store, 100.0, 100.0);
     let latest = Instant::now() + Duration::from_secs(10);
-    let slot = a.reserve(latest, 5).await.unwrap();
+    let slot = a.reserve(latest, || 5).await.unwrap();
     assert_eq!(slot.source, Source::Local);
     assert_eq!(
         a.last_error().as_deref(),
@@ -258,11 +258,11 @@ async fn a_failing_table_falls_back_to_the_static_split_and_recovers() {
     let counts = a.take_counts();
     assert_eq!((counts.calls, counts.fallbacks), (1, 1));
     // Within FALLBACK_RETRY the table is not asked again.
-    a.reserve(latest, 5).await.unwrap();
+    a.reserve(latest, || 5).await.unwrap();
     assert_eq!(a.take_counts().calls, 0);
     store.set_failure(None);
     tokio::time::sleep(FALLBACK_RETRY).await;
-    let slot = a.reserve(latest, 5).await.unwrap();
+    let slot = a.reserve(latest, || 5).await.unwrap();
     assert_eq!(slot.source, Source::Shared);
     assert!(a.last_error().is_none());
 }
@@ -274,7 +274,7 @@ async fn a_slow_table_never_holds_a_call_past_its_latest() {
     let began = Instant::now();
     let latest = began + Duration::from_millis(300);
     // The table does not answer in time: the static split serves, within the bound.
-    let slot = a.reserve(latest, 1).await;
+    let slot = a.reserve(latest, || 1).await;
     assert!(Instant::now() <= latest, "waited {:?}", began.elapsed());
     assert!(slot.is_none_or(|s| s.source == Source::Local));
 }
