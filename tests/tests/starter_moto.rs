@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use local_stack::moto::{executions, provision, Moto, Stack};
+use local_stack::esm::event::sqs_event;
+use local_stack::esm::runner::Queue as EsmQueue;
+use local_stack::esm::sqs::SqsQueue as EsmSqsQueue;
+use local_stack::moto::{executions, provision, Moto, Stack, REGION};
 use serde_json::json;
 use sfn_pacer::aws::{SfnStarter, SqsQueue};
 use sfn_pacer::{Config, Disposition, Starter};
@@ -248,25 +251,11 @@ async fn messages_deferred_by_the_deadline_are_visible_again_at_once() {
             .await
             .unwrap();
     }
-    let received = sqs
-        .receive_message()
-        .queue_url(&stack.queue_url)
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    // Received as the mapping receives them (real receipt handles and attributes).
+    let work = EsmSqsQueue::new(sqs.clone(), stack.queue_url.clone());
+    let received = EsmQueue::receive(&work, 10, Duration::ZERO).await.unwrap();
     assert_eq!(received.len(), 10);
-    let records: Vec<_> = received
-        .iter()
-        .map(|m| {
-            json!({"messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
-                   "eventSource": "aws:sqs", "eventSourceARN": stack.queue_arn,
-                   "attributes": {"ApproximateReceiveCount": "1"}})
-        })
-        .collect();
-    let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    let event = sqs_event(&received, &stack.queue_arn, REGION);
     // 2/s with a burst of 1, a 2 s deadline and a 1 s margin: about 3 start, 7 are cut off.
     let c = config(
         &stack,
@@ -282,14 +271,6 @@ async fn messages_deferred_by_the_deadline_are_visible_again_at_once() {
     let deferred = outcome.response.batch_item_failures.len();
     assert!(deferred >= 5, "{deferred} deferred");
     assert_eq!(outcome.report.deferred as usize, deferred);
-    let again = sqs
-        .receive_message()
-        .queue_url(&stack.queue_url)
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let again = EsmQueue::receive(&work, 10, Duration::ZERO).await.unwrap();
     assert_eq!(again.len(), deferred, "the deferred messages are visible again at once");
 }

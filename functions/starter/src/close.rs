@@ -320,7 +320,7 @@ fn batches<T>(letters: &[(T, DeadLetter)]) -> Vec<&[(T, DeadLetter)]> {
 }
 
 /// The distinct messages (by id) of a unit's records.
-fn distinct<'m>(messages: &'m [Message], members: &[usize]) -> Vec<&'m Message> {
+pub(crate) fn distinct<'m>(messages: &'m [Message], members: &[usize]) -> Vec<&'m Message> {
     let mut seen = HashSet::new();
     members
         .iter()

@@ -53,14 +53,6 @@ impl DynamoStore {
         }
     }
 
-    /// Wraps a client configured elsewhere.
-    pub fn from_client(client: aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
-        DynamoStore {
-            client,
-            table: table.to_string(),
-        }
-    }
-
     async fn create(&self, key: &str, state: &BudgetState) -> Result<Written, StoreError> {
         let mut item = to_item(state);
         item.insert("pk".into(), s(&budget_pk(key)));

@@ -24,7 +24,7 @@ use crate::budget::lease::SharedPacer;
 use crate::budget::{BudgetState, Store};
 use crate::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
 use crate::classify::{classify, systemic_advice, Class};
-use crate::close::{Closing, Settled};
+use crate::close::{distinct, Closing, Settled};
 use crate::config::{Config, WorkflowType};
 use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
@@ -282,7 +282,7 @@ impl Starter {
         let merged: u64 = settled
             .iter()
             .filter(|(_, s)| matches!(s, Settled::Done(_)))
-            .map(|(members, _)| distinct_ids(&messages, members).saturating_sub(1))
+            .map(|(members, _)| (distinct(&messages, members).len() as u64).saturating_sub(1))
             .sum();
         let closed = closing.close(settled).await;
         let tally = &invocation.tally;
@@ -626,15 +626,6 @@ fn warn_if_inputs_differ(unit: &Unit, work: &Result<Plan, Rejection>, first: &Me
             );
         }
     }
-}
-
-/// How many different message ids the records `members` carry.
-fn distinct_ids(messages: &[Message], members: &[usize]) -> u64 {
-    members
-        .iter()
-        .map(|&i| messages[i].id.as_str())
-        .collect::<HashSet<_>>()
-        .len() as u64
 }
 
 /// The partial batch response: the ids of records to retry, each once, in record order.
