@@ -75,8 +75,13 @@ pub struct Moto {
 impl Moto {
     /// moto on a free loopback port, output discarded, stopped when dropped (tests).
     pub async fn start() -> Result<Moto, String> {
+        Moto::start_with(&MotoOptions::default()).await
+    }
+
+    /// moto with `options`, stopped when dropped (tests that need, say, one request at a time).
+    pub async fn start_with(options: &MotoOptions) -> Result<Moto, String> {
         let supervisor = Supervisor::new();
-        let mut moto = Moto::start_in(&supervisor, &MotoOptions::default()).await?;
+        let mut moto = Moto::start_in(&supervisor, options).await?;
         moto._owned = Some(supervisor);
         Ok(moto)
     }

@@ -245,10 +245,10 @@ impl Template {
     }
 
     /// The resources CloudFormation creates with these parameters (their `Condition` holds),
-    /// evaluated, of `kind`.
-    fn deployed_of_type(&self, kind: &str) -> Result<Vec<(String, Value)>, String> {
+    /// evaluated.
+    fn deployed(&self) -> Result<Vec<(String, Value)>, String> {
         let mut out = Vec::new();
-        for (name, resource) in self.resources_of_type(kind) {
+        for (name, resource) in self.resources() {
             if let Some(condition) = resource.get("Condition") {
                 let condition = condition.as_str().ok_or("a resource Condition is a name")?;
                 if !self.condition(condition)? {
@@ -258,6 +258,15 @@ impl Template {
             out.extend(self.evaluate(resource)?.map(|r| (name.clone(), r)));
         }
         Ok(out)
+    }
+
+    /// The deployed resources (see [`Template::deployed`]) of `kind`.
+    fn deployed_of_type(&self, kind: &str) -> Result<Vec<(String, Value)>, String> {
+        Ok(self
+            .deployed()?
+            .into_iter()
+            .filter(|(_, r)| r["Type"] == kind)
+            .collect())
     }
 
     /// A `Fn::Sub` string with the parameters substituted (pseudo-parameters and attributes stay).
@@ -771,8 +780,82 @@ fn check_alarms(t: &Template) -> Result<(), String> {
     Ok(())
 }
 
-/// The DynamoDB item actions the function uses on the coordination table (src/dynamo.rs).
+/// The DynamoDB item actions the function uses on the coordination table for the budget
+/// (src/dynamo.rs), and the items they may touch (`dynamodb:LeadingKeys`).
 const COORDINATION_ACTIONS: &[&str] = &["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"];
+const BUDGET_KEYS: &[&str] = &["quota#*"];
+
+/// The actions of batch executions' per-message claims (Standard only): TransactWriteItems is
+/// authorized per contained action, its Puts as PutItem (no ConditionCheck, so no
+/// ConditionCheckItem); the claims are read back with BatchGetItem, the execution records with
+/// GetItem. Sorted, as the check compares them.
+const CLAIM_ACTIONS: &[&str] = &["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem"];
+const CLAIM_KEYS: &[&str] = &["claim#*", "execution#*"];
+
+/// Whether the function claims messages in the table: batches (MessagesPerExecution > 1) of a
+/// Standard workflow, coordinated. Decided from the parameters, not from the template's conditions.
+fn claims_expected(t: &Template) -> Result<bool, String> {
+    let batching = match t.params.get("MessagesPerExecution") {
+        Some(n) => t.number(n)? > 1.0,
+        None => false,
+    };
+    let standard = t.params.get("WorkflowType").map(text).as_deref() == Some("STANDARD");
+    let coordinated = t.params.get("CoordinationTable").map(text).as_deref() != Some("None");
+    Ok(batching && standard && coordinated)
+}
+
+/// The `dynamodb:LeadingKeys` a statement allows, sorted.
+fn leading_keys(statement: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    strings(&statement["Condition"], &mut keys);
+    keys.sort();
+    keys
+}
+
+/// One DynamoDB statement: an Allow of exactly `actions` on exactly the table `arn`, with a
+/// `ForAllValues:StringLike` condition on `dynamodb:LeadingKeys` of exactly `keys`.
+fn check_table_statement(
+    t: &Template,
+    what: &str,
+    statement: &Value,
+    actions: &[&str],
+    keys: &[&str],
+    arn: &Value,
+) -> Result<(), String> {
+    if statement["Effect"] != "Allow" {
+        return Err(format!("the {what} statement is not an Allow: {statement}"));
+    }
+    let mut allowed = Vec::new();
+    strings(&statement["Action"], &mut allowed);
+    allowed.sort();
+    if allowed != actions {
+        return Err(format!("the {what} statement allows {allowed:?}, not {actions:?}"));
+    }
+    let resources = match &statement["Resource"] {
+        Value::Array(items) => items.clone(),
+        one => vec![one.clone()],
+    };
+    let resources: Vec<Value> = resources
+        .into_iter()
+        .map(|r| match r.get("Fn::Sub").and_then(Value::as_str) {
+            Some(sub) => Value::from(t.substitute(sub)),
+            None => r,
+        })
+        .collect();
+    if resources != [arn.clone()] {
+        return Err(format!(
+            "the {what} statement's Resource {resources:?} is not just {arn}"
+        ));
+    }
+    let condition = serde_json::json!({"ForAllValues:StringLike": {"dynamodb:LeadingKeys": keys}});
+    if statement["Condition"] != condition {
+        return Err(format!(
+            "the {what} statement's condition {} is not {condition}",
+            statement["Condition"]
+        ));
+    }
+    Ok(())
+}
 
 /// The created coordination table: on-demand, KMS-encrypted, `pk` (S) as its only key, TTL on
 /// `expires_at`.
@@ -815,8 +898,10 @@ fn check_table(name: &str, table: &Value) -> Result<(), String> {
 
 /// Coordinated mode as the `CoordinationTable` parameter asks: "Create" creates one table and
 /// wires it, "None" creates and wires nothing, another value wires that existing table. The
-/// role's DynamoDB statement allows exactly the three item actions on exactly that table.
-/// `QUOTA_KEY` is set exactly when coordinated and `QuotaKey` is not empty.
+/// role's budget statement allows exactly the three item actions on exactly that table's budget
+/// items (`quota#*`); with batch executions on Standard a second statement allows exactly the
+/// claims' actions on the claims and execution records (`claim#*`, `execution#*`), and without
+/// them there is none. `QUOTA_KEY` is set exactly when coordinated and `QuotaKey` is not empty.
 fn check_coordination(t: &Template) -> Result<(), String> {
     let mode = text(
         t.params
@@ -888,45 +973,26 @@ fn check_coordination(t: &Template) -> Result<(), String> {
     if resolved != told {
         return Err(format!("COORDINATION_TABLE is {resolved}, expected {told}"));
     }
-    let [statement] = dynamo.as_slice() else {
-        return Err(format!("expected one DynamoDB statement, found {}", dynamo.len()));
-    };
-    if statement["Effect"] != "Allow" {
-        return Err(format!("the DynamoDB statement is not an Allow: {statement}"));
+    // The budget's statement, and with per-message claims the claims' statement: each allows
+    // exactly its actions on exactly this table, and only on items under its key prefixes.
+    let mut expected = vec![("budget", COORDINATION_ACTIONS, BUDGET_KEYS)];
+    if claims_expected(t)? {
+        expected.push(("claims", CLAIM_ACTIONS, CLAIM_KEYS));
     }
-    let mut actions = Vec::new();
-    strings(&statement["Action"], &mut actions);
-    actions.sort();
-    if actions != COORDINATION_ACTIONS {
+    if dynamo.len() != expected.len() {
         return Err(format!(
-            "the DynamoDB statement allows {actions:?}, not {COORDINATION_ACTIONS:?}"
+            "expected {} DynamoDB statement(s) ({:?}), found {}",
+            expected.len(),
+            expected.iter().map(|(what, _, _)| what).collect::<Vec<_>>(),
+            dynamo.len()
         ));
     }
-    let resources = match &statement["Resource"] {
-        Value::Array(items) => items.clone(),
-        one => vec![one.clone()],
-    };
-    let resources: Vec<Value> = resources
-        .into_iter()
-        .map(|r| match r.get("Fn::Sub").and_then(Value::as_str) {
-            Some(sub) => Value::from(t.substitute(sub)),
-            None => r,
-        })
-        .collect();
-    if resources != [arn.clone()] {
-        return Err(format!(
-            "the DynamoDB statement's Resource {resources:?} is not just {arn}"
-        ));
-    }
-    // An optional LeadingKeys condition may only narrow the statement to budget items.
-    if let Some(condition) = statement.get("Condition") {
-        let mut keys = Vec::new();
-        strings(condition, &mut keys);
-        if keys.iter().any(|k| !k.starts_with("quota#")) {
-            return Err(format!(
-                "the DynamoDB statement's condition {condition} is not quota#..."
-            ));
-        }
+    for (what, actions, keys) in expected {
+        let statement = dynamo
+            .iter()
+            .find(|s| leading_keys(s) == keys)
+            .ok_or_else(|| format!("no DynamoDB statement for the {what}, on items {keys:?} only"))?;
+        check_table_statement(t, what, statement, actions, keys, &arn)?;
     }
     let quota_key = text(t.params.get("QuotaKey").unwrap_or(&Value::from("")));
     match (variables.get("QUOTA_KEY"), quota_key.is_empty()) {
@@ -1506,6 +1572,386 @@ fn check_claim_check(t: &Template) -> Result<(), String> {
     Ok(())
 }
 
+// ------------------------------------------------------------------ batch executions
+
+/// The sample definitions, in infra/.
+const SINGLE_DEFINITION: &str = "infra/state-machine.asl.json";
+const BATCH_DEFINITION: &str = "infra/state-machine-batch.asl.json";
+
+/// The Step Functions definition at `uri`, relative to the workspace.
+fn read_definition(uri: &str) -> Result<Value, String> {
+    let path = workspace_root().join(uri);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{uri} is not JSON: {e}"))
+}
+
+/// A states graph (a definition, or a Map's ItemProcessor): `StartAt` names a state, every
+/// `Next` names a state, every state has a `Next` or ends (End, Succeed, Fail, Choice), and
+/// every state is reachable from `StartAt` (Step Functions rejects an unreachable one).
+fn check_states_graph(graph: &Value) -> Result<(), String> {
+    let states = graph["States"].as_object().ok_or("no States")?;
+    let start = graph["StartAt"].as_str().ok_or("no StartAt")?;
+    if !states.contains_key(start) {
+        return Err(format!("StartAt {start} is not a state"));
+    }
+    let targets = |state: &Value| -> Vec<String> {
+        let mut out: Vec<String> = state["Next"].as_str().map(str::to_string).into_iter().collect();
+        for choice in state["Choices"].as_array().into_iter().flatten() {
+            out.extend(choice["Next"].as_str().map(str::to_string));
+        }
+        out.extend(state["Default"].as_str().map(str::to_string));
+        out
+    };
+    for (name, state) in states {
+        let kind = state["Type"].as_str().unwrap_or_default();
+        let ends = state["End"] == true || ["Succeed", "Fail", "Choice"].contains(&kind);
+        if targets(state).is_empty() && !ends {
+            return Err(format!("state {name} neither goes on nor ends"));
+        }
+        if let Some(next) = targets(state).iter().find(|n| !states.contains_key(n.as_str())) {
+            return Err(format!("state {name} goes on to {next}, which is not a state"));
+        }
+    }
+    let mut reached = vec![start.to_string()];
+    let mut i = 0;
+    while i < reached.len() {
+        for next in targets(&states[&reached[i]]) {
+            if !reached.contains(&next) {
+                reached.push(next);
+            }
+        }
+        i += 1;
+    }
+    if let Some(name) = states.keys().find(|n| !reached.contains(n)) {
+        return Err(format!("state {name} cannot be reached from {start}"));
+    }
+    Ok(())
+}
+
+/// What a Pass state records: the values of its `Parameters` (paths such as `$` or
+/// `$$.Execution.Name`), whatever the keys, sorted.
+fn recorded(pass: &Value) -> Vec<String> {
+    let mut values: Vec<String> = pass["Parameters"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_str().map(str::to_string))
+        .collect();
+    values.sort();
+    values
+}
+
+/// The batch sample: a valid graph whose first state is a Map over `$.items` with a bounded
+/// `MaxConcurrency` (0 or none is unbounded); each item runs a valid graph with a Pass that
+/// records what the single sample's Pass records (here the item, the name, the start time).
+fn check_batch_definition(batch: &Value, single: &Value) -> Result<(), String> {
+    check_states_graph(batch)?;
+    let start = batch["StartAt"].as_str().unwrap_or_default();
+    let map = &batch["States"][start];
+    if map["Type"] != "Map" {
+        return Err(format!("the first state {start} is not a Map"));
+    }
+    if map["ItemsPath"] != "$.items" {
+        return Err(format!("the Map reads {}, not $.items", map["ItemsPath"]));
+    }
+    // An inline Map runs up to 40 iterations at once: a bound above that bounds nothing.
+    match map["MaxConcurrency"].as_u64() {
+        Some(n) if (1..=40).contains(&n) => {}
+        other => return Err(format!("the Map's MaxConcurrency {other:?} is not within 1..=40")),
+    }
+    let processor = map
+        .get("ItemProcessor")
+        .or(map.get("Iterator"))
+        .ok_or("the Map has no ItemProcessor")?;
+    check_states_graph(processor).map_err(|e| format!("the Map's ItemProcessor: {e}"))?;
+    let wanted: Vec<&Value> = single["States"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, s)| s)
+        .filter(|s| s["Type"] == "Pass")
+        .collect();
+    let [single_pass] = wanted.as_slice() else {
+        return Err("the single sample has no single Pass state to compare with".into());
+    };
+    let records = recorded(single_pass);
+    let per_item = processor["States"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(_, s)| s["Type"] == "Pass" && recorded(s) == records);
+    if !per_item {
+        return Err(format!("no Pass state of the Map records {records:?} per item"));
+    }
+    Ok(())
+}
+
+/// The `MessagesPerExecution` parameter: a Number, 1 (one execution per message) by default, 1
+/// to 99 (a transaction holds 99 claims and the record), in a parameter group, described with
+/// its variable and the table it needs; the function gets it as `MESSAGES_PER_EXECUTION`; the
+/// Rules accept the whole numbers 1 to 99 only.
+fn check_messages_per_execution(t: &Template) -> Result<(), String> {
+    let p = &t.doc["Parameters"]["MessagesPerExecution"];
+    if p["Type"] != "Number" {
+        return Err(format!("MessagesPerExecution is {}, not a Number", p["Type"]));
+    }
+    for (key, wanted) in [("Default", 1.0), ("MinValue", 1.0), ("MaxValue", 99.0)] {
+        if p[key].as_f64() != Some(wanted) {
+            return Err(format!("MessagesPerExecution {key} is {}, not {wanted}", p[key]));
+        }
+    }
+    let description = text(&p["Description"]);
+    for needed in [
+        "MESSAGES_PER_EXECUTION",
+        "CoordinationTable",
+        "STANDARD",
+        "EXPRESS",
+        "{\"items\"",
+    ] {
+        if !description.contains(needed) {
+            return Err(format!("MessagesPerExecution's description does not mention {needed}"));
+        }
+    }
+    let grouped = t.doc["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|g| {
+            g["Parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p == "MessagesPerExecution"))
+        });
+    if !grouped {
+        return Err("MessagesPerExecution is in no parameter group".into());
+    }
+    let variable = &t.function()?["Properties"]["Environment"]["Variables"]["MESSAGES_PER_EXECUTION"];
+    if *variable != serde_json::json!({"Ref": "MessagesPerExecution"}) {
+        return Err(format!("MESSAGES_PER_EXECUTION is {variable}, not the parameter"));
+    }
+    let with = |n: Value| {
+        Template {
+            doc: t.doc.clone(),
+            params: t.params.clone(),
+        }
+        .with("MessagesPerExecution", n)
+    };
+    for n in 1..=99 {
+        check_rules(&with(n.into())).map_err(|e| format!("MessagesPerExecution {n}: {e}"))?;
+    }
+    // A Number parameter takes these; the function would fail at init on each.
+    for n in ["2.5", "1.0", "05", "100", "0"] {
+        if check_rules(&with(n.into())).is_ok() {
+            return Err(format!("MessagesPerExecution {n} passes the Rules"));
+        }
+    }
+    Ok(())
+}
+
+/// Batches of a Standard workflow claim each message in the coordination table under its name:
+/// the Rules reject MessagesPerExecution above 1 with WorkflowType STANDARD and CoordinationTable
+/// None or ExecutionName none (the function would fail at init), and only those.
+fn check_batch_rule(t: &Template) -> Result<(), String> {
+    let with = |n: i64, workflow: &str, table: &str, name: &str| {
+        Template {
+            doc: t.doc.clone(),
+            params: t.params.clone(),
+        }
+        .with("MessagesPerExecution", n.into())
+        .with("WorkflowType", workflow.into())
+        .with("CoordinationTable", table.into())
+        .with("ExecutionName", name.into())
+    };
+    for (n, workflow, table, name, accepted) in [
+        (1, "STANDARD", "None", "none", true),
+        (1, "EXPRESS", "None", "message-id", true),
+        (2, "STANDARD", "Create", "message-id", true),
+        (99, "STANDARD", "shared-budget", "attribute:OrderId", true),
+        (2, "EXPRESS", "None", "none", true),
+        (99, "EXPRESS", "Create", "message-id", true),
+        (2, "STANDARD", "None", "message-id", false),
+        (99, "STANDARD", "None", "message-id", false),
+        (2, "STANDARD", "Create", "none", false),
+    ] {
+        let mode =
+            format!("MessagesPerExecution {n} on {workflow} with CoordinationTable {table}, ExecutionName {name}");
+        match (check_rules(&with(n, workflow, table, name)), accepted) {
+            (Ok(()), false) => return Err(format!("{mode} passes the Rules")),
+            (Err(e), true) => return Err(format!("{mode}: {e}")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The sample state machine as the parameters ask: none with a StateMachineArn; else exactly
+/// one, with the batch definition when MessagesPerExecution > 1 and the single one otherwise.
+/// Every place that names the state machine names that one (or the StateMachineArn parameter):
+/// the function's STATE_MACHINE_ARN, its StartExecution statement, the ExecutionThrottled alarm,
+/// the dashboard and the StateMachineArn output.
+fn check_state_machine_selection(t: &Template) -> Result<(), String> {
+    let machines = t.deployed_of_type("AWS::Serverless::StateMachine")?;
+    let batching = t.number(t.params.get("MessagesPerExecution").ok_or("no MessagesPerExecution")?)? > 1.0;
+    let own = text(t.params.get("StateMachineArn").ok_or("no StateMachineArn parameter")?);
+    let expected = if own.is_empty() {
+        let [(name, machine)] = machines.as_slice() else {
+            return Err(format!("{} sample state machines are created, not one", machines.len()));
+        };
+        let uri = text(&machine["Properties"]["DefinitionUri"]);
+        let wanted = if batching { BATCH_DEFINITION } else { SINGLE_DEFINITION };
+        if uri != wanted {
+            return Err(format!("the sample state machine {name} is {uri}, not {wanted}"));
+        }
+        serde_json::json!({"Ref": name})
+    } else {
+        if let Some((name, _)) = machines.first() {
+            return Err(format!("StateMachineArn is given and {name} is still created"));
+        }
+        serde_json::json!({"Ref": "StateMachineArn"})
+    };
+    let function = t.evaluate(&t.function()?["Properties"])?.unwrap_or_default();
+    let (statements, _) = function_policies(t)?;
+    let starts = statements
+        .iter()
+        .find(|s| s["Action"] == "states:StartExecution")
+        .map(|s| s["Resource"].clone());
+    let throttled = t
+        .deployed_of_type("AWS::CloudWatch::Alarm")?
+        .into_iter()
+        .find(|(_, a)| a["Properties"]["MetricName"] == "ExecutionThrottled")
+        .and_then(|(_, a)| {
+            a["Properties"]["Dimensions"]
+                .as_array()?
+                .iter()
+                .find(|d| d["Name"] == "StateMachineArn")
+                .map(|d| d["Value"].clone())
+        });
+    let (_, dashboard) = t.only("AWS::CloudWatch::Dashboard")?;
+    let dashboard = t.evaluate(&dashboard["Properties"]["DashboardBody"]["Fn::Sub"][1]["StateMachine"])?;
+    let output = t.evaluate(&t.doc["Outputs"]["StateMachineArn"]["Value"])?;
+    for (place, value) in [
+        (
+            "STATE_MACHINE_ARN",
+            function["Environment"]["Variables"].get("STATE_MACHINE_ARN").cloned(),
+        ),
+        ("the StartExecution statement", starts),
+        ("the ExecutionThrottled alarm", throttled),
+        ("the dashboard's StateMachine", dashboard),
+        ("the StateMachineArn output", output),
+    ] {
+        if value.as_ref() != Some(&expected) {
+            return Err(format!("{place} is {value:?}, not {expected}"));
+        }
+    }
+    Ok(())
+}
+
+/// The two sample state machines differ only in their definition and condition, so that the
+/// batch variant gets every fix the single one gets (logging, tracing, claim-check reads).
+fn check_sample_machines_alike(t: &Template) -> Result<(), String> {
+    let machines = t.resources_of_type("AWS::Serverless::StateMachine");
+    let [(a, first), (b, second)] = machines.as_slice() else {
+        return Err(format!("expected two sample state machines, found {}", machines.len()));
+    };
+    let without_definition = |m: &Value| {
+        let mut props = m["Properties"].clone();
+        props.as_object_mut().map(|p| p.remove("DefinitionUri"));
+        props
+    };
+    if without_definition(first) != without_definition(second) {
+        return Err(format!("{a} and {b} differ in more than DefinitionUri"));
+    }
+    let mut uris = [
+        text(&first["Properties"]["DefinitionUri"]),
+        text(&second["Properties"]["DefinitionUri"]),
+    ];
+    uris.sort();
+    if uris != [BATCH_DEFINITION, SINGLE_DEFINITION] {
+        return Err(format!("the sample definitions are {uris:?}"));
+    }
+    Ok(())
+}
+
+/// The `${Name}` and `${Name.Attribute}` variables of a `Fn::Sub` string (`${!Literal}` is none).
+fn sub_variables(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        if !after.starts_with('!') {
+            out.push(after[..end].to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Every `Ref`, `Fn::GetAtt` and `Fn::Sub` variable in `value` that names neither a parameter, a
+/// pseudo-parameter, a `Fn::Sub` variable of its own nor one of `resources`.
+fn dangling(t: &Template, value: &Value, resources: &[String], out: &mut Vec<String>) {
+    let known = |name: &str| {
+        let name = name.split('.').next().unwrap_or(name);
+        name.starts_with("AWS::") || t.doc["Parameters"].get(name).is_some() || resources.iter().any(|r| r == name)
+    };
+    match value {
+        Value::Object(o) if o.len() == 1 && o.contains_key("Ref") => {
+            let name = text(&o["Ref"]);
+            if !known(&name) {
+                out.push(name);
+            }
+        }
+        Value::Object(o) if o.len() == 1 && o.contains_key("Fn::GetAtt") => {
+            let name = text(&o["Fn::GetAtt"][0]);
+            if !known(&name) {
+                out.push(name);
+            }
+        }
+        Value::Object(o) if o.len() == 1 && o.contains_key("Fn::Sub") => {
+            let (template, variables) = match &o["Fn::Sub"] {
+                Value::Array(args) => (text(&args[0]), args.get(1).cloned().unwrap_or_default()),
+                other => (text(other), Value::Null),
+            };
+            for name in sub_variables(&template) {
+                if variables.get(&name).is_none() && !known(&name) {
+                    out.push(name);
+                }
+            }
+            dangling(t, &variables, resources, out);
+        }
+        Value::Object(o) => o.values().for_each(|v| dangling(t, v, resources, out)),
+        Value::Array(items) => items.iter().for_each(|v| dangling(t, v, resources, out)),
+        _ => {}
+    }
+}
+
+/// No deployed resource and no shown output names a resource that is not created with these
+/// parameters (CloudFormation would reject the stack).
+fn check_references(t: &Template) -> Result<(), String> {
+    let deployed = t.deployed()?;
+    let names: Vec<String> = deployed.iter().map(|(n, _)| n.clone()).collect();
+    let mut found = Vec::new();
+    for (name, resource) in &deployed {
+        let mut missing = Vec::new();
+        dangling(t, &resource["Properties"], &names, &mut missing);
+        found.extend(missing.into_iter().map(|m| format!("{name} -> {m}")));
+    }
+    for (name, output) in t.doc["Outputs"].as_object().into_iter().flatten() {
+        if let Some(condition) = output.get("Condition").and_then(Value::as_str) {
+            if !t.condition(condition)? {
+                continue;
+            }
+        }
+        let mut missing = Vec::new();
+        dangling(t, &t.evaluate(output)?.unwrap_or_default(), &names, &mut missing);
+        found.extend(missing.into_iter().map(|m| format!("output {name} -> {m}")));
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("references to resources not created: {found:?}"))
+    }
+}
+
 // ------------------------------------------------------------------------------------------ tests
 
 /// The names `sfn_pacer::config` reads.
@@ -1615,19 +2061,22 @@ fn alarms_cover_the_failure_modes_and_say_what_to_do() {
 }
 
 #[test]
-fn sample_state_machine_definition_is_valid_json() {
-    let t = Template::load();
-    let (_, machine) = t.only("AWS::Serverless::StateMachine").unwrap();
-    let uri = machine["Properties"]["DefinitionUri"]
-        .as_str()
-        .expect("DefinitionUri is a local path");
-    let text = std::fs::read_to_string(workspace_root().join(uri)).unwrap();
-    let definition: Value = serde_json::from_str(&text).unwrap();
-    let start = definition["StartAt"].as_str().expect("StartAt");
-    assert!(
-        definition["States"].get(start).is_some(),
-        "StartAt {start} is not a state"
-    );
+fn sample_state_machine_definitions_are_valid_graphs() {
+    for n in [1, 10] {
+        let t = Template::load().with("MessagesPerExecution", n.into());
+        let machines = t.deployed_of_type("AWS::Serverless::StateMachine").unwrap();
+        let [(name, machine)] = machines.as_slice() else {
+            panic!(
+                "with MessagesPerExecution {n}: {} sample state machines",
+                machines.len()
+            );
+        };
+        let uri = machine["Properties"]["DefinitionUri"]
+            .as_str()
+            .expect("DefinitionUri is a local path");
+        let definition = read_definition(uri).unwrap();
+        check_states_graph(&definition).unwrap_or_else(|e| panic!("{name} ({uri}): {e}"));
+    }
 }
 
 /// The `CoordinationTable` modes: create (default), off, an existing table, with a `QuotaKey`.
@@ -2374,4 +2823,352 @@ fn claim_check_check_rejects_more_actions_wider_resources_and_missing_wiring() {
         policies.retain(|s| s.get("Fn::If").is_none());
     });
     assert!(check_claim_check(&t).is_err());
+}
+
+// ------------------------------------------------------------------ batch executions (tests)
+
+/// Batch executions in the ways they can be deployed: Standard with a created or an existing
+/// table, Express with and without one, with FIFO queues, the largest batch, and an existing
+/// state machine.
+fn batch_modes() -> Vec<Template> {
+    let batch = |n: i64| Template::load().with("MessagesPerExecution", n.into());
+    vec![
+        batch(10),
+        batch(99),
+        batch(10).with("CoordinationTable", "shared-budget".into()),
+        batch(10).with("WorkflowType", "EXPRESS".into()),
+        batch(10)
+            .with("WorkflowType", "EXPRESS".into())
+            .with("CoordinationTable", "None".into()),
+        batch(10).with("QueueType", "FIFO".into()),
+        batch(10).with("ClaimCheckBucket", "None".into()),
+        batch(10).with(
+            "StateMachineArn",
+            "arn:aws:states:us-east-1:123456789012:stateMachine:mine".into(),
+        ),
+    ]
+}
+
+/// The mode's parameters that matter for batch executions, for messages.
+fn batch_mode(t: &Template) -> String {
+    [
+        "MessagesPerExecution",
+        "WorkflowType",
+        "CoordinationTable",
+        "QueueType",
+        "StateMachineArn",
+    ]
+    .iter()
+    .map(|p| format!("{p}={}", text(&t.params[*p])))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+#[test]
+fn messages_per_execution_is_a_parameter_passed_to_the_function() {
+    let t = Template::load();
+    assert_eq!(t.params["MessagesPerExecution"], 1);
+    check_messages_per_execution(&t).unwrap();
+    check_environment(&t, known_variables()).unwrap();
+}
+
+#[test]
+fn batches_on_standard_need_the_coordination_table() {
+    check_batch_rule(&Template::load()).unwrap();
+}
+
+#[test]
+fn the_sample_state_machine_follows_messages_per_execution() {
+    check_sample_machines_alike(&Template::load()).unwrap();
+    let existing = "arn:aws:states:us-east-1:123456789012:stateMachine:mine";
+    for n in [1, 2, 99] {
+        for arn in ["", existing] {
+            for workflow in ["STANDARD", "EXPRESS"] {
+                let t = Template::load()
+                    .with("MessagesPerExecution", n.into())
+                    .with("StateMachineArn", arn.into())
+                    .with("WorkflowType", workflow.into());
+                check_state_machine_selection(&t).unwrap_or_else(|e| panic!("with {}: {e}", batch_mode(&t)));
+                check_references(&t).unwrap_or_else(|e| panic!("with {}: {e}", batch_mode(&t)));
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_sample_definition_maps_over_the_items() {
+    let batch = read_definition(BATCH_DEFINITION).unwrap();
+    let single = read_definition(SINGLE_DEFINITION).unwrap();
+    check_batch_definition(&batch, &single).unwrap();
+}
+
+#[test]
+fn batch_claims_are_allowed_on_standard_only_and_only_on_their_items() {
+    for t in batch_modes() {
+        let mode = batch_mode(&t);
+        check_rules(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_coordination(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_least_privilege(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_environment(&t, known_variables()).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_state_machine_selection(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_references(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_claim_check(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_queue_type(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        check_dlq_alarm(&t).unwrap_or_else(|e| panic!("with {mode}: {e}"));
+        let (statements, _) = function_policies(&t).unwrap();
+        let claims = statements.iter().any(|s| leading_keys(s) == CLAIM_KEYS);
+        assert_eq!(claims, claims_expected(&t).unwrap(), "with {mode}");
+    }
+    // Single executions write no claims, coordinated or not.
+    for t in coordination_modes() {
+        assert!(!claims_expected(&t).unwrap());
+        check_coordination(&t).unwrap();
+    }
+}
+
+#[test]
+fn dashboard_graphs_the_batch_metrics() {
+    check_dashboard_metrics(
+        &Template::load(),
+        &["Executions", "MessagesPerExecution", "ClaimsWritten", "ClaimsFound"],
+    )
+    .unwrap();
+}
+
+// ------------------------------------------------------- batch executions: the checks do fail
+
+/// The role's claims statement (inside its `Fn::If`).
+fn claims_statement(d: &mut Value) -> &mut Value {
+    let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap();
+    let conditional = statements
+        .iter_mut()
+        .find(|s| s["Fn::If"][0] == "UseClaims")
+        .expect("a claims statement");
+    &mut conditional["Fn::If"][1]
+}
+
+#[test]
+fn coordination_check_rejects_missing_wider_or_misplaced_claims() {
+    let batch = |t: Template| t.with("MessagesPerExecution", 10.into());
+    let broken: [fn(&mut Value); 8] = [
+        // No claims statement.
+        |d| {
+            d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|s| s["Fn::If"][0] != "UseClaims");
+        },
+        // Claims may be changed or deleted.
+        |d| {
+            claims_statement(d)["Action"]
+                .as_array_mut()
+                .unwrap()
+                .push("dynamodb:UpdateItem".into())
+        },
+        |d| {
+            claims_statement(d)["Action"]
+                .as_array_mut()
+                .unwrap()
+                .push("dynamodb:DeleteItem".into())
+        },
+        // The claims cannot be read back after a refused transaction.
+        |d| {
+            claims_statement(d)["Action"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|a| a != "dynamodb:BatchGetItem")
+        },
+        // On any item, or without the execution records.
+        |d| {
+            claims_statement(d).as_object_mut().unwrap().remove("Condition");
+        },
+        |d| {
+            claims_statement(d)["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                Value::from(vec!["claim#*"])
+        },
+        // The budget statement widened to the claims instead.
+        |d| {
+            coordination_statement(d)["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                Value::from(vec!["quota#*", "claim#*", "execution#*"])
+        },
+        // Another table.
+        |d| claims_statement(d)["Resource"] = serde_json::json!({"Fn::GetAtt": ["ClaimCheckStore", "Arn"]}),
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        for table in ["Create", "shared-budget"] {
+            let t = batch(edited(edit)).with("CoordinationTable", table.into());
+            assert!(check_coordination(&t).is_err(), "edit {i} with {table} passes");
+        }
+    }
+    // Claims on Express, or with single executions.
+    let t = batch(edited(
+        |d| {
+            d["Conditions"]["UseClaims"] =
+                serde_json::json!({"Fn::And": [{"Condition": "Batching"}, {"Condition": "UseCoordination"}]})
+        },
+    ))
+    .with("WorkflowType", "EXPRESS".into());
+    assert!(check_coordination(&t).is_err());
+    let t = edited(|d| d["Conditions"]["UseClaims"] = serde_json::json!({"Condition": "UseCoordination"}));
+    assert!(check_coordination(&t).is_err());
+}
+
+#[test]
+fn messages_per_execution_check_rejects_other_bounds_and_missing_wiring() {
+    let broken: [fn(&mut Value); 7] = [
+        |d| d["Parameters"]["MessagesPerExecution"]["Default"] = 10.into(),
+        // 100 would need 101 writes in one transaction.
+        |d| d["Parameters"]["MessagesPerExecution"]["MaxValue"] = 100.into(),
+        |d| d["Parameters"]["MessagesPerExecution"]["Type"] = "String".into(),
+        |d| {
+            d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
+                .as_object_mut()
+                .unwrap()
+                .remove("MESSAGES_PER_EXECUTION");
+        },
+        |d| {
+            for group in d["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+                .as_array_mut()
+                .unwrap()
+            {
+                group["Parameters"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|p| p != "MessagesPerExecution");
+            }
+        },
+        // Fractions and out-of-range values reach the function.
+        |d| {
+            d["Rules"].as_object_mut().unwrap().remove("MessagesPerExecutionWhole");
+        },
+        |d| {
+            d["Rules"]["MessagesPerExecutionWhole"]["Assertions"][0]["Assert"]["Fn::Contains"][0]
+                .as_array_mut()
+                .unwrap()
+                .push("100".into())
+        },
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        assert!(check_messages_per_execution(&edited(edit)).is_err(), "edit {i} passes");
+    }
+}
+
+#[test]
+fn batch_rule_check_rejects_a_missing_or_wider_rule() {
+    let broken: [fn(&mut Value); 5] = [
+        |d| {
+            d["Rules"].as_object_mut().unwrap().remove("BatchClaims");
+        },
+        // Only one of the two assertions.
+        |d| {
+            d["Rules"]["BatchClaims"]["Assertions"]
+                .as_array_mut()
+                .unwrap()
+                .truncate(1);
+        },
+        |d| {
+            d["Rules"]["BatchClaims"]["Assertions"]
+                .as_array_mut()
+                .unwrap()
+                .remove(0);
+        },
+        // Also rejects Express batches without a table, which need none.
+        |d| {
+            d["Rules"]["BatchClaims"]["RuleCondition"] =
+                serde_json::json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "MessagesPerExecution"}, "1"]}]})
+        },
+        // Rejects single executions without a table.
+        |d| {
+            d["Rules"]["BatchClaims"]
+                .as_object_mut()
+                .unwrap()
+                .remove("RuleCondition");
+        },
+    ];
+    for (i, edit) in broken.into_iter().enumerate() {
+        assert!(check_batch_rule(&edited(edit)).is_err(), "edit {i} passes");
+    }
+}
+
+#[test]
+fn state_machine_checks_reject_a_fixed_choice_and_dangling_references() {
+    let batch = |t: Template| t.with("MessagesPerExecution", 10.into());
+    // Every place that may name the sample state machine, back to naming the single one.
+    let single_only: [fn(&mut Value); 5] = [
+        |d| d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]["STATE_MACHINE_ARN"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
+        |d| d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
+        |d| d["Resources"]["ExecutionThrottledAlarm"]["Properties"]["Dimensions"][0]["Value"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
+        |d| d["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][1]["StateMachine"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
+        |d| d["Outputs"]["StateMachineArn"]["Value"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
+    ];
+    for (i, edit) in single_only.into_iter().enumerate() {
+        let t = batch(edited(edit));
+        assert!(check_state_machine_selection(&t).is_err(), "edit {i} passes");
+        assert!(check_references(&t).is_err(), "edit {i} passes the reference check");
+    }
+    // The batch definition never chosen, or both machines created.
+    let t = batch(edited(|d| {
+        d["Resources"]["SampleBatchStateMachine"]["Properties"]["DefinitionUri"] = SINGLE_DEFINITION.into()
+    }));
+    assert!(check_state_machine_selection(&t).is_err());
+    let t = edited(|d| d["Resources"]["SampleBatchStateMachine"]["Condition"] = "CreateStateMachine".into());
+    assert!(check_state_machine_selection(&t).is_err());
+    // The batch machine without the claim-check reads the single one has.
+    let t = edited(|d| {
+        d["Resources"]["SampleBatchStateMachine"]["Properties"]["Policies"][0]["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|s| s.get("Fn::If").is_none());
+    });
+    assert!(check_sample_machines_alike(&t).is_err());
+    assert!(check_claim_check(&batch(t)).is_err());
+    // A Sub variable naming a resource that is not created.
+    let t = edited(|d| {
+        d["Resources"]["StarterLogGroup"]["Properties"]["LogGroupName"] =
+            serde_json::json!({"Fn::Sub": "/aws/x/${SampleBatchStateMachine.Name}"})
+    });
+    assert!(check_references(&t).is_err());
+    assert!(check_references(&batch(t)).is_ok());
+}
+
+#[test]
+fn batch_definition_check_rejects_other_paths_unbounded_maps_and_broken_graphs() {
+    let single = read_definition(SINGLE_DEFINITION).unwrap();
+    let edits: [fn(&mut Value); 8] = [
+        |m| m["ItemsPath"] = "$.messages".into(),
+        |m| {
+            m.as_object_mut().unwrap().remove("MaxConcurrency");
+        },
+        // 0 is unbounded.
+        |m| m["MaxConcurrency"] = 0.into(),
+        |m| m["MaxConcurrency"] = 1000.into(),
+        |m| m["Type"] = "Parallel".into(),
+        |m| {
+            m["ItemProcessor"]["StartAt"] = "Missing".into();
+        },
+        // The item's Pass no longer records the execution's name.
+        |m| {
+            m["ItemProcessor"]["States"]["Work"]["Parameters"]
+                .as_object_mut()
+                .unwrap()
+                .remove("execution.$");
+        },
+        // Goes on to a state that does not exist.
+        |m| {
+            m.as_object_mut().unwrap().remove("End");
+            m["Next"] = "Missing".into();
+        },
+    ];
+    for (i, edit) in edits.into_iter().enumerate() {
+        let mut batch = read_definition(BATCH_DEFINITION).unwrap();
+        let start = batch["StartAt"].as_str().unwrap().to_string();
+        edit(&mut batch["States"][&start]);
+        assert!(check_batch_definition(&batch, &single).is_err(), "edit {i} passes");
+    }
+    // An unreachable state.
+    let mut batch = read_definition(BATCH_DEFINITION).unwrap();
+    batch["States"]["Orphan"] = serde_json::json!({"Type": "Succeed"});
+    assert!(check_batch_definition(&batch, &single).is_err());
 }

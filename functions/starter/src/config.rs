@@ -28,7 +28,12 @@ pub const VARIABLES: &[&str] = &[
     "COORDINATION_TABLE",
     "QUOTA_KEY",
     "CLAIM_CHECK_BUCKET",
+    "MESSAGES_PER_EXECUTION",
 ];
+
+/// The most messages one execution carries (`MESSAGES_PER_EXECUTION`): a DynamoDB
+/// TransactWriteItems takes at most 100 actions, one claim per message plus the execution's record.
+pub const MAX_MESSAGES_PER_EXECUTION: usize = 99;
 
 /// How much of the quota's refill the pacer keeps out of its burst: 100 milliseconds' worth.
 pub const BURST_RESERVE: Duration = Duration::from_millis(100);
@@ -113,6 +118,10 @@ pub struct Config {
     /// `CLAIM_CHECK_BUCKET`: the S3 bucket for inputs too large for StartExecution and dead
     /// letters too large for SQS; `None`: such inputs are rejected, such letters reported.
     pub claim_check_bucket: Option<String>,
+    /// `MESSAGES_PER_EXECUTION`: messages grouped into one execution (`{"items": [...]}`), 1 to
+    /// [`MAX_MESSAGES_PER_EXECUTION`]; 1 starts one execution per message. Above 1 on Standard,
+    /// `coordination_table` is set (the per-message claims live there).
+    pub messages_per_execution: usize,
 }
 
 /// A configuration error; its message names the variable.
@@ -271,13 +280,21 @@ impl Config {
                 ));
             }
         }
+        let messages_per_execution = parse_messages_per_execution(&r, workflow_type, coordination_table.is_some())?;
+        let name_source = parse_name_source(r.get("EXECUTION_NAME"))?;
+        if messages_per_execution > 1 && workflow_type == WorkflowType::Standard && name_source == NameSource::None {
+            return Err(err(
+                "EXECUTION_NAME",
+                "none cannot be combined with MESSAGES_PER_EXECUTION above 1 on Standard: claims need named executions",
+            ));
+        }
         Ok(Config {
             state_machine_arn,
             starts_per_second: r.positive_f64("STARTS_PER_SECOND", 150.0)?,
             starts_burst: r.positive_f64("STARTS_BURST", 800.0)?,
             max_concurrency,
             max_in_flight,
-            name_source: parse_name_source(r.get("EXECUTION_NAME"))?,
+            name_source,
             input_mode: parse_input_mode(r.get("INPUT"))?,
             workflow_type,
             deadline_margin,
@@ -292,7 +309,13 @@ impl Config {
             coordination_table,
             quota_key,
             claim_check_bucket,
+            messages_per_execution,
         })
+    }
+
+    /// Whether messages are grouped into batch executions (`MESSAGES_PER_EXECUTION` > 1).
+    pub fn batching(&self) -> bool {
+        self.messages_per_execution > 1
     }
 
     /// This instance's share of the budget, starts per second: `STARTS_PER_SECOND / MAX_CONCURRENCY`.
@@ -348,6 +371,28 @@ fn parse_name_source(raw: Option<String>) -> Result<NameSource, ConfigError> {
     }
 }
 
+fn parse_messages_per_execution<F: Fn(&str) -> Option<String>>(
+    r: &Reader<F>,
+    workflow_type: WorkflowType,
+    has_table: bool,
+) -> Result<usize, ConfigError> {
+    const VARIABLE: &str = "MESSAGES_PER_EXECUTION";
+    let n = r.positive_u64(VARIABLE, 1)?;
+    if n > MAX_MESSAGES_PER_EXECUTION as u64 {
+        return Err(err(
+            VARIABLE,
+            format!("must be at most {MAX_MESSAGES_PER_EXECUTION} (one DynamoDB transaction claims every message of an execution), got {n}"),
+        ));
+    }
+    if n > 1 && workflow_type == WorkflowType::Standard && !has_table {
+        return Err(err(
+            VARIABLE,
+            "above 1 on a Standard workflow needs COORDINATION_TABLE (the per-message claims that keep each message exactly once)",
+        ));
+    }
+    Ok(n as usize)
+}
+
 fn parse_input_mode(raw: Option<String>) -> Result<InputMode, ConfigError> {
     match raw.as_deref() {
         None | Some("body") => Ok(InputMode::Body),
@@ -398,6 +443,45 @@ mod tests {
         assert_eq!(c.retry_max, Duration::from_secs(900));
         assert!(!c.log_bodies);
         assert_eq!(c.metrics_namespace, "SfnPacer");
+    }
+
+    #[test]
+    fn messages_per_execution_is_bounded_and_needs_the_table_on_standard() {
+        assert_eq!(load(&[("STATE_MACHINE_ARN", ARN)]).unwrap().messages_per_execution, 1);
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("STATE_MACHINE_ARN", ARN)];
+            all.extend_from_slice(pairs);
+            load(&all)
+        };
+        let e = with(&[("MESSAGES_PER_EXECUTION", "10")]).unwrap_err();
+        assert_eq!(e.variable, "MESSAGES_PER_EXECUTION");
+        assert!(e.reason.contains("COORDINATION_TABLE"), "{e}");
+        let table = ("COORDINATION_TABLE", "sfn-pacer");
+        assert_eq!(
+            with(&[("MESSAGES_PER_EXECUTION", "10"), table])
+                .unwrap()
+                .messages_per_execution,
+            10
+        );
+        assert_eq!(
+            with(&[("MESSAGES_PER_EXECUTION", "99"), table])
+                .unwrap()
+                .messages_per_execution,
+            99
+        );
+        let e = with(&[("MESSAGES_PER_EXECUTION", "10"), table, ("EXECUTION_NAME", "none")]).unwrap_err();
+        assert_eq!(e.variable, "EXECUTION_NAME");
+        let express = ("WORKFLOW_TYPE", "express");
+        assert_eq!(
+            with(&[("MESSAGES_PER_EXECUTION", "25"), express])
+                .unwrap()
+                .messages_per_execution,
+            25
+        );
+        for bad in ["0", "100", "-1", "2.5", "ten", "18446744073709551616"] {
+            let e = with(&[("MESSAGES_PER_EXECUTION", bad), table]).unwrap_err();
+            assert_eq!(e.variable, "MESSAGES_PER_EXECUTION", "{bad}");
+        }
     }
 
     #[test]

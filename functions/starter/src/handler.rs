@@ -6,6 +6,8 @@
 //! - a per-message problem is never a handler error (that would fail the whole batch);
 //! - no call starts after the cutoff (`deadline − DEADLINE_MARGIN_MS`);
 //! - records that map to the same execution name are one start (no duplicate within a batch);
+//! - batch mode (`MESSAGES_PER_EXECUTION` > 1, [`crate::batch`]): on Standard, no execution
+//!   starts before every message it carries is claimed for it ([`crate::claim`]);
 //! - FIFO: within a message group, one start at a time and in order; after a failure, the
 //!   rest of the group is reported without being tried. Groups run concurrently.
 
@@ -22,6 +24,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::backoff::{retry_wait, unit_random};
 use crate::budget::lease::SharedPacer;
 use crate::budget::{BudgetState, Store};
+use crate::claim::ClaimStore;
 use crate::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
 use crate::classify::{classify, systemic_advice, Class};
 use crate::close::{distinct, Closing, Settled};
@@ -65,12 +68,27 @@ pub struct Starter {
     pacing: Pacing,
     /// The claim-check store (`CLAIM_CHECK_BUCKET`), if configured.
     objects: Option<Arc<dyn ObjectStore>>,
+    /// The per-message claims of batch mode on Standard (the coordination table).
+    claims: Option<Arc<dyn ClaimStore>>,
 }
 
-/// Records that share one execution (same name), or one rejected message id.
+/// Records that start one execution: one message (several records when they share its name),
+/// or in batch mode a group of messages; or records settled before the start phase (a
+/// rejected message, a group that could not be claimed).
 struct Unit {
+    /// Record indices, in record order.
     members: Vec<usize>,
-    work: Result<Plan, Rejection>,
+    /// The distinct messages the execution carries from this batch: 1 in single mode.
+    carried: u64,
+    work: Work,
+}
+
+/// What the start phase does with a unit.
+enum Work {
+    /// Start this execution.
+    Start(Plan),
+    /// Nothing: it is settled already.
+    Settled(Settled),
 }
 
 /// What the attempts at one start came to.
@@ -171,7 +189,15 @@ impl Starter {
             queue,
             pacing,
             objects: None,
+            claims: None,
         }
+    }
+
+    /// Batch mode on Standard: claims each message for its execution in `claims` (the
+    /// coordination table) before starting it (see [`crate::claim`]).
+    pub fn with_claims(mut self, claims: Arc<dyn ClaimStore>) -> Starter {
+        self.claims = Some(claims);
+        self
     }
 
     /// Stores inputs too large for StartExecution, and dead letters too large for SQS, in
@@ -204,6 +230,7 @@ impl Starter {
             queue,
             pacing: Pacing::Shared(Box::new(shared)),
             objects: None,
+            claims: None,
         }
     }
 
@@ -250,9 +277,10 @@ impl Starter {
         Ok(outcome.response)
     }
 
-    /// Processes one batch, in phases: plan (names, inputs, merged records) → start (paced,
-    /// retried within the invocation) → close (dead letters and visibility changes, batched,
-    /// with the time left). Errs only when the event is not an SQS batch.
+    /// Processes one batch, in phases: plan (names, inputs, merged records; in batch mode,
+    /// groups and their claims) → start (paced, retried within the invocation) → close (dead
+    /// letters and visibility changes, batched, with the time left). Errs only when the event
+    /// is not an SQS batch.
     pub async fn process(&self, event: SqsEvent, deadline_epoch_ms: u64) -> Result<Outcome, EventError> {
         let started_at = Instant::now();
         let messages = messages(event)?;
@@ -267,9 +295,14 @@ impl Starter {
             call_timeout: times.call_timeout,
             tally: Tally::default(),
             systemic: Mutex::new(None),
-            pending: AtomicU64::new(units.len() as u64),
+            pending: AtomicU64::new(0),
             holding: AtomicU64::new(0),
         };
+        let units = match self.config.batching() {
+            true => invocation.batch(units, fifo).await,
+            false => units,
+        };
+        invocation.pending.store(units.len() as u64, Ordering::Relaxed);
         let settled = invocation.start_all(units, fifo).await;
         self.close_pacing(times.hard_deadline).await;
         let closing = Closing {
@@ -279,14 +312,8 @@ impl Starter {
             messages: &messages,
             hard_deadline: times.hard_deadline,
         };
-        let merged: u64 = settled
-            .iter()
-            .filter(|(_, s)| matches!(s, Settled::Done(_)))
-            .map(|(members, _)| (distinct(&messages, members).len() as u64).saturating_sub(1))
-            .sum();
         let closed = closing.close(settled).await;
         let tally = &invocation.tally;
-        tally.add_many(Count::Merged, merged);
         tally.add_many(Count::DeadLettered, closed.dead_lettered);
         tally.add_many(Count::Deferred, closed.deferred);
         let response = respond(&messages, &closed.dispositions);
@@ -354,7 +381,15 @@ impl Starter {
                 }
                 None => {
                     by_key.insert(key, units.len());
-                    units.push(Unit { members: vec![i], work });
+                    let work = match work {
+                        Ok(plan) => Work::Start(plan),
+                        Err(rejection) => Work::Settled(Settled::Reject(rejection)),
+                    };
+                    units.push(Unit {
+                        members: vec![i],
+                        carried: 1,
+                        work,
+                    });
                 }
             }
         }
@@ -424,23 +459,24 @@ impl Invocation<'_> {
         per_group.into_iter().flatten().collect()
     }
 
+    /// Settles one unit; the records of a started unit beyond the messages it carries count as
+    /// merged.
     async fn process_unit(&self, unit: &Unit) -> Settled {
-        let attempt = match &unit.work {
-            Ok(plan) => self.start(plan).await,
-            Err(rejection) => Attempt::Permanent(rejection.clone()),
+        let settled = match &unit.work {
+            Work::Start(plan) => self.start(plan, unit.carried).await.into(),
+            Work::Settled(settled) => settled.clone(),
         };
         self.pending.fetch_sub(1, Ordering::Relaxed);
-        match attempt {
-            Attempt::Started => Settled::Done(Disposition::Started),
-            Attempt::Duplicate => Settled::Done(Disposition::Duplicate),
-            Attempt::Permanent(rejection) => Settled::Reject(rejection),
-            Attempt::Retry { reason, backoff } => Settled::Retry { reason, tried: backoff },
+        if matches!(settled, Settled::Done(_)) {
+            let records = distinct(self.messages, &unit.members).len() as u64;
+            self.tally.add_many(Count::Merged, records.saturating_sub(unit.carried));
         }
+        settled
     }
 
-    /// Starts one execution, pacing every attempt and retrying within the invocation
-    /// while attempts and time remain.
-    async fn start(&self, plan: &Plan) -> Attempt {
+    /// Starts one execution carrying `carried` messages, pacing every attempt and retrying
+    /// within the invocation while attempts and time remain.
+    async fn start(&self, plan: &Plan, carried: u64) -> Attempt {
         let config = self.config();
         let pacing = &self.starter.pacing;
         let input = match self.claim_checked(&plan.input).await {
@@ -489,7 +525,8 @@ impl Invocation<'_> {
             let error = match result {
                 Ok(started) => {
                     pacing.on_success(slot).await;
-                    self.tally.add(Count::Started);
+                    self.tally.add_many(Count::Started, carried);
+                    self.tally.add(Count::Executions);
                     if unconfirmed && config.workflow_type == WorkflowType::Express {
                         self.tally.add(Count::PossibleDuplicate);
                         tracing::warn!(
@@ -505,7 +542,7 @@ impl Invocation<'_> {
             match classify(&error) {
                 Class::Duplicate => {
                     pacing.on_success(slot).await;
-                    self.tally.add(Count::Duplicate);
+                    self.tally.add_many(Count::Duplicate, carried);
                     tracing::info!(name, "execution already exists: acknowledged as a duplicate");
                     return Attempt::Duplicate;
                 }
@@ -616,7 +653,7 @@ impl Invocation<'_> {
 /// one's input starts. Step Functions would refuse the others' input under that name anyway
 /// (`ExecutionAlreadyExists`); the warning makes it visible.
 fn warn_if_inputs_differ(unit: &Unit, work: &Result<Plan, Rejection>, first: &Message, other: &Message) {
-    if let (Ok(kept), Ok(merged)) = (&unit.work, work) {
+    if let (Work::Start(kept), Ok(merged)) = (&unit.work, work) {
         if kept.input != merged.input {
             tracing::warn!(
                 name = kept.name.as_deref().unwrap_or_default(),
@@ -624,6 +661,17 @@ fn warn_if_inputs_differ(unit: &Unit, work: &Result<Plan, Rejection>, first: &Me
                 merged_message_id = %other.id,
                 "two different payloads map to one execution name: only the first one's input starts"
             );
+        }
+    }
+}
+
+impl From<Attempt> for Settled {
+    fn from(attempt: Attempt) -> Settled {
+        match attempt {
+            Attempt::Started => Settled::Done(Disposition::Started),
+            Attempt::Duplicate => Settled::Done(Disposition::Duplicate),
+            Attempt::Permanent(rejection) => Settled::Reject(rejection),
+            Attempt::Retry { reason, backoff } => Settled::Retry { reason, tried: backoff },
         }
     }
 }
@@ -639,6 +687,9 @@ pub fn respond(messages: &[Message], dispositions: &[Disposition]) -> SqsBatchRe
     }
     response
 }
+
+#[path = "handler_batch.rs"]
+mod batch_phase;
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]

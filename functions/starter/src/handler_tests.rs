@@ -1102,3 +1102,6 @@ mod claim_check {
         );
     }
 }
+
+#[path = "handler_batch_tests.rs"]
+mod batch;

@@ -10,7 +10,9 @@
 
 pub mod aws;
 pub mod backoff;
+pub mod batch;
 pub mod budget;
+pub mod claim;
 pub mod claim_check;
 pub mod classify;
 pub mod close;

@@ -24,12 +24,11 @@ async fn main() -> Result<(), Error> {
     let queue = Arc::new(SqsQueue::new(&sdk_config, timeout));
     let claim_check = config.claim_check_bucket.is_some();
     let starter = match config.coordination_table.clone() {
-        Some(table) => Starter::coordinated(
-            config,
-            sfn,
-            queue,
-            Arc::new(DynamoStore::new(&sdk_config, &table, timeout)),
-        ),
+        // One table: the shared budget, and the per-message claims of batch mode.
+        Some(table) => {
+            let store = Arc::new(DynamoStore::new(&sdk_config, &table, timeout));
+            Starter::coordinated(config, sfn, queue, store.clone()).with_claims(store)
+        }
         None => Starter::new(config, sfn, queue),
     };
     let starter = match claim_check {

@@ -21,15 +21,18 @@ pub struct Tally {
     possible_duplicates: AtomicU64,
     merged: AtomicU64,
     deferred: AtomicU64,
+    executions: AtomicU64,
+    claims_written: AtomicU64,
+    claims_found: AtomicU64,
     pacing_delay_micros: AtomicU64,
 }
 
 /// Which counter to bump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
-    /// An execution was started.
+    /// A message's execution was started (one per message: a batch execution counts each).
     Started,
-    /// The execution already existed.
+    /// A message's execution already existed.
     Duplicate,
     /// An attempt was retried within the invocation.
     Retried,
@@ -43,6 +46,12 @@ pub enum Count {
     Merged,
     /// A message reported without being tried (deadline cutoff, rest of a FIFO group).
     Deferred,
+    /// An execution was started (in batch mode, carrying several messages).
+    Executions,
+    /// A message claimed for a batch execution (`MESSAGES_PER_EXECUTION` > 1, Standard).
+    ClaimWritten,
+    /// A message found already claimed by an earlier delivery.
+    ClaimFound,
 }
 
 impl Tally {
@@ -56,6 +65,9 @@ impl Tally {
             Count::PossibleDuplicate => &self.possible_duplicates,
             Count::Merged => &self.merged,
             Count::Deferred => &self.deferred,
+            Count::Executions => &self.executions,
+            Count::ClaimWritten => &self.claims_written,
+            Count::ClaimFound => &self.claims_found,
         }
     }
 
@@ -91,6 +103,9 @@ impl Tally {
             possible_duplicates: get(&self.possible_duplicates),
             merged: get(&self.merged),
             deferred: get(&self.deferred),
+            executions: get(&self.executions),
+            claims_written: get(&self.claims_written),
+            claims_found: get(&self.claims_found),
             lease_calls: 0,
             fallbacks: 0,
             shared_rate_per_second: 0.0,
@@ -106,7 +121,7 @@ impl Tally {
 pub struct Report {
     /// Records in the batch.
     pub received: u64,
-    /// Executions started.
+    /// Messages whose execution was started (one per message; see `executions`).
     pub started: u64,
     /// Messages whose execution already existed (acknowledged).
     pub duplicates: u64,
@@ -127,6 +142,14 @@ pub struct Report {
     /// Messages reported without being tried (the deadline cutoff, the rest of a FIFO group
     /// after a failure): made visible again at once, or after the group's backoff.
     pub deferred: u64,
+    /// Executions started: `started` in single mode, fewer in batch mode
+    /// (`MESSAGES_PER_EXECUTION` > 1), where each carries several messages.
+    pub executions: u64,
+    /// Batch mode on Standard: messages claimed for their execution in the coordination table.
+    pub claims_written: u64,
+    /// Batch mode on Standard: messages found claimed by an earlier delivery (their recorded
+    /// execution is started again, a no-op when it exists).
+    pub claims_found: u64,
     /// Coordinated mode: calls to the coordination table.
     pub lease_calls: u64,
     /// Coordinated mode: starts paced by the static split because the table could not be used.
@@ -167,6 +190,9 @@ impl Report {
             possible_duplicates = self.possible_duplicates,
             merged = self.merged,
             deferred = self.deferred,
+            executions = self.executions,
+            claims_written = self.claims_written,
+            claims_found = self.claims_found,
             lease_calls = self.lease_calls,
             fallbacks = self.fallbacks,
             pacing_delay_ms = self.pacing_delay_ms.round() as u64,
@@ -189,6 +215,7 @@ impl Report {
             ("BatchDuration", "Milliseconds", self.elapsed_ms),
             ("EffectiveRate", "Count/Second", self.effective_rate_per_second),
             ("SharedRate", "Count/Second", self.shared_rate_per_second),
+            ("MessagesPerExecution", "Count", self.messages_per_execution()),
         ] {
             declared.push(json!({"Name": name, "Unit": unit}));
             root.insert(name.into(), json!(value));
@@ -202,6 +229,14 @@ impl Report {
         );
         root.insert("FunctionName".into(), json!(function_name));
         Value::Object(root)
+    }
+
+    /// Messages per started execution: `started / executions` (0 when none started).
+    pub fn messages_per_execution(&self) -> f64 {
+        match self.executions {
+            0 => 0.0,
+            n => self.started as f64 / n as f64,
+        }
     }
 
     /// Reads the counts back from an EMF document written by [`Report::emf`]; `None` when
@@ -225,7 +260,7 @@ impl Report {
 type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
 
 /// The count metrics, in the order the EMF document declares them: the one list of names.
-const COUNTS: [CountMetric; 12] = [
+const COUNTS: [CountMetric; 15] = [
     ("Received", |r| r.received, |r, v| r.received = v),
     ("Started", |r| r.started, |r, v| r.started = v),
     ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
@@ -242,6 +277,9 @@ const COUNTS: [CountMetric; 12] = [
     ("Deferred", |r| r.deferred, |r, v| r.deferred = v),
     ("LeaseCalls", |r| r.lease_calls, |r, v| r.lease_calls = v),
     ("Fallbacks", |r| r.fallbacks, |r, v| r.fallbacks = v),
+    ("Executions", |r| r.executions, |r, v| r.executions = v),
+    ("ClaimsWritten", |r| r.claims_written, |r, v| r.claims_written = v),
+    ("ClaimsFound", |r| r.claims_found, |r, v| r.claims_found = v),
 ];
 
 #[cfg(test)]
@@ -336,6 +374,10 @@ mod tests {
             "PacingDelay",
             "BatchDuration",
             "EffectiveRate",
+            "Executions",
+            "MessagesPerExecution",
+            "ClaimsWritten",
+            "ClaimsFound",
         ] {
             assert!(names.contains(&expected), "{expected} missing");
         }
@@ -364,6 +406,9 @@ mod tests {
             possible_duplicates: 0,
             merged: 3,
             deferred: 5,
+            executions: 2,
+            claims_written: 6,
+            claims_found: 1,
             lease_calls: 4,
             fallbacks: 2,
             shared_rate_per_second: 150.0,
@@ -373,6 +418,7 @@ mod tests {
         };
         let doc = r.emf("SfnPacer", "f", 1);
         assert_eq!(Report::from_emf(&doc), Some(r));
+        assert_eq!(doc["MessagesPerExecution"], 3.5, "started / executions");
         assert_eq!(Report::from_emf(&json!({"Started": 7})), None, "not EMF without _aws");
     }
 }

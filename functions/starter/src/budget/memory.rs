@@ -1,8 +1,10 @@
-//! An in-process [`Store`] with the coordination table's semantics: each write is atomic and
-//! conditional ([`BudgetState::apply`]), with a latency per call (DynamoDB's is a few
-//! milliseconds) and failures that can be switched on. For unit tests and benchmarks.
+//! An in-process coordination table with DynamoDB's semantics, for unit tests and benchmarks:
+//! the budget ([`Store`]: each write is atomic and conditional, [`BudgetState::apply`]) and the
+//! per-message claims ([`crate::claim::ClaimStore`], in [`crate::claim::memory`]), with a
+//! latency per call (DynamoDB's is a few milliseconds) and failures that can be switched on.
 //!
-//! What it leaves out: DynamoDB's own throttling and capacity, and a network between callers.
+//! What it leaves out: DynamoDB's own throttling and capacity, a network between callers, and
+//! transaction conflicts (calls are serialised, so two transactions never overlap).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,10 @@ use super::{BudgetState, Store, StoreError, Update, Written};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     items: Mutex<HashMap<String, BudgetState>>,
+    /// Claims and execution records by partition key (see [`crate::claim::memory`]).
+    pub(crate) claims: Mutex<HashMap<String, crate::claim::memory::ClaimItem>>,
+    /// Items written by claim transactions.
+    pub(crate) claim_writes: AtomicU64,
     latency: Mutex<(Duration, Duration)>,
     failure: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -49,7 +55,7 @@ impl MemoryStore {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    async fn call(&self) -> Result<(), StoreError> {
+    pub(crate) async fn call(&self) -> Result<(), StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let (min, max) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
         if !max.is_zero() {

@@ -3,8 +3,10 @@
 //! [`BudgetState::apply`]. Tested against moto.
 //!
 //! The item: `pk` (S) `quota#<QUOTA_KEY>`, `kind` (S) `quota`, `rate` and `burst` (N, per
-//! second and slots), `factor` (N), `version` (N), `tat` (N, seconds since the epoch). Other
-//! kinds of item (per-message claims) can live beside it under other `pk` prefixes.
+//! second and slots), `factor` (N), `version` (N), `tat` (N, seconds since the epoch). The
+//! per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
+
+mod claims;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,6 +23,11 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use crate::budget::{BudgetState, Shape, Store, StoreError, Update, Written};
 
 type Item = HashMap<String, AttributeValue>;
+
+/// An SDK error with its whole chain of causes, as a [`StoreError`].
+fn store_error(e: impl std::error::Error) -> StoreError {
+    StoreError(DisplayErrorContext(e).to_string())
+}
 
 /// The partition key of the budget `key`.
 pub fn budget_pk(key: &str) -> String {
@@ -71,9 +78,9 @@ impl DynamoStore {
             Ok(_) => Ok(Written::Applied(state.clone())),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 PutItemError::ConditionalCheckFailedException(c) => Ok(Written::Refused(from_item(c.item()))),
-                other => Err(StoreError(DisplayErrorContext(other).to_string())),
+                other => Err(store_error(other)),
             },
-            Err(e) => Err(StoreError(DisplayErrorContext(&e).to_string())),
+            Err(e) => Err(store_error(&e)),
         }
     }
 }
@@ -227,7 +234,7 @@ impl Store for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| store_error(&e))?;
         Ok(from_item(out.item()))
     }
 
@@ -257,9 +264,9 @@ impl Store for DynamoStore {
                 .ok_or_else(|| StoreError("UpdateItem returned no budget".into())),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 UpdateItemError::ConditionalCheckFailedException(c) => Ok(Written::Refused(from_item(c.item()))),
-                other => Err(StoreError(DisplayErrorContext(other).to_string())),
+                other => Err(store_error(other)),
             },
-            Err(e) => Err(StoreError(DisplayErrorContext(&e).to_string())),
+            Err(e) => Err(store_error(&e)),
         }
     }
 }

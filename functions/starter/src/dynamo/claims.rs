@@ -1,0 +1,157 @@
+//! The DynamoDB adapter of [`ClaimStore`]: a claim transaction is one `TransactWriteItems` of
+//! conditional Puts; reads are strongly consistent (`BatchGetItem`, `GetItem`). Tested against
+//! moto.
+//!
+//! Items: a claim is `pk` (S) `claim#<scope>#<key>`, `kind` (S) `claim`, `execution` (S),
+//! `expires_at` (N, seconds since the epoch: the table's TTL attribute); a record is `pk`
+//! `execution#<scope>#<name>`, `kind` `execution`, `input` (S), `messages` (N), `expires_at`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
+
+use super::{s, store_error, DynamoStore, Item};
+use crate::budget::StoreError;
+use crate::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+
+/// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (it does so under load).
+const READ_ROUNDS: usize = 3;
+
+/// A Put of `item` on condition that no item has its `pk`.
+fn put_if_absent(table: &str, item: Item) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(#pk)")
+        .expression_attribute_names("#pk", "pk")
+        .build()
+        .map_err(|e| StoreError(e.to_string()))?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// The transaction's items: every claim, then the record.
+fn transaction(table: &str, request: &ClaimRequest<'_>) -> Result<Vec<TransactWriteItem>, StoreError> {
+    let expires_at = AttributeValue::N(request.expires_at_epoch_s.to_string());
+    let mut items = Vec::with_capacity(request.keys.len() + 1);
+    for key in request.keys {
+        let claim = HashMap::from([
+            ("pk".to_string(), s(&claim_pk(request.scope, key))),
+            ("kind".to_string(), s("claim")),
+            ("execution".to_string(), s(request.execution)),
+            ("expires_at".to_string(), expires_at.clone()),
+        ]);
+        items.push(put_if_absent(table, claim)?);
+    }
+    let record = HashMap::from([
+        ("pk".to_string(), s(&execution_pk(request.scope, request.execution))),
+        ("kind".to_string(), s("execution")),
+        ("input".to_string(), s(request.input)),
+        (
+            "messages".to_string(),
+            AttributeValue::N(request.keys.len().to_string()),
+        ),
+        ("expires_at".to_string(), expires_at),
+    ]);
+    items.push(put_if_absent(table, record)?);
+    Ok(items)
+}
+
+/// A cancelled transaction was refused (some item exists) when a condition failed. A list of
+/// reasons without one (a conflict with another transaction, throttling) is an error to retry.
+fn refused(e: &TransactWriteItemsError) -> bool {
+    match e {
+        TransactWriteItemsError::TransactionCanceledException(c) => {
+            let reasons = c.cancellation_reasons();
+            reasons.is_empty() || reasons.iter().any(|r| r.code() == Some("ConditionalCheckFailed"))
+        }
+        _ => false,
+    }
+}
+
+fn text(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+#[async_trait]
+impl ClaimStore for DynamoStore {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimWrite, StoreError> {
+        let items = transaction(&self.table, request)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(ClaimWrite::Written),
+            Err(SdkError::ServiceError(e)) if refused(e.err()) => Ok(ClaimWrite::Refused),
+            Err(SdkError::ServiceError(e)) => Err(store_error(e.err())),
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    async fn claimed(&self, scope: &str, keys: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let by_pk: HashMap<String, &String> = keys.iter().map(|k| (claim_pk(scope, k), k)).collect();
+        let mut wanted: Vec<Item> = by_pk
+            .keys()
+            .map(|pk| HashMap::from([("pk".to_string(), s(pk))]))
+            .collect();
+        let mut claimed = HashMap::new();
+        for _ in 0..READ_ROUNDS {
+            if wanted.is_empty() {
+                return Ok(claimed);
+            }
+            let read = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut wanted)))
+                .consistent_read(true)
+                .projection_expression("#pk, #execution")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#execution", "execution")
+                .build()
+                .map_err(|e| StoreError(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, read)
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                let key = text(item, "pk").and_then(|pk| by_pk.get(&pk).copied());
+                if let (Some(key), Some(execution)) = (key, text(item, "execution")) {
+                    claimed.insert(key.clone(), execution);
+                }
+            }
+            wanted = out
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+        }
+        match wanted.is_empty() {
+            true => Ok(claimed),
+            false => Err(StoreError(format!(
+                "{} claims left unread by BatchGetItem",
+                wanted.len()
+            ))),
+        }
+    }
+
+    async fn recorded(&self, scope: &str, execution: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&execution_pk(scope, execution)))
+            .consistent_read(true)
+            .projection_expression("#input")
+            .expression_attribute_names("#input", "input")
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(out.item().and_then(|item| text(item, "input")))
+    }
+}
