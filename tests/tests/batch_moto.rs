@@ -251,18 +251,19 @@ async fn the_dynamodb_adapter_claims_all_or_nothing_and_reads_back() {
     let local = local("adapter").await;
     let store = local.store.as_ref();
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
-    let request = |execution: &'static str, ks: &'static [String]| ClaimRequest {
-        scope: "orders",
-        execution,
-        input: r#"{"items":[]}"#,
-        keys: ks,
-        expires_at_epoch_s: 4_000_000_000,
-    };
-    let first: &'static [String] = Box::leak(keys(&["a", "b"]).into_boxed_slice());
-    let overlapping: &'static [String] = Box::leak(keys(&["b", "c"]).into_boxed_slice());
-    assert_eq!(store.claim(&request("e1", first)).await.unwrap(), ClaimWrite::Written);
+    fn request<'a>(execution: &'a str, keys: &'a [String]) -> ClaimRequest<'a> {
+        ClaimRequest {
+            scope: "orders",
+            execution,
+            input: r#"{"items":[]}"#,
+            keys,
+            expires_at_epoch_s: 4_000_000_000,
+        }
+    }
+    let (first, overlapping) = (keys(&["a", "b"]), keys(&["b", "c"]));
+    assert_eq!(store.claim(&request("e1", &first)).await.unwrap(), ClaimWrite::Written);
     assert_eq!(
-        store.claim(&request("e2", overlapping)).await.unwrap(),
+        store.claim(&request("e2", &overlapping)).await.unwrap(),
         ClaimWrite::Refused
     );
     let claimed = store.claimed("orders", &keys(&["a", "b", "c"])).await.unwrap();
@@ -280,33 +281,19 @@ async fn the_dynamodb_adapter_claims_all_or_nothing_and_reads_back() {
         "a refusal writes nothing"
     );
     let dynamodb = aws_sdk_dynamodb::Client::new(&local.aws);
-    let item = dynamodb
-        .get_item()
-        .table_name(TABLE)
-        .key(
+    let item = |key: &'static str| {
+        let request = dynamodb.get_item().table_name(TABLE).key(
             "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(claim_pk("orders", "a")),
-        )
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
-    assert_eq!(item["kind"].as_s().unwrap(), "claim");
+            aws_sdk_dynamodb::types::AttributeValue::S(claim_pk("orders", key)),
+        );
+        async move { request.send().await.unwrap().item }
+    };
+    let a = item("a").await.unwrap();
+    assert_eq!(a["kind"].as_s().unwrap(), "claim");
     assert_eq!(
-        item["expires_at"].as_n().unwrap(),
+        a["expires_at"].as_n().unwrap(),
         "4000000000",
         "the table's TTL attribute"
     );
-    let c = dynamodb
-        .get_item()
-        .table_name(TABLE)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(claim_pk("orders", "c")),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(c.item.is_none(), "all or nothing");
+    assert!(item("c").await.is_none(), "all or nothing");
 }

@@ -17,6 +17,10 @@
 //! jitter and the scheduling of tasks are not seeded, so a seed reproduces the faults' mix,
 //! not every interleaving. The seed is printed with the summary and on failure.
 //!
+//! The same run in batch mode (`MESSAGES_PER_EXECUTION` 4, claims in the in-memory coordination
+//! table) must start every good message in exactly one execution's `items`: kills and lost
+//! responses then fall between a claim and its start too.
+//!
 //! Bounded: the mapping stops after [`MAX_RUN`], and a Tokio timeout bounds the whole test.
 
 use std::collections::{HashMap, HashSet};
@@ -33,8 +37,9 @@ use local_stack::sim::{drive, drive_with_kills, DlqEntry, Kill, Mapping, SimQueu
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::json;
+use serde_json::{json, Value};
 use sfn_pacer::aws::SfnStarter;
+use sfn_pacer::budget::memory::MemoryStore;
 use sfn_pacer::dead_letter::DeadLetter;
 use sfn_pacer::queue::{Queue, QueueError};
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
@@ -65,6 +70,39 @@ const QUOTA: (u64, f64) = (150, 150.0);
 const SURGE_QUOTA: (u64, f64) = (20, 60.0);
 const SURGE_AT: Duration = Duration::from_secs(4);
 const SURGE_FOR: Duration = Duration::from_millis(1500);
+
+/// What differs between the single and the batch run.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    /// `MESSAGES_PER_EXECUTION`.
+    per_execution: usize,
+    /// The budget the starter is told (`STARTS_PER_SECOND`, `STARTS_BURST`): more than the
+    /// fake grants, as if another caller used part of the account's quota.
+    told: (f64, f64),
+    /// The fake's quota, and the quota left during the surge. A batch run starts a quarter as
+    /// many executions, so it gets about a quarter of the quota (and is told a quarter of the
+    /// budget): the quota still binds, throttles still happen, and the run lasts as long.
+    quota: (u64, f64),
+    surge_quota: (u64, f64),
+    /// Random throttles per call (more calls in the single run: fewer needed there).
+    throttle_probability: f64,
+}
+
+const SINGLE: Mode = Mode {
+    per_execution: 1,
+    told: (300.0, 400.0),
+    quota: QUOTA,
+    surge_quota: SURGE_QUOTA,
+    throttle_probability: 0.005,
+};
+
+const BATCH: Mode = Mode {
+    per_execution: 4,
+    told: (80.0, 107.0),
+    quota: (40, 40.0),
+    surge_quota: (5, 15.0),
+    throttle_probability: 0.02,
+};
 const DLQ_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/chaos-dlq";
 /// At most this many SQS stalls are injected ...
 const MAX_STALLS: u64 = 3;
@@ -324,15 +362,64 @@ fn fault_summary(s: &Stats, client: &Unconfirmed) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_every_message_is_started_or_dead_lettered_exactly_once() {
+    chaos(SINGLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_chaos_every_message_is_in_exactly_one_execution_or_dead_lettered() {
+    chaos(BATCH).await;
+}
+
+async fn chaos(mode: Mode) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let seed = seed();
     let _report_seed = SeedOnFailure(seed);
-    tokio::time::timeout(TEST_BOUND, standard_chaos(seed))
+    tokio::time::timeout(TEST_BOUND, standard_chaos(seed, mode))
         .await
-        .unwrap_or_else(|_| panic!("the chaos run exceeded {TEST_BOUND:?} (seed {seed})"));
+        .unwrap_or_else(|_| panic!("the chaos run exceeded {TEST_BOUND:?} (seed {seed}, {mode:?})"));
 }
 
-async fn standard_chaos(seed: u64) {
+/// Message id → how many executions carry it: by name (single mode), or by the `messageId`s of
+/// their `items` (batch mode). Each item's body must be the message's body.
+fn started_messages<'e>(
+    executions: &'e [local_stack::fake_sfn::ExecutionRecord],
+    sent: &'e Sent,
+    batch: bool,
+) -> Result<HashMap<&'e str, u64>, String> {
+    let mut started: HashMap<&str, u64> = HashMap::new();
+    for e in executions {
+        if !batch {
+            let body = sent
+                .bodies
+                .get(&e.name)
+                .ok_or(format!("an execution for no message: {}", e.name))?;
+            if &e.input != body {
+                return Err(format!("{}: the input is not the body", e.name));
+            }
+            *started.entry(e.name.as_str()).or_default() += 1;
+            continue;
+        }
+        let input: Value = serde_json::from_str(&e.input).map_err(|err| format!("{}: {err}", e.name))?;
+        for item in input["items"].as_array().ok_or(format!("{}: no items", e.name))? {
+            let id = item["messageId"]
+                .as_str()
+                .ok_or(format!("{}: an item without messageId", e.name))?;
+            let body = sent
+                .bodies
+                .get(id)
+                .ok_or(format!("{}: an item for no message: {id}", e.name))?;
+            if serde_json::from_str::<Value>(body).ok().as_ref() != Some(&item["body"]) {
+                return Err(format!("{}: the item of {id} is not its body", e.name));
+            }
+            let (id, _) = sent.bodies.get_key_value(id).ok_or(format!("{id}: unknown"))?;
+            *started.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    Ok(started)
+}
+
+async fn standard_chaos(seed: u64, mode: Mode) {
+    let batch = mode.per_execution > 1;
     let mut rng = StdRng::seed_from_u64(seed);
     // Both slow modes apply the request on the server; both lost modes too. The seed picks.
     let slow_mode = if seed.is_multiple_of(2) {
@@ -353,7 +440,7 @@ async fn standard_chaos(seed: u64) {
         ExistingNames::AlreadyExists
     };
     let faults = Faults {
-        throttle_probability: 0.005,
+        throttle_probability: mode.throttle_probability,
         error_500_probability: 0.02,
         error_503_probability: 0.02,
         slow_probability: 0.02,
@@ -364,10 +451,10 @@ async fn standard_chaos(seed: u64) {
         lost_response_mode,
         ..Faults::default()
     };
-    // The starter is configured for 400 + 300/s, but another caller uses part of the
-    // account's quota: the fake grants 150 + 150/s, so quota throttles happen too.
+    // The starter is told twice what the fake grants (single: 400 + 300/s against 150 + 150/s),
+    // as if another caller used part of the account's quota, so quota throttles happen too.
     let sfn = FakeSfn::builder()
-        .bucket(QUOTA.0, QUOTA.1)
+        .bucket(mode.quota.0, mode.quota.1)
         .latency_ms(2, 3)
         .existing_names(existing_names)
         .faults(faults)
@@ -381,8 +468,8 @@ async fn standard_chaos(seed: u64) {
     let sent = send_messages(&queue, &mut rng);
     let config = config(&[
         ("STATE_MACHINE_ARN", DEFAULT_STATE_MACHINE_ARN.to_string()),
-        ("STARTS_PER_SECOND", "300".into()),
-        ("STARTS_BURST", "400".into()),
+        ("STARTS_PER_SECOND", mode.told.0.to_string()),
+        ("STARTS_BURST", mode.told.1.to_string()),
         ("MAX_CONCURRENCY", INSTANCES.to_string()),
         ("MAX_IN_FLIGHT", "16".into()),
         ("CALL_TIMEOUT_MS", "300".into()),
@@ -391,7 +478,11 @@ async fn standard_chaos(seed: u64) {
         ("DLQ_URL", DLQ_URL.into()),
         ("RETRY_BASE_SECONDS", "1".into()),
         ("RETRY_MAX_SECONDS", "2".into()),
+        ("MESSAGES_PER_EXECUTION", mode.per_execution.to_string()),
+        ("COORDINATION_TABLE", "chaos-coordination".into()),
     ]);
+    // The coordination table of the claims (batch mode), at DynamoDB-like latency.
+    let table = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(2), Duration::from_millis(6)));
     let plan = Arc::new(StallPlan::default());
     let unconfirmed = Arc::new(Unconfirmed::default());
     let starters: Vec<Arc<Starter>> = (0..INSTANCES)
@@ -405,7 +496,7 @@ async fn standard_chaos(seed: u64) {
                 inner: SfnStarter::new(&sdk, config.call_timeout),
                 unconfirmed: unconfirmed.clone(),
             });
-            Arc::new(Starter::new(config.clone(), sfn_client, Arc::new(flaky)))
+            Arc::new(Starter::new(config.clone(), sfn_client, Arc::new(flaky)).with_claims(table.clone()))
         })
         .collect();
     let mapping = Mapping {
@@ -421,9 +512,9 @@ async fn standard_chaos(seed: u64) {
         let state = sfn.state();
         tokio::spawn(async move {
             tokio::time::sleep(SURGE_AT).await;
-            state.set_bucket(Some(SURGE_QUOTA));
+            state.set_bucket(Some(mode.surge_quota));
             tokio::time::sleep(SURGE_FOR).await;
-            state.set_bucket(Some(QUOTA));
+            state.set_bucket(Some(mode.quota));
         })
     };
     let run = drive_with_kills(queue.clone(), starters, mapping, Some(KILL)).await;
@@ -439,7 +530,7 @@ async fn standard_chaos(seed: u64) {
     let summary = format!(
         "chaos: messages={} (poison {}) executions={} dlq={} {} invocations={} cut_offs={} \
          whole_timeouts={} (killed {}, stalls {stalls}) reported={} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
-         lost_mode={lost_response_mode:?} existing_names={existing_names:?} seed={seed}",
+         lost_mode={lost_response_mode:?} existing_names={existing_names:?} claims={} seed={seed} {mode:?}",
         sent.bodies.len(),
         sent.poison.len(),
         executions.len(),
@@ -452,6 +543,7 @@ async fn standard_chaos(seed: u64) {
         run.reported,
         run.elapsed.as_secs_f64(),
         run.drained,
+        table.claim_writes(),
     );
     println!("{summary}");
     let series = format!(
@@ -475,23 +567,10 @@ async fn standard_chaos(seed: u64) {
     );
 
     // ---- executions: one per good message, none for poison, none unknown
-    let mut per_name: HashMap<&str, u64> = HashMap::new();
-    for e in &executions {
-        *per_name.entry(e.name.as_str()).or_default() += 1;
-        let body = sent.bodies.get(&e.name);
-        assert!(
-            body.is_some(),
-            "{}",
-            on_failure(format!("an execution for no message: {}", e.name))
-        );
-        assert_eq!(
-            Some(&e.input),
-            body,
-            "{}",
-            on_failure(format!("{}: the input is the body", e.name))
-        );
-        assert_eq!(e.state_machine_arn, DEFAULT_STATE_MACHINE_ARN);
-    }
+    let per_name = started_messages(&executions, &sent, batch).unwrap_or_else(|e| panic!("{}", on_failure(e)));
+    assert!(executions
+        .iter()
+        .all(|e| e.state_machine_arn == DEFAULT_STATE_MACHINE_ARN));
     let mut dead_letters: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
     let mut redriven = Vec::new();
     for entry in &dlq {
@@ -561,12 +640,15 @@ async fn standard_chaos(seed: u64) {
         "{}",
         on_failure(format!("good messages in the DLQ: {wrongly_dead_lettered:?}"))
     );
-    assert_eq!(
-        executions.len(),
-        MESSAGES - sent.poison.len(),
-        "{}",
-        on_failure("executions".into())
-    );
+    let good = MESSAGES - sent.poison.len();
+    match batch {
+        false => assert_eq!(executions.len(), good, "{}", on_failure("executions".into())),
+        true => assert!(
+            executions.len() < good && table.claim_writes() >= good as u64,
+            "{}",
+            on_failure("batch executions, each message claimed".into())
+        ),
+    }
     assert_eq!(dlq.len(), sent.poison.len(), "{}", on_failure("DLQ entries".into()));
 
     // ---- the faults were really injected, and idempotency was exercised

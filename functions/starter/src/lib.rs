@@ -1,12 +1,13 @@
-//! sfn-pacer: an SQS-triggered Lambda that starts one Step Functions execution per message,
-//! paced under the account's StartExecution quota, idempotent by execution name, with a
-//! partial batch response.
+//! sfn-pacer: an SQS-triggered Lambda that starts one Step Functions execution per message (or
+//! per group of messages), paced under the account's StartExecution quota, idempotent by
+//! execution name (in groups, by per-message claims), with a partial batch response.
 //!
-//! The modules follow the flow: [`event`] → [`plan`] (with [`name`]) → [`pace`] →
-//! [`start`] → [`classify`] → [`handler`] → [`close`] (batched [`dead_letter`]s and
-//! visibility changes with [`backoff`]) → response.
+//! The modules follow the flow: [`event`] → [`plan`] (with [`name`]) → in batch mode
+//! [`batch`] and [`claim`] → [`pace`] → [`start`] → [`classify`] → [`handler`] → [`close`]
+//! (batched [`dead_letter`]s and visibility changes with [`backoff`]) → response.
 //! [`aws`] holds the SDK adapters of the [`start::StartExecution`] and [`queue::Queue`] traits,
-//! [`dynamo`] the one of [`budget::Store`]: the shared budget of coordinated mode ([`budget`]).
+//! [`dynamo`] those of [`budget::Store`] (the shared budget of coordinated mode, [`budget`]) and
+//! [`claim::ClaimStore`].
 
 pub mod aws;
 pub mod backoff;
