@@ -2,6 +2,8 @@
 # Extra arguments of `make demo`, e.g. DEMO_ARGS="--messages 5000 --rate 200 --max-concurrency 4 --bad-share 0.01";
 # by default two deployments share the budget through a coordination table: DEMO_ARGS="--static-split" turns
 # coordination off, DEMO_ARGS="--deployments 1" runs one; DEMO_ARGS=--help lists every option.
+# Batch executions: DEMO_ARGS="--messages-per-execution 10 --rate 10 --messages 1000" (up to 10 messages per
+# execution, claimed in the coordination table; the report shows messages/s against the budget's refill).
 DEMO_ARGS ?=
 # Extra arguments of `make watch`, e.g. WATCH_ARGS="--moto-port 5001".
 WATCH_ARGS ?=

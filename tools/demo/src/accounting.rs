@@ -1,9 +1,15 @@
-//! Is every message accounted for? Every good message has exactly one execution, every bad
+//! Is every message accounted for? Every good message is in exactly one execution, every bad
 //! one is in the DLQ.
 //!
 //! The messages are known by the ids the generator put in them: a good body is
-//! `{"id":"<id>",...}` (and the execution's input is the body), a bad one starts with
-//! `bad message <id>:` (the function's dead letters and SQS's redrive keep the body).
+//! `{"id":"<id>",...}`, a bad one starts with `bad message <id>:` (the function's dead letters
+//! and SQS's redrive keep the body). How an execution carries messages ([`Shape`]):
+//! - one per execution (`MESSAGES_PER_EXECUTION` 1): the input is the body;
+//! - several (`MESSAGES_PER_EXECUTION` > 1): the input is `{"items": [{"messageId", "body"}, …]}`,
+//!   and the execution's name no longer says which messages it carries. A message is then in an
+//!   execution when one of its items has the message's SQS `messageId`, and the body with its
+//!   id. Each message is sent once (one SQS message id per producer id: [`Accounting::problems`]
+//!   names any other pairing), so a message's executions are counted by its producer id.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,8 +52,66 @@ pub fn expected_messages(count: u64, bad_share: f64, seed: u64, id_prefix: &str)
         .collect())
 }
 
-/// An execution found in Step Functions (its name is the SQS message id).
+/// An execution found in Step Functions.
 pub use local_stack::moto::Execution;
+
+/// How executions carry messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// One message per execution, whose input is the body (`MESSAGES_PER_EXECUTION` 1).
+    #[default]
+    Single,
+    /// Several: `{"items": [{"messageId", "body"}, …]}` (`MESSAGES_PER_EXECUTION` > 1).
+    Batch,
+}
+
+impl Shape {
+    /// The shape of executions started with `messages_per_execution`.
+    pub fn for_messages_per_execution(messages_per_execution: u32) -> Shape {
+        if messages_per_execution > 1 {
+            Shape::Batch
+        } else {
+            Shape::Single
+        }
+    }
+}
+
+/// One item of a batch execution's input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Item {
+    /// Its `messageId` (the SQS message id), if it has one.
+    pub message_id: Option<String>,
+    /// The producer's id in its `body`.
+    pub id: Option<String>,
+}
+
+/// The items of a batch execution's input (`{"items": [...]}`); `None` when it has no such list.
+pub fn batch_items(input: &str) -> Option<Vec<Item>> {
+    let input: serde_json::Value = serde_json::from_str(input).ok()?;
+    let items = input.get("items")?.as_array()?;
+    Some(
+        items
+            .iter()
+            .map(|item| Item {
+                message_id: item
+                    .get("messageId")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string),
+                id: item.get("body").and_then(body_id),
+            })
+            .collect(),
+    )
+}
+
+/// The producer's id of an item's body: a JSON object (or, as a string, its JSON text).
+fn body_id(body: &serde_json::Value) -> Option<String> {
+    match body {
+        serde_json::Value::String(text) => input_id(text),
+        other => id_field(other),
+    }
+}
 
 /// A message found in the DLQ.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,7 +126,12 @@ pub struct DeadLetter {
 
 /// The producer's id in an execution input (the good body's `id` field).
 pub fn input_id(input: &str) -> Option<String> {
-    match serde_json::from_str::<serde_json::Value>(input).ok()?.get("id")? {
+    id_field(&serde_json::from_str::<serde_json::Value>(input).ok()?)
+}
+
+/// The `id` field of a good body.
+fn id_field(body: &serde_json::Value) -> Option<String> {
+    match body.get("id")? {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
@@ -108,13 +177,19 @@ impl Ids {
 /// The verdict on a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Accounting {
+    /// How the executions carry messages.
+    pub shape: Shape,
     /// Good messages generated.
     pub good: u64,
     /// Bad messages generated.
     pub bad: u64,
     /// Executions found.
     pub executions: u64,
-    /// Good messages with exactly one execution.
+    /// Messages the executions carry: their items (batch), one each (single).
+    pub carried: u64,
+    /// The most messages one execution carries.
+    pub largest_execution: u64,
+    /// Good messages in exactly one execution.
     pub good_started_once: u64,
     /// Good messages with no execution (and not in the DLQ).
     pub good_not_started: Ids,
@@ -128,8 +203,15 @@ pub struct Accounting {
     pub bad_not_in_dlq: Ids,
     /// Bad messages that started an execution.
     pub bad_started: Ids,
-    /// Executions whose input is not one of the generated messages (by name).
+    /// Executions whose input is not one of the generated messages (single), or holds no
+    /// `items` list (batch), by name.
     pub unexpected_executions: Ids,
+    /// Batch: items with no `messageId`, or whose body is not a generated message
+    /// (`<execution name>[<index>]`).
+    pub unexpected_items: Ids,
+    /// Batch: messages carried under two SQS message ids (sent twice), or SQS message ids that
+    /// carry two messages.
+    pub message_id_conflicts: Ids,
     /// Messages in the DLQ: all copies.
     pub dlq_depth: u64,
     /// DLQ messages that are not one of the generated messages (by message id).
@@ -142,21 +224,24 @@ pub struct Accounting {
     pub redriven: u64,
 }
 
-/// Compares what was generated with what was found.
-pub fn account(expected: &[Expected], executions: &[Execution], dead_letters: &[DeadLetter]) -> Accounting {
+/// Compares what was generated with what was found, executions of `shape`.
+pub fn account(
+    expected: &[Expected],
+    executions: &[Execution],
+    dead_letters: &[DeadLetter],
+    shape: Shape,
+) -> Accounting {
     let mut a = Accounting {
+        shape,
         executions: executions.len() as u64,
         dlq_depth: dead_letters.len() as u64,
         ..Accounting::default()
     };
     let good: HashMap<&str, bool> = expected.iter().map(|e| (e.id.as_str(), e.good)).collect();
-    let mut started: HashMap<String, u64> = HashMap::new();
-    for execution in executions {
-        match input_id(&execution.input) {
-            Some(id) if good.contains_key(id.as_str()) => *started.entry(id).or_default() += 1,
-            _ => a.unexpected_executions.push(execution.name.clone()),
-        }
-    }
+    let started = match shape {
+        Shape::Single => started_singly(&mut a, executions, &good),
+        Shape::Batch => started_in_batches(&mut a, executions, &good),
+    };
     let mut in_dlq: HashMap<String, u64> = HashMap::new();
     for letter in dead_letters {
         match letter.attributes.get(ERROR_CODE_ATTRIBUTE) {
@@ -198,7 +283,72 @@ pub fn account(expected: &[Expected], executions: &[Execution], dead_letters: &[
     a
 }
 
+/// Single: each execution's input is a message's body. Returns its executions per message id.
+fn started_singly(a: &mut Accounting, executions: &[Execution], known: &HashMap<&str, bool>) -> HashMap<String, u64> {
+    let mut started: HashMap<String, u64> = HashMap::new();
+    for execution in executions {
+        match input_id(&execution.input) {
+            Some(id) if known.contains_key(id.as_str()) => *started.entry(id).or_default() += 1,
+            _ => a.unexpected_executions.push(execution.name.clone()),
+        }
+    }
+    a.carried = executions.len() as u64;
+    a.largest_execution = u64::from(!executions.is_empty());
+    started
+}
+
+/// Batch: each execution's input is `{"items": [...]}`. Returns the executions that carry each
+/// message (an item counts once per execution it is in, twice if it is there twice).
+fn started_in_batches(
+    a: &mut Accounting,
+    executions: &[Execution],
+    known: &HashMap<&str, bool>,
+) -> HashMap<String, u64> {
+    let mut started: HashMap<String, u64> = HashMap::new();
+    // SQS message id → producer id, and producer id → SQS message id, as first seen.
+    let mut by_message_id: HashMap<String, String> = HashMap::new();
+    let mut by_id: HashMap<String, String> = HashMap::new();
+    for execution in executions {
+        let Some(items) = batch_items(&execution.input) else {
+            a.unexpected_executions.push(execution.name.clone());
+            continue;
+        };
+        a.carried += items.len() as u64;
+        a.largest_execution = a.largest_execution.max(items.len() as u64);
+        for (index, item) in items.into_iter().enumerate() {
+            let (Some(message_id), Some(id)) = (item.message_id, item.id) else {
+                a.unexpected_items.push(format!("{}[{index}]", execution.name));
+                continue;
+            };
+            if !known.contains_key(id.as_str()) {
+                a.unexpected_items.push(format!("{}[{index}]", execution.name));
+                continue;
+            }
+            let carries = by_message_id.entry(message_id.clone()).or_insert_with(|| id.clone());
+            if *carries != id {
+                a.message_id_conflicts
+                    .push(format!("SQS message {message_id} carries {carries} and {id}"));
+            }
+            let sent_as = by_id.entry(id.clone()).or_insert_with(|| message_id.clone());
+            if *sent_as != message_id {
+                a.message_id_conflicts
+                    .push(format!("{id} is SQS message {sent_as} and {message_id}"));
+            }
+            *started.entry(id).or_default() += 1;
+        }
+    }
+    started
+}
+
 impl Accounting {
+    /// Messages per execution: what the executions carry ÷ the executions (0 when none).
+    pub fn messages_per_execution(&self) -> f64 {
+        match self.executions {
+            0 => 0.0,
+            n => self.carried as f64 / n as f64,
+        }
+    }
+
     /// What is wrong, one sentence each; empty when every message is accounted for.
     pub fn problems(&self) -> Vec<String> {
         let list = |ids: &Ids| {
@@ -224,6 +374,11 @@ impl Accounting {
         check(&self.bad_not_in_dlq, "bad message(s) are not in the DLQ");
         check(&self.bad_started, "bad message(s) started an execution");
         check(&self.unexpected_executions, "execution(s) match no generated message");
+        check(
+            &self.unexpected_items,
+            "execution item(s) have no messageId or match no generated message",
+        );
+        check(&self.message_id_conflicts, "SQS message id conflict(s)");
         check(
             &self.unexpected_dead_letters,
             "DLQ message(s) match no generated message",
@@ -329,7 +484,7 @@ mod tests {
             letter("u3", "c", Some("BodyNotJson")),
             letter("u5", "e", None), // redriven
         ];
-        let a = account(&expected, &executions, &letters);
+        let a = account(&expected, &executions, &letters, Shape::Single);
         assert!(a.is_complete(), "{:?}", a.problems());
         assert_eq!((a.good, a.bad, a.good_started_once, a.bad_in_dlq), (3, 2, 3, 2));
         assert_eq!(a.reasons, BTreeMap::from([("BodyNotJson".to_string(), 1)]));
@@ -357,7 +512,7 @@ mod tests {
                 attributes: BTreeMap::new(),
             },
         ];
-        let a = account(&expected, &executions, &letters);
+        let a = account(&expected, &executions, &letters, Shape::Single);
         assert!(!a.is_complete());
         assert_eq!(a.good_started_more_than_once.first, vec!["a (2 executions)"]);
         assert_eq!(a.good_not_started.first, vec!["b", "c"]);
@@ -374,10 +529,99 @@ mod tests {
         assert!(problems[0].starts_with("2 good message(s) have no execution: b, c"));
     }
 
+    /// A batch execution carrying `(SQS message id, producer id)` pairs.
+    fn batch(name: &str, members: &[(&str, &str)]) -> Execution {
+        let items: Vec<serde_json::Value> = members
+            .iter()
+            .map(|(message_id, id)| serde_json::json!({"messageId": message_id, "body": {"id": id, "payload": ""}}))
+            .collect();
+        Execution {
+            name: name.into(),
+            input: serde_json::json!({ "items": items }).to_string(),
+        }
+    }
+
+    #[test]
+    fn batch_items_are_read_in_both_input_modes() {
+        let items = batch_items(
+            r#"{"items":[{"messageId":"u1","body":{"id":"a"}},
+                {"messageId":"u2","body":"{\"id\":\"b\"}","attributes":{}},
+                {"body":{"id":"c"}}, {"messageId":"u4","body":"not json"}]}"#,
+        )
+        .unwrap();
+        let pairs: Vec<(Option<&str>, Option<&str>)> = items
+            .iter()
+            .map(|i| (i.message_id.as_deref(), i.id.as_deref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (Some("u1"), Some("a")),
+                (Some("u2"), Some("b")),
+                (None, Some("c")),
+                (Some("u4"), None)
+            ]
+        );
+        assert_eq!(batch_items(r#"{"id":"a"}"#), None, "a single input has no items");
+        assert_eq!(batch_items("not json"), None);
+        assert_eq!(Shape::for_messages_per_execution(1), Shape::Single);
+        assert_eq!(Shape::for_messages_per_execution(10), Shape::Batch);
+    }
+
+    #[test]
+    fn a_clean_batch_run_is_complete() {
+        let expected = vec![good("a"), good("b"), bad("c"), good("d"), good("e")];
+        let executions = vec![
+            batch("batch-3-x", &[("u1", "a"), ("u2", "b"), ("u4", "d")]),
+            batch("batch-1-y", &[("u5", "e")]),
+        ];
+        let letters = vec![letter("u3", "c", Some("BodyNotJson"))];
+        let a = account(&expected, &executions, &letters, Shape::Batch);
+        assert!(a.is_complete(), "{:?}", a.problems());
+        assert_eq!((a.good, a.good_started_once, a.bad_in_dlq), (4, 4, 1));
+        assert_eq!((a.executions, a.carried, a.largest_execution), (2, 4, 3));
+        assert!((a.messages_per_execution() - 2.0).abs() < 1e-9);
+        assert_eq!(a.shape, Shape::Batch);
+    }
+
+    #[test]
+    fn a_message_in_two_batch_executions_is_a_failure() {
+        let expected = vec![good("a"), good("b"), good("c"), bad("d")];
+        let executions = vec![
+            batch("batch-2-x", &[("u1", "a"), ("u2", "b")]),
+            // A redelivery of u2 next to other neighbours, started again.
+            batch("batch-2-y", &[("u2", "b"), ("u3", "c")]),
+            // The same message twice in one execution.
+            batch("batch-2-z", &[("u3", "c"), ("u3", "c")]),
+            // Not a batch input, an item without messageId, an item of no generated message,
+            // a bad message started.
+            execution("single", "a"),
+            batch("batch-3-w", &[("", "a"), ("u9", "zzz"), ("u4", "d")]),
+            // The same producer id under another SQS message id (sent twice).
+            batch("batch-1-v", &[("u1-again", "a")]),
+        ];
+        let letters = vec![letter("u4", "d", Some("BodyNotJson"))];
+        let a = account(&expected, &executions, &letters, Shape::Batch);
+        assert!(!a.is_complete());
+        assert_eq!(
+            a.good_started_more_than_once.first,
+            vec!["a (2 executions)", "b (2 executions)", "c (3 executions)"]
+        );
+        assert_eq!(a.good_started_once, 0);
+        assert_eq!(a.unexpected_executions.first, vec!["single"]);
+        assert_eq!(a.unexpected_items.first, vec!["batch-3-w[0]", "batch-3-w[1]"]);
+        assert_eq!(a.bad_started.first, vec!["d"]);
+        assert_eq!(a.message_id_conflicts.first, vec!["a is SQS message u1 and u1-again"]);
+        assert_eq!((a.executions, a.carried, a.largest_execution), (6, 10, 3));
+        let problems = a.problems();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].starts_with("3 good message(s) have more than one execution"));
+    }
+
     #[test]
     fn long_lists_are_cut() {
         let expected: Vec<Expected> = (0..100).map(|i| good(&format!("m{i}"))).collect();
-        let a = account(&expected, &[], &[]);
+        let a = account(&expected, &[], &[], Shape::Single);
         assert_eq!(a.good_not_started.count, 100);
         assert_eq!(a.good_not_started.first.len(), MAX_LISTED);
         assert!(a.problems()[0].ends_with("… and 80 more"), "{}", a.problems()[0]);

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdout, Command};
 use tokio::task::JoinHandle;
 
-use crate::accounting::{account, Accounting, Expected};
+use crate::accounting::{account, Accounting, Expected, Shape};
 use crate::emf::{self, EmfLog, FunctionTotals};
-use crate::feed::{self, FeedState, Feeder};
+use crate::feed::{self, Done, FeedState, Feeder};
 use crate::rate;
-use crate::report::DeploymentReport;
+use crate::report::{DeploymentReport, Throughput};
 use crate::run::{warm_up, FUNCTION_NAME};
 use crate::stack::{self, QueueCounts};
 use crate::tools::Binaries;
@@ -101,6 +101,9 @@ pub struct FunctionSettings {
     pub burst: f64,
     /// `MAX_CONCURRENCY`: its instances.
     pub instances: u32,
+    /// `MESSAGES_PER_EXECUTION`: 1 starts one execution per message; more groups them (on
+    /// Standard, with claims in the coordination table, which must then be set).
+    pub messages_per_execution: u32,
     /// The coordination table; `None`: the static split.
     pub coordination: Option<Coordination>,
 }
@@ -123,8 +126,8 @@ pub struct Deployment {
     watch: Option<Handle>,
     /// Its starters' EMF lines, summed.
     emf: Arc<Mutex<EmfLog>>,
-    /// Messages its function has dealt with (started, duplicate or dead-lettered).
-    handled: Arc<AtomicU64>,
+    /// Messages done with: by its function (started, duplicate or dead-lettered) or redriven.
+    done: Arc<Done>,
     /// Its starter processes.
     starters: Vec<Handle>,
     readers: Vec<JoinHandle<()>>,
@@ -146,10 +149,14 @@ pub struct Reading {
     pub queue: Option<QueueCounts>,
     /// Its DLQ's depth.
     pub dlq: Option<u64>,
-    /// Executions its function started.
+    /// Messages its function started (EMF `Started`).
     pub started: u64,
-    /// Its starts per second over the last [`rate::WINDOW_SECONDS`].
+    /// Executions its function started (EMF `Executions`).
+    pub executions: u64,
+    /// Its executions per second over the last [`rate::WINDOW_SECONDS`].
     pub rate: f64,
+    /// Its messages started per second over the last [`rate::WINDOW_SECONDS`].
+    pub message_rate: f64,
 }
 
 /// What was found in moto after the run.
@@ -183,7 +190,7 @@ impl Deployment {
             invoke_port: 0,
             watch: None,
             emf: Arc::default(),
-            handled: Arc::default(),
+            done: Arc::default(),
             starters: Vec::new(),
             readers: Vec::new(),
             esm: None,
@@ -209,6 +216,7 @@ impl Deployment {
             settings.burst,
             settings.instances,
         );
+        env.push(("MESSAGES_PER_EXECUTION", settings.messages_per_execution.to_string()));
         if let Some(c) = &settings.coordination {
             env.push(("COORDINATION_TABLE", c.table.clone()));
             env.push(("QUOTA_KEY", c.quota_key.clone()));
@@ -282,8 +290,8 @@ impl Deployment {
             let (handle, pipes) = site.spawn(&name, command, &site.bins.starter)?;
             if let Some(stdout) = pipes.stdout {
                 let emf = Arc::clone(&self.emf);
-                let handled = Arc::clone(&self.handled);
-                self.readers.push(capture_stdout(stdout, path, emf, handled, site.t0));
+                let done = Arc::clone(&self.done);
+                self.readers.push(capture_stdout(stdout, path, emf, done, site.t0));
             }
             self.starters.push(handle);
         }
@@ -350,7 +358,7 @@ impl Deployment {
             stdin,
             self.expected.iter().map(|e| e.body.clone()).collect(),
             Feeder::new(produce_rate, max_queue_depth),
-            Arc::clone(&self.handled),
+            Arc::clone(&self.done),
             Arc::clone(&self.feed),
         ));
         self.producer = Some(producer);
@@ -380,12 +388,17 @@ impl Deployment {
     pub async fn read(&self, sqs: &aws_sdk_sqs::Client, now: f64) -> Reading {
         let queue = stack::queue_counts(sqs, &self.queue_url).await.ok();
         let dlq = stack::queue_counts(sqs, &self.dlq_url).await.ok().map(|c| c.total());
+        if let Some(depth) = dlq {
+            self.done.dlq_depth.store(depth, Ordering::Relaxed);
+        }
         let guard = self.emf.lock().unwrap_or_else(|p| p.into_inner());
         Reading {
             queue,
             dlq,
             started: guard.totals.counts.started,
-            rate: rate::window_rate(&guard.starts, now, rate::WINDOW_SECONDS),
+            executions: guard.totals.counts.executions,
+            rate: rate::window_rate(&guard.executions, now, rate::WINDOW_SECONDS),
+            message_rate: rate::window_rate(&guard.starts, now, rate::WINDOW_SECONDS),
         }
     }
 
@@ -413,22 +426,30 @@ impl Deployment {
         }
     }
 
-    /// Reads its executions (with start times) and DLQ in moto, and accounts for its messages.
-    pub async fn find(&self, sqs: &aws_sdk_sqs::Client, sfn: &aws_sdk_sfn::Client) -> Result<Found, String> {
+    /// Reads its executions (with start times) and DLQ in moto, and accounts for its messages,
+    /// carried by executions of `shape`.
+    pub async fn find(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        sfn: &aws_sdk_sfn::Client,
+        shape: Shape,
+    ) -> Result<Found, String> {
         let listed = moto::list_executions(sfn, &self.state_machine_arn).await?;
         let executions = moto::describe_executions(sfn, &listed).await?;
         let dead_letters =
             stack::read_queue(sqs, &self.dlq_url, Duration::from_secs(600), Duration::from_secs(60)).await?;
-        let accounting = account(&self.expected, &executions, &dead_letters);
+        let accounting = account(&self.expected, &executions, &dead_letters, shape);
         Ok(Found { listed, accounting })
     }
 
-    /// What it did, for the report; `drain_seconds` turns its executions into a rate.
-    pub fn report(&self, site: &Site<'_>, found: Found, drain_seconds: f64) -> DeploymentReport {
+    /// What it did, for the report; `drain_seconds` turns its executions and messages into
+    /// rates, compared with the budget's `refill` (starts per second).
+    pub fn report(&self, site: &Site<'_>, found: Found, drain_seconds: f64, refill: f64) -> DeploymentReport {
         let producer = last_json_line(&site.log(&format!("producer-{}.out", self.name)));
         let field = |name: &str| producer.as_ref().and_then(|v| v.get(name)).and_then(Value::as_u64);
         let function: FunctionTotals = self.emf.lock().unwrap_or_else(|p| p.into_inner()).totals.clone();
         let executions_in_moto = found.listed.len() as u64;
+        let throughput = Throughput::new(found.accounting.carried, executions_in_moto, drain_seconds, refill);
         DeploymentReport {
             name: self.name.clone(),
             function_name: self.function_name(),
@@ -438,6 +459,7 @@ impl Deployment {
             accounting: found.accounting,
             function,
             achieved_rate: rate::per_second(executions_in_moto, drain_seconds),
+            throughput,
             producer_held_seconds: self.fed().held_seconds,
             esm: last_json_line(&site.log(&format!("local-esm-{}.out", self.name))),
             producer,
@@ -465,13 +487,13 @@ impl Deployment {
     }
 }
 
-/// Copies a starter's stdout into its log and sums its EMF lines; `handled` counts the
-/// messages started, duplicate or dead-lettered.
+/// Copies a starter's stdout into its log and sums its EMF lines; `done` counts the messages
+/// started, duplicate or dead-lettered.
 fn capture_stdout(
     stdout: ChildStdout,
     log: PathBuf,
     emf_log: Arc<Mutex<EmfLog>>,
-    handled: Arc<AtomicU64>,
+    done: Arc<Done>,
     t0: Instant,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -485,10 +507,11 @@ fn capture_stdout(
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(sample) = emf::parse_line(&line) {
-                handled.fetch_add(
+                done.by_function.fetch_add(
                     sample.started + sample.duplicates + sample.dead_lettered,
                     Ordering::Relaxed,
                 );
+                done.dead_lettered.fetch_add(sample.dead_lettered, Ordering::Relaxed);
                 let mut guard = emf_log.lock().unwrap_or_else(|p| p.into_inner());
                 guard.record(t0.elapsed().as_secs_f64(), &sample);
             }

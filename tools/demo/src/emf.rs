@@ -69,8 +69,11 @@ impl Serialize for FunctionTotals {
 pub struct EmfLog {
     /// The sums.
     pub totals: FunctionTotals,
-    /// `(seconds since the run began, started)` per invocation that started something.
+    /// `(seconds since the run began, started)` per invocation that started something:
+    /// messages (`Started` counts each message of a batch execution).
     pub starts: Vec<(f64, u64)>,
+    /// `(seconds since the run began, executions)` per invocation that started something.
+    pub executions: Vec<(f64, u64)>,
 }
 
 impl EmfLog {
@@ -79,6 +82,9 @@ impl EmfLog {
         self.totals.add(sample);
         if sample.started > 0 {
             self.starts.push((at_seconds, sample.started));
+        }
+        if sample.executions > 0 {
+            self.executions.push((at_seconds, sample.executions));
         }
     }
 }
@@ -122,6 +128,22 @@ mod tests {
         assert_eq!(log.totals.counts.received, 20);
         assert_eq!(log.totals.counts.dead_lettered, 2);
         assert_eq!(log.starts, vec![(1.0, 7), (2.5, 7)]);
+        assert!(log.executions.is_empty(), "a line without Executions started none");
+        let batch = parse_line(&LINE.replace(
+            r#""Failed":0"#,
+            r#""Failed":0,"Executions":2,"ClaimsWritten":7,"ClaimsFound":1"#,
+        ))
+        .unwrap();
+        log.record(4.0, &batch);
+        assert_eq!(log.executions, vec![(4.0, 2)]);
+        assert_eq!(
+            (
+                log.totals.counts.executions,
+                log.totals.counts.claims_written,
+                log.totals.counts.claims_found
+            ),
+            (2, 7, 1)
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Feeding the producer: the demo writes the generated messages to `producer --stdin` at the
 //! configured pace, and holds back while too many are outstanding: written, but not yet
-//! started or dead-lettered by the function (its EMF counts). That bounds what sits in
-//! moto's queue (and in the producer's buffers, which a queue-depth reading would miss).
+//! started or dead-lettered by the function (its EMF counts), nor moved to the DLQ by SQS's
+//! redrive ([`Done`]). That bounds what sits in moto's queue (and in the producer's buffers,
+//! which a queue-depth reading would miss).
 //!
 //! Why: moto's SQS walks the whole queue on every call, so once the queue deepens past a few
 //! hundred messages every call slows down, the function receives less, the queue deepens
@@ -82,6 +83,29 @@ impl Feeder {
     }
 }
 
+/// What has become of the messages written, as far as the demo can see.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// Messages the function started, found started, or dead-lettered (its EMF counts).
+    pub by_function: AtomicU64,
+    /// Of those, the ones it dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// The DLQ's depth as last read: the function's dead letters, and the messages SQS's
+    /// redrive moved there after maxReceiveCount, which the function never reports.
+    pub dlq_depth: AtomicU64,
+}
+
+impl Done {
+    /// Messages done with: the function's, plus those redriven to the DLQ.
+    pub fn count(&self) -> u64 {
+        let redriven = self
+            .dlq_depth
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.dead_lettered.load(Ordering::Relaxed));
+        self.by_function.load(Ordering::Relaxed) + redriven
+    }
+}
+
 /// What the feeding task has done so far.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FeedState {
@@ -97,14 +121,13 @@ pub struct FeedState {
     pub done: bool,
 }
 
-/// Writes `lines` to the producer's stdin, paced by `feeder`; `handled` counts the messages
-/// the function has dealt with (started, duplicate or dead-lettered). Closes stdin at the
-/// end. Abort the task to stop it early.
+/// Writes `lines` to the producer's stdin, paced by `feeder`; `done` counts the messages done
+/// with. Closes stdin at the end. Abort the task to stop it early.
 pub fn spawn(
     mut stdin: ChildStdin,
     lines: Vec<String>,
     mut feeder: Feeder,
-    handled: Arc<AtomicU64>,
+    done: Arc<Done>,
     state: Arc<Mutex<FeedState>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -113,7 +136,7 @@ pub fn spawn(
         let mut buffer = String::new();
         while next < lines.len() {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let outstanding = (next as u64).saturating_sub(handled.load(Ordering::Relaxed));
+            let outstanding = (next as u64).saturating_sub(done.count());
             let n = feeder.allow(t0.elapsed().as_secs_f64(), Some(outstanding));
             let end = (next + n).min(lines.len());
             buffer.clear();
@@ -185,6 +208,18 @@ mod tests {
         );
         assert!(!f.held());
         assert!(run(&mut f, 5.0, 6.0, None) > 90, "an unknown depth changes nothing");
+    }
+
+    #[test]
+    fn redriven_messages_are_done_too() {
+        let done = Done::default();
+        done.by_function.store(90, Ordering::Relaxed);
+        done.dead_lettered.store(2, Ordering::Relaxed);
+        assert_eq!(done.count(), 90, "the DLQ not read yet");
+        done.dlq_depth.store(2, Ordering::Relaxed);
+        assert_eq!(done.count(), 90, "the function's own dead letters count once");
+        done.dlq_depth.store(12, Ordering::Relaxed);
+        assert_eq!(done.count(), 100, "10 redriven by SQS after maxReceiveCount");
     }
 
     #[test]

@@ -13,14 +13,20 @@ pub struct Status {
     pub queue_visible: Option<u64>,
     /// The work queue: messages in flight or waiting out a backoff.
     pub queue_in_flight: Option<u64>,
-    /// Executions started so far (the function's count).
+    /// Messages started so far (the function's `Started`).
     pub started: u64,
-    /// Starts per second over the last few seconds, summed over the deployments.
+    /// Executions started so far (the function's `Executions`): `started` in single mode.
+    pub executions: u64,
+    /// Executions started per second over the last few seconds, summed over the deployments.
     pub rate: f64,
     /// The same per deployment, `(name, rate)`; shown when there are two or more.
     pub rates: Vec<(String, f64)>,
     /// The target starts per second.
     pub target: f64,
+    /// Batch executions (`MESSAGES_PER_EXECUTION` > 1): the line also shows messages.
+    pub batch: bool,
+    /// Messages started per second over the last few seconds, summed over the deployments.
+    pub message_rate: f64,
     /// Messages in the DLQ (`None` if the last read failed).
     pub dlq: Option<u64>,
     /// What the producer is doing ("producing", "produced 3000").
@@ -39,14 +45,25 @@ pub fn status_line(s: &Status) -> String {
     } else {
         String::new()
     };
+    let (started, rate) = if s.batch {
+        (
+            format!("started {} messages in {} executions", s.started, s.executions),
+            format!(
+                "{:.1} executions/s{split} of {:.0}/s, {:.1} messages/s",
+                s.rate, s.target, s.message_rate
+            ),
+        )
+    } else {
+        (
+            format!("started {}", s.started),
+            format!("{:.1}/s{split} of {:.0}/s", s.rate, s.target),
+        )
+    };
     format!(
-        "{:>5.0}s | queue {} (+{} in flight) | started {} | {:.1}/s{split} of {:.0}/s | DLQ {} | {}",
+        "{:>5.0}s | queue {} (+{} in flight) | {started} | {rate} | DLQ {} | {}",
         s.elapsed_seconds,
         or_unknown(s.queue_visible),
         or_unknown(s.queue_in_flight),
-        s.started,
-        s.rate,
-        s.target,
         or_unknown(s.dlq),
         s.phase
     )
@@ -141,6 +158,7 @@ mod tests {
             dlq: None,
             phase: "producing".into(),
             rates: vec![("a".into(), 98.44)],
+            ..Status::default()
         };
         assert_eq!(
             status_line(&s),
@@ -153,6 +171,17 @@ mod tests {
         assert_eq!(
             status_line(&two),
             "   12s | queue 23 (+20 in flight) | started 1180 | 98.4/s (a 49.0 + b 49.4) of 100/s | DLQ ? | producing"
+        );
+        let batch = Status {
+            batch: true,
+            executions: 120,
+            message_rate: 978.24,
+            ..two
+        };
+        assert_eq!(
+            status_line(&batch),
+            "   12s | queue 23 (+20 in flight) | started 1180 messages in 120 executions | 98.4 executions/s \
+             (a 49.0 + b 49.4) of 100/s, 978.2 messages/s | DLQ ? | producing"
         );
     }
 }

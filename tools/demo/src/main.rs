@@ -28,7 +28,8 @@ enum Commands {
     /// DynamoDB coordination table, each with its own queue, state machine, function (N
     /// instances under cargo lambda watch), local event source mapping and producer; a live
     /// line; then a report. Exits 0 only if, in every deployment, every good message has
-    /// exactly one execution and every bad one is in the DLQ, and the starts of all of them
+    /// exactly one execution (with --messages-per-execution above 1: is in exactly one
+    /// execution's items) and every bad one is in the DLQ, and the starts of all of them
     /// together stayed within the budget (peak over 5 s <= rate x 1.1 + burst / 5 s).
     Run(RunArgs),
     /// Start moto on a fixed port (resources matching events/*.json) and the function under
@@ -63,17 +64,26 @@ struct RunArgs {
     /// Fraction (0 to 1) of bad messages (bodies that are not JSON; they belong in the DLQ).
     #[arg(long, value_name = "FRACTION", default_value_t = 0.002)]
     bad_share: f64,
-    /// The ESM's batch size (above 10 uses a 1-second batching window).
+    /// The ESM's batch size (above 10 uses a 1-second batching window). Raised to
+    /// --messages-per-execution when smaller (an execution groups messages of one batch only).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=10000))]
     batch_size: u16,
+    /// Messages per execution, every function's MESSAGES_PER_EXECUTION (1 to 99). Above 1, up
+    /// to N messages of a batch start one execution whose input is {"items": [...]}, and each
+    /// message is claimed in the coordination table (the state machines are Standard), so it
+    /// cannot be combined with --static-split. The report then shows messages/s against the
+    /// budget's refill.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    messages_per_execution: u32,
     /// Seed of the generator (which messages are bad).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Hard bound of the run, in seconds, from the producer's start.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
     max_seconds: f64,
-    /// The producers' pace, messages per second in all. Default: --rate. (Faster, the queues
-    /// grow until --max-queue-depth holds the producers back.)
+    /// The producers' pace, messages per second in all. Default: --rate x
+    /// --messages-per-execution. (Faster, the queues grow until --max-queue-depth holds the
+    /// producers back.)
     #[arg(long, value_name = "MSGS_PER_SECOND")]
     produce_rate: Option<f64>,
     /// Hold a deployment's producer back while more than N of its messages are sent but not
@@ -128,12 +138,36 @@ fn positive(name: &str, value: f64) -> Result<f64, String> {
     }
 }
 
+/// The ESM's batch size for `messages_per_execution`: `asked`, raised to it when smaller, since
+/// the function groups only messages of one batch. The second value is true when raised.
+fn batch_size(asked: u16, messages_per_execution: u32) -> (u16, bool) {
+    let needed = u16::try_from(messages_per_execution).unwrap_or(u16::MAX);
+    (asked.max(needed), asked < needed)
+}
+
 fn run_config(a: RunArgs) -> Result<RunConfig, String> {
+    if a.static_split && a.messages_per_execution > 1 {
+        return Err(format!(
+            "--messages-per-execution {} needs the coordination table, so it cannot be combined with \
+             --static-split: on a Standard workflow each message of a batch execution is claimed there, which \
+             keeps it exactly once",
+            a.messages_per_execution
+        ));
+    }
+    let (batch_size, raised) = batch_size(a.batch_size, a.messages_per_execution);
+    if raised {
+        eprintln!(
+            "sfn-pacer-demo: --batch-size {} raised to {batch_size} (--messages-per-execution): the function \
+             groups messages of one batch only",
+            a.batch_size
+        );
+    }
     let rate = positive("rate", a.rate)?;
     let burst = positive("burst", a.burst.unwrap_or(rate))?;
     let produce_rate = positive(
         "produce-rate",
-        a.produce_rate.unwrap_or_else(|| rate::default_produce_rate(rate)),
+        a.produce_rate
+            .unwrap_or_else(|| rate::default_produce_rate(rate, a.messages_per_execution)),
     )?;
     if !(0.0..=1.0).contains(&a.bad_share) {
         return Err(format!("--bad-share must be between 0 and 1, got {}", a.bad_share));
@@ -153,7 +187,7 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
         deployments: a.deployments,
         coordinated: !a.static_split,
         bad_share: a.bad_share,
-        batch_size: a.batch_size,
+        batch_size,
         seed: a.seed,
         max_seconds,
         produce_rate,
@@ -163,7 +197,8 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
         progress_seconds: a.progress_seconds,
         max_queue_depth: a
             .max_queue_depth
-            .unwrap_or_else(|| rate::default_max_queue_depth(a.batch_size, a.max_concurrency)),
+            .unwrap_or_else(|| rate::default_max_queue_depth(batch_size, a.max_concurrency)),
+        messages_per_execution: a.messages_per_execution,
     })
 }
 
@@ -260,4 +295,58 @@ async fn main() -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<RunConfig, String> {
+        let cli = Cli::try_parse_from(["sfn-pacer-demo", "run"].iter().chain(args)).map_err(|e| e.to_string())?;
+        match cli.command {
+            Commands::Run(a) => run_config(a),
+            Commands::Serve(_) => unreachable!("run"),
+        }
+    }
+
+    #[test]
+    fn one_message_per_execution_by_default() {
+        let cfg = config(&[]).unwrap();
+        assert_eq!((cfg.messages_per_execution, cfg.batch_size), (1, 10));
+        assert!((cfg.produce_rate - cfg.rate).abs() < 1e-9);
+    }
+
+    #[test]
+    fn batch_executions_need_the_coordination_table() {
+        let e = config(&["--messages-per-execution", "10", "--static-split"]).unwrap_err();
+        assert!(e.contains("needs the coordination table"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(config(&["--messages-per-execution", "1", "--static-split"]).is_ok());
+        for bad in ["0", "100"] {
+            assert!(config(&["--messages-per-execution", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn batch_executions_raise_the_batch_size_and_the_producers_pace() {
+        let cfg = config(&["--messages-per-execution", "25", "--rate", "40"]).unwrap();
+        assert_eq!(cfg.batch_size, 25, "raised to the messages per execution");
+        assert!(
+            (cfg.produce_rate - 1000.0).abs() < 1e-9,
+            "rate x messages per execution"
+        );
+        let cfg = config(&[
+            "--messages-per-execution",
+            "5",
+            "--batch-size",
+            "50",
+            "--produce-rate",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cfg.batch_size, 50, "a larger batch is kept");
+        assert!((cfg.produce_rate - 7.0).abs() < 1e-9);
+        assert_eq!(batch_size(10, 10), (10, false));
+        assert_eq!(batch_size(10, 11), (11, true));
+    }
 }

@@ -36,13 +36,21 @@ pub fn ideal_drain_seconds(messages: u64, burst: f64, rate: f64) -> f64 {
 }
 
 /// A lower bound of the drain when the producer also paces: the messages cannot start before
-/// they are sent (`messages / produce_rate`), nor faster than the bucket allows.
-pub fn paced_drain_bound_seconds(messages: u64, produce_rate: Option<f64>, burst: f64, rate: f64) -> f64 {
+/// they are sent (`messages / produce_rate`), nor faster than the bucket allows, which counts
+/// executions: `⌈messages / messages_per_execution⌉` at best (every execution full).
+pub fn paced_drain_bound_seconds(
+    messages: u64,
+    messages_per_execution: u32,
+    produce_rate: Option<f64>,
+    burst: f64,
+    rate: f64,
+) -> f64 {
     let sending = match produce_rate {
         Some(p) if p > 0.0 => messages as f64 / p,
         _ => 0.0,
     };
-    sending.max(ideal_drain_seconds(messages, burst, rate))
+    let executions = messages.div_ceil(u64::from(messages_per_execution.max(1)));
+    sending.max(ideal_drain_seconds(executions, burst, rate))
 }
 
 /// `count` per `seconds`, 0 when no time passed.
@@ -99,11 +107,12 @@ pub fn peak_window_rate(samples: &[(f64, u64)], window: f64) -> f64 {
     peak as f64 / window
 }
 
-/// The producer's default pace: the start rate. Faster, the queue grows, and moto's SQS,
-/// whose every call walks the whole queue, slows down until the demo stalls (measured: at
-/// 1.1 x 100/s the queue passed 1,000 messages and starts fell to a few per second).
-pub fn default_produce_rate(start_rate: f64) -> f64 {
-    start_rate
+/// The producer's default pace: the start rate times the messages one execution carries,
+/// what the starts can take at best. Faster, the queue grows, and moto's SQS, whose every call
+/// walks the whole queue, slows down until the demo stalls (measured: at 1.1 x 100/s the queue
+/// passed 1,000 messages and starts fell to a few per second).
+pub fn default_produce_rate(start_rate: f64, messages_per_execution: u32) -> f64 {
+    start_rate * f64::from(messages_per_execution.max(1))
 }
 
 /// The default high-water mark of the queue: the larger of 100 and two full rounds of
@@ -136,10 +145,23 @@ mod tests {
         assert!(close(ideal_drain_seconds(500, 1300.0, 300.0), 0.0));
         assert!(ideal_drain_seconds(1, 0.0, 0.0).is_infinite());
         // Produced at 110/s, started at 100/s with a burst of 100: the bucket is the bound.
-        assert!(close(paced_drain_bound_seconds(3000, Some(110.0), 100.0, 100.0), 29.0));
+        assert!(close(
+            paced_drain_bound_seconds(3000, 1, Some(110.0), 100.0, 100.0),
+            29.0
+        ));
         // Produced slower than the start rate: the producer is the bound.
-        assert!(close(paced_drain_bound_seconds(3000, Some(50.0), 100.0, 100.0), 60.0));
-        assert!(close(paced_drain_bound_seconds(3000, None, 100.0, 100.0), 29.0));
+        assert!(close(
+            paced_drain_bound_seconds(3000, 1, Some(50.0), 100.0, 100.0),
+            60.0
+        ));
+        assert!(close(paced_drain_bound_seconds(3000, 1, None, 100.0, 100.0), 29.0));
+        // 10 messages per execution: 300 executions, (300 - 100) / 100 = 2 s; sending takes 3 s.
+        assert!(close(paced_drain_bound_seconds(3000, 10, None, 100.0, 100.0), 2.0));
+        assert!(close(
+            paced_drain_bound_seconds(3000, 10, Some(1000.0), 100.0, 100.0),
+            3.0
+        ));
+        assert!(paced_drain_bound_seconds(3001, 10, None, 100.0, 0.0).is_infinite());
     }
 
     #[test]
@@ -148,7 +170,8 @@ mod tests {
         assert!(close(per_second(300, 0.0), 0.0));
         assert!(close(percent(97.0, 100.0), 97.0));
         assert!(close(percent(1.0, 0.0), 0.0));
-        assert!(close(default_produce_rate(100.0), 100.0));
+        assert!(close(default_produce_rate(100.0, 1), 100.0));
+        assert!(close(default_produce_rate(100.0, 10), 1000.0));
         assert_eq!(default_max_queue_depth(10, 4), 100);
         assert_eq!(default_max_queue_depth(100, 4), 800);
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::accounting::Accounting;
+use crate::accounting::{Accounting, Shape};
 use crate::emf::FunctionTotals;
 use crate::rate;
 use local_stack::process::ProcessRecord;
@@ -38,6 +38,8 @@ pub struct Parameters {
     pub max_concurrency: u32,
     /// The ESM's batch size.
     pub batch_size: u16,
+    /// `MESSAGES_PER_EXECUTION`: messages one execution carries at most (1: one each).
+    pub messages_per_execution: u32,
     /// The producers' pace, messages per second, summed.
     pub produce_rate: f64,
     /// The queues' maxReceiveCount.
@@ -65,12 +67,63 @@ pub struct DeploymentReport {
     pub function: FunctionTotals,
     /// Its executions ÷ the drain time.
     pub achieved_rate: f64,
+    /// Its messages and executions per second.
+    pub throughput: Throughput,
     /// How long its producer was held back because its queue was deep, seconds.
     pub producer_held_seconds: f64,
     /// Its producer's summary line.
     pub producer: Option<Value>,
     /// Its local-esm's summary line.
     pub esm: Option<Value>,
+}
+
+/// Messages and executions per second (both counted in moto, over the drain time), against the
+/// budget's refill: in batch mode one start carries several messages, so messages may go
+/// faster than the refill while the starts stay within it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Throughput {
+    /// Messages the executions carry.
+    pub messages: u64,
+    /// Executions.
+    pub executions: u64,
+    /// `messages` ÷ the drain time, per second.
+    pub message_rate: f64,
+    /// `executions` ÷ the drain time, per second.
+    pub execution_rate: f64,
+    /// `messages` ÷ `executions`.
+    pub messages_per_execution: f64,
+    /// The budget's refill, starts per second.
+    pub refill: f64,
+    /// `message_rate` ÷ `refill`.
+    pub refill_multiple: f64,
+}
+
+impl Throughput {
+    /// `messages` carried by `executions` over `drain_seconds`, against a refill of `refill` per second.
+    pub fn new(messages: u64, executions: u64, drain_seconds: f64, refill: f64) -> Throughput {
+        let message_rate = rate::per_second(messages, drain_seconds);
+        Throughput {
+            messages,
+            executions,
+            message_rate,
+            execution_rate: rate::per_second(executions, drain_seconds),
+            messages_per_execution: if executions > 0 {
+                messages as f64 / executions as f64
+            } else {
+                0.0
+            },
+            refill,
+            refill_multiple: if refill > 0.0 { message_rate / refill } else { 0.0 },
+        }
+    }
+
+    /// "messages 812.0/s = 8.1x the refill of 100/s; executions 81.2/s, 10.0 messages per execution".
+    pub fn text(&self) -> String {
+        format!(
+            "messages {:.1}/s = {:.1}x the refill of {:.0}/s; executions {:.1}/s, {:.1} messages per execution",
+            self.message_rate, self.refill_multiple, self.refill, self.execution_rate, self.messages_per_execution
+        )
+    }
 }
 
 /// The budget check: the sum of the deployments' starts against the budget.
@@ -137,6 +190,8 @@ pub struct Report {
     pub deployments: Vec<DeploymentReport>,
     /// The functions' EMF counts, summed over the deployments.
     pub function: FunctionTotals,
+    /// Messages and executions per second, summed over the deployments.
+    pub throughput: Throughput,
     /// The sum of the starts against the budget.
     pub budget: Budget,
     /// Timings.
@@ -190,26 +245,54 @@ impl DeploymentReport {
             String::new()
         };
         line(s, 4, "messages sent", &format!("{sent}{producer_time}{held}"));
-        line(
-            s,
-            4,
-            "executions",
-            &format!(
-                "{} started (counted in moto with ListExecutions); {} of {} good messages have exactly one",
-                self.executions_in_moto, a.good_started_once, a.good
-            ),
-        );
-        let restarts = f.counts.started.saturating_sub(self.executions_in_moto);
-        line(
-            s,
-            4,
-            "duplicates",
-            &format!(
-                "{} ExecutionAlreadyExists (EMF Duplicates, summed over {} invocations); {restarts} idempotent \
-                 re-start(s) of a running execution (EMF Started {} - {} in moto)",
-                f.counts.duplicates, f.invocations, f.counts.started, self.executions_in_moto
-            ),
-        );
+        match a.shape {
+            Shape::Single => {
+                line(
+                    s,
+                    4,
+                    "executions",
+                    &format!(
+                        "{} started (counted in moto with ListExecutions); {} of {} good messages have exactly one",
+                        self.executions_in_moto, a.good_started_once, a.good
+                    ),
+                );
+                let restarts = f.counts.started.saturating_sub(self.executions_in_moto);
+                line(
+                    s,
+                    4,
+                    "duplicates",
+                    &format!(
+                        "{} ExecutionAlreadyExists (EMF Duplicates, summed over {} invocations); {restarts} \
+                         idempotent re-start(s) of a running execution (EMF Started {} - {} in moto)",
+                        f.counts.duplicates, f.invocations, f.counts.started, self.executions_in_moto
+                    ),
+                );
+            }
+            Shape::Batch => {
+                line(
+                    s,
+                    4,
+                    "executions",
+                    &format!(
+                        "{} started (counted in moto with ListExecutions), carrying {} messages (at most {} in one); \
+                         {} of {} good messages are in exactly one execution's items",
+                        self.executions_in_moto, a.carried, a.largest_execution, a.good_started_once, a.good
+                    ),
+                );
+                let restarts = f.counts.executions.saturating_sub(self.executions_in_moto);
+                line(
+                    s,
+                    4,
+                    "duplicates",
+                    &format!(
+                        "{} message(s) found started (EMF Duplicates, summed over {} invocations); {restarts} \
+                         idempotent re-start(s) of a running execution (EMF Executions {} - {} in moto)",
+                        f.counts.duplicates, f.invocations, f.counts.executions, self.executions_in_moto
+                    ),
+                );
+            }
+        }
+        line(s, 4, "throughput", &self.throughput.text());
         if let (Some(records), Some(sent)) = (
             self.esm.as_ref().and_then(|v| v.get("records")).and_then(Value::as_u64),
             self.sent,
@@ -242,13 +325,20 @@ impl DeploymentReport {
                 a.dlq_depth, a.bad_in_dlq, a.bad
             ),
         );
+        let batch = match a.shape {
+            Shape::Single => String::new(),
+            Shape::Batch => format!(
+                "; executions {}, claims written {}, claims found {}",
+                f.counts.executions, f.counts.claims_written, f.counts.claims_found
+            ),
+        };
         line(
             s,
             4,
             "function",
             &format!(
                 "started {}, retried {}, throttled {}, failed (batchItemFailures) {}, dead-lettered {}; \
-                 table calls (LeaseCalls) {}, fallbacks {}",
+                 table calls (LeaseCalls) {}, fallbacks {}{batch}",
                 f.counts.started,
                 f.counts.retried,
                 f.counts.throttled,
@@ -303,7 +393,7 @@ impl Report {
             "parameters",
             &format!(
                 "{} messages ({bad} bad) over {} deployment(s), budget {:.0} starts/s, burst {:.0}, {sharing}: each \
-                 told {} starts/s, burst {}; {} instances each, batch {}, produced at {:.0}/s in all",
+                 told {} starts/s, burst {}; {} instances each, batch {}, {}, produced at {:.0}/s in all",
                 p.messages,
                 p.deployments,
                 p.rate,
@@ -312,6 +402,10 @@ impl Report {
                 p.told_burst,
                 p.max_concurrency,
                 p.batch_size,
+                match p.messages_per_execution {
+                    1 => "one message per execution".to_string(),
+                    n => format!("up to {n} messages per execution"),
+                },
                 p.produce_rate
             ),
         );
@@ -324,6 +418,12 @@ impl Report {
             .iter()
             .map(|d| format!("{} {:.1}/s", d.name, d.achieved_rate))
             .collect();
+        line(
+            s,
+            2,
+            "throughput",
+            &format!("{} (all deployments)", self.throughput.text()),
+        );
         line(
             s,
             2,
@@ -360,6 +460,18 @@ impl Report {
             "off (--static-split): each instance paces its own share".to_string()
         };
         line(s, 2, "coordination", &coordination);
+        if self.parameters.messages_per_execution > 1 {
+            line(
+                s,
+                2,
+                "claims",
+                &format!(
+                    "{} written, {} found already written on a redelivery (EMF ClaimsWritten, ClaimsFound, summed): \
+                     each message of a batch execution is claimed once in the coordination table",
+                    f.counts.claims_written, f.counts.claims_found
+                ),
+            );
+        }
     }
 
     fn render_timing(&self, s: &mut String) {
@@ -398,6 +510,22 @@ mod tests {
         assert!((b.limit - 130.0).abs() < 1e-9);
         assert!(b.within);
         assert!(!Budget::check(100.0, 100.0, 2950, 30.0, 131.0).within);
+    }
+
+    #[test]
+    fn throughput_is_measured_against_the_refill() {
+        let t = Throughput::new(2436, 250, 3.0, 100.0);
+        assert!((t.message_rate - 812.0).abs() < 1e-9);
+        assert!((t.messages_per_execution - 9.744).abs() < 1e-9);
+        assert_eq!(
+            t.text(),
+            "messages 812.0/s = 8.1x the refill of 100/s; executions 83.3/s, 9.7 messages per execution"
+        );
+        let none = Throughput::new(0, 0, 0.0, 0.0);
+        assert_eq!(
+            (none.message_rate, none.messages_per_execution, none.refill_multiple),
+            (0.0, 0.0, 0.0)
+        );
     }
 
     #[test]

@@ -21,12 +21,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::accounting::expected_messages;
+use crate::accounting::{expected_messages, Shape};
 use crate::deployment::{self, Coordination, Deployment, FunctionSettings, Reading, Site, LOCAL_DEADLINE_MS};
 use crate::emf::FunctionTotals;
 use crate::live::{Live, Status};
 use crate::rate;
-use crate::report::{Budget, DeploymentReport, Parameters, Report, Timing};
+use crate::report::{Budget, DeploymentReport, Parameters, Report, Throughput, Timing};
 use crate::tools::Binaries;
 use local_stack::moto::{self, Endpoints, Moto, MotoOptions};
 use local_stack::process::{Handle, Supervisor};
@@ -105,6 +105,16 @@ pub struct RunConfig {
     pub progress_seconds: f64,
     /// Hold a deployment's producer back while more than this many of its messages are outstanding.
     pub max_queue_depth: u64,
+    /// `MESSAGES_PER_EXECUTION` of every deployment's function (1 to 99; above 1 needs the
+    /// coordination table: the demo's state machines are Standard).
+    pub messages_per_execution: u32,
+}
+
+impl RunConfig {
+    /// How the executions carry messages.
+    pub fn shape(&self) -> Shape {
+        Shape::for_messages_per_execution(self.messages_per_execution)
+    }
 }
 
 /// A queue deeper than this slows moto's SQS noticeably (every call walks the whole queue).
@@ -266,6 +276,7 @@ async fn function_settings(cfg: &RunConfig, motos: &Motos) -> Result<FunctionSet
         rate,
         burst,
         instances: cfg.max_concurrency,
+        messages_per_execution: cfg.messages_per_execution,
         coordination,
     })
 }
@@ -315,9 +326,12 @@ fn status(deployments: &[Deployment], readings: &[Reading], cfg: &RunConfig, ela
         queue_visible: sum(|r| r.queue.map(|q| q.visible)),
         queue_in_flight: sum(|r| r.queue.map(|q| q.not_visible + q.delayed)),
         started: readings.iter().map(|r| r.started).sum(),
+        executions: readings.iter().map(|r| r.executions).sum(),
         rate: rates.iter().map(|(_, r)| r).sum(),
         rates,
         target: cfg.rate,
+        batch: cfg.shape() == Shape::Batch,
+        message_rate: readings.iter().map(|r| r.message_rate).sum(),
         dlq: sum(|r| r.dlq),
         phase: phase(deployments, cfg.messages),
     }
@@ -402,6 +416,7 @@ async fn stop_deployments(sup: &Supervisor, deployments: &mut [Deployment]) {
 
 /// Reads what each deployment did in moto; returns their reports and every start time.
 async fn count_in_moto(
+    cfg: &RunConfig,
     site: &Site<'_>,
     deployments: &[Deployment],
     motos: &Motos,
@@ -412,9 +427,9 @@ async fn count_in_moto(
     let sfn = aws_sdk_sfn::Client::new(&motos.sfn.sdk_config().await);
     let (mut reports, mut starts) = (Vec::new(), Vec::new());
     for d in deployments {
-        let found = d.find(&sqs, &sfn).await.map_err(DemoError::Run)?;
+        let found = d.find(&sqs, &sfn, cfg.shape()).await.map_err(DemoError::Run)?;
         starts.extend(found.listed.iter().map(|l| (l.started_at, 1)));
-        reports.push(d.report(site, found, drain_seconds));
+        reports.push(d.report(site, found, drain_seconds, cfg.rate));
     }
     let dead: u64 = reports.iter().map(|r| r.accounting.dlq_depth).sum();
     eprintln!(
@@ -463,6 +478,7 @@ fn parameters(cfg: &RunConfig, settings: &FunctionSettings) -> Parameters {
         told_burst: settings.burst,
         max_concurrency: cfg.max_concurrency,
         batch_size: cfg.batch_size,
+        messages_per_execution: cfg.messages_per_execution,
         produce_rate: cfg.produce_rate,
         max_receive_count: cfg.max_receive_count,
         max_seconds: cfg.max_seconds,
@@ -480,9 +496,13 @@ fn announce(cfg: &RunConfig, deployments: &[Deployment], settings: &FunctionSett
         Some(c) => format!("coordinated in DynamoDB table {} (QUOTA_KEY {})", c.table, c.quota_key),
         None => "static split".to_string(),
     };
+    let grouping = match cfg.messages_per_execution {
+        1 => String::new(),
+        n => format!(", up to {n} messages per execution (claimed in the coordination table)"),
+    };
     eprintln!(
         "sfn-pacer demo: {} messages ({bad} bad) over {} deployment(s) ({}) sharing {:.0} starts/s (burst {:.0}), \
-         {sharing}: each told {}/s, burst {}, {} instance(s) each, batch {}; logs in {}",
+         {sharing}: each told {}/s, burst {}, {} instance(s) each, batch {}{grouping}; logs in {}",
         cfg.messages,
         deployments.len(),
         names.join(", "),
@@ -592,7 +612,13 @@ fn timing(cfg: &RunConfig, watched: &Watched, reports: &[DeploymentReport], tota
             .filter_map(|r| r.producer.as_ref()?.get("elapsed_seconds")?.as_f64())
             .reduce(f64::max),
         total_seconds,
-        drain_bound_seconds: rate::paced_drain_bound_seconds(good, Some(cfg.produce_rate), cfg.burst, cfg.rate),
+        drain_bound_seconds: rate::paced_drain_bound_seconds(
+            good,
+            cfg.messages_per_execution,
+            Some(cfg.produce_rate),
+            cfg.burst,
+            cfg.rate,
+        ),
         max_queue_depth: watched.max_queue_depth,
     }
 }
@@ -618,7 +644,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     let sqs = aws_sdk_sqs::Client::new(&motos.sqs.sdk_config().await);
     let watched = watch_run(cfg, &site, &mut deployments, &sqs, &must_run, produce_t0).await;
     stop_deployments(sup, &mut deployments).await;
-    let (reports, starts) = count_in_moto(&site, &deployments, &motos, watched.drain_seconds).await?;
+    let (reports, starts) = count_in_moto(cfg, &site, &deployments, &motos, watched.drain_seconds).await?;
     sup.stop(&motos.handles(), STOP_GRACE).await;
     sup.stop_all(STOP_GRACE).await;
 
@@ -630,6 +656,8 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         problems.extend(d.problems(&site, r));
         function.merge(&r.function);
     }
+    let carried = reports.iter().map(|r| r.accounting.carried).sum();
+    let throughput = Throughput::new(carried, starts.len() as u64, watched.drain_seconds, cfg.rate);
     let report = Report {
         ok: problems.is_empty(),
         accounted: reports.iter().all(|r| r.accounting.is_complete()),
@@ -638,6 +666,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         timing: timing(cfg, &watched, &reports, total_t0.elapsed().as_secs_f64()),
         deployments: reports,
         function,
+        throughput,
         budget,
         drained: watched.drained,
         processes: sup.records(),
