@@ -9,11 +9,16 @@
 //!   getrusage's children maxrss, which counts the runner's own RSS shared until exec);
 //! - `cost`: handler CPU per message with the network stubbed, and callgrind instructions;
 //! - `shared`: the shared budget (coordinated mode) against the static split: deployments
-//!   sharing the account, instances replaced, a foreign caller, a rate change, table calls.
+//!   sharing the account, instances replaced, a foreign caller, a rate change, table calls;
+//! - `batch`: batch executions (`MESSAGES_PER_EXECUTION`): messages per second against the
+//!   refill, the coordination table per message, enqueue → start, the bill per million;
+//! - `sensitivity`: the drain at a fixed BatchSize (the tail of large batches).
 //!
 //! Writes `results.md`, `results.json` and `drain.svg` (and `drain.png` with the `png`
 //! feature) into `--out`. Every run is bounded in time; see `--help` for the knobs.
 
+mod batch;
+mod billing;
 mod bootstrap;
 mod capacity;
 mod chart;
@@ -48,14 +53,43 @@ struct Cli {
     /// Where results.md, results.json and the charts go.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// Sections to run, comma-separated: capacity, drain, batch (the drain's sensitivity to
-    /// BatchSize), pacing, cost, bootstrap, shared (the shared budget against the static split).
+    /// Sections to run, comma-separated: capacity, drain, sensitivity (the drain's sensitivity
+    /// to BatchSize), pacing, cost, bootstrap, shared (the shared budget against the static
+    /// split), batch (batch executions, MESSAGES_PER_EXECUTION).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "capacity,drain,batch,pacing,cost,bootstrap,shared"
+        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,batch"
     )]
     sections: Vec<String>,
+    /// The `batch` section's MESSAGES_PER_EXECUTION values (1 to 99).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,25")]
+    messages_per_execution: Vec<usize>,
+    /// The `batch` section's account quota, `burst/refill`.
+    #[arg(long, default_value = "1300/300")]
+    batch_quota: String,
+    /// The `batch` section's instances (the mapping's MaximumConcurrency, MAX_CONCURRENCY).
+    #[arg(long, default_value_t = 10)]
+    batch_instances: usize,
+    /// The `batch` section's BatchSize (records per invocation; at least the largest N).
+    #[arg(long, default_value_t = 100)]
+    batch_records: usize,
+    /// The `batch` section's message body, bytes.
+    #[arg(long, default_value_t = 200)]
+    batch_body_bytes: usize,
+    /// The `batch` section's steady feeds, messages per second (each run at every N whose quota
+    /// allows 0.9 × N × r).
+    #[arg(long, value_delimiter = ',', default_value = "250,2400")]
+    batch_feeds: Vec<f64>,
+    /// How long each feed sends, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    batch_feed_seconds: f64,
+    /// The feeds' batching window, ms (the template's MaximumBatchingWindowInSeconds is 1 s).
+    #[arg(long, default_value_t = 1000)]
+    batch_feed_window_ms: u64,
+    /// The backlogs' batching window, ms (10: the simulated runs' default, as in `drain`).
+    #[arg(long, default_value_t = 10)]
+    batch_backlog_window_ms: u64,
     /// Scenarios of the `shared` section: 1 two deployments, one busy; 2 both busy; 3 K = 10 at
     /// BatchSize `--sensitivity-batch-size`; 4 an instance replaced mid-drain; 5 a foreign
     /// caller; 6 the rate halves mid-run; 7 the table's calls and latency per start.
@@ -74,7 +108,8 @@ struct Cli {
     /// reserve on top of the pacer's own 100 ms, for experiments).
     #[arg(long, value_delimiter = ',', default_value = "naive,sdk-adaptive,ours")]
     strategies: Vec<String>,
-    /// BatchSize of the `batch` section (its runs: the largest K, each quota, ours+headroom).
+    /// BatchSize of the `sensitivity` section (its runs: the largest K, each quota, ours), and of
+    /// the `shared` section's scenario 3.
     #[arg(long, default_value_t = 100)]
     sensitivity_batch_size: usize,
     /// T* of the drain runs, seconds: M = B + T* × r.
@@ -267,7 +302,38 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     } else {
         0
     };
-    let batch_runs = if wants("batch") { quotas.len() } else { 0 };
+    let sensitivity_runs = if wants("sensitivity") { quotas.len() } else { 0 };
+    let batch_quota = parse_quota(&cli.batch_quota)?;
+    let batch_plans = if wants("batch") {
+        if let Some(n) = cli
+            .messages_per_execution
+            .iter()
+            .find(|n| !(1..=sfn_pacer::config::MAX_MESSAGES_PER_EXECUTION).contains(n) || **n > cli.batch_records)
+        {
+            return Err(format!(
+                "--messages-per-execution: {n} is not within 1 to {} and at most --batch-records {}",
+                sfn_pacer::config::MAX_MESSAGES_PER_EXECUTION,
+                cli.batch_records
+            )
+            .into());
+        }
+        batch::plans(
+            &cli.messages_per_execution,
+            &batch::Shape {
+                instances: cli.batch_instances.max(1),
+                batch_size: cli.batch_records,
+                account: batch_quota,
+                ideal_seconds: cli.ideal_seconds,
+                body_bytes: cli.batch_body_bytes,
+                feeds: cli.batch_feeds.clone(),
+                feed_seconds: cli.batch_feed_seconds,
+                feed_window: Duration::from_millis(cli.batch_feed_window_ms),
+                backlog_window: Duration::from_millis(cli.batch_backlog_window_ms),
+            },
+        )
+    } else {
+        Vec::new()
+    };
     let shared_quota = parse_quota(&cli.shared_quota)?;
     let shared_plans = if wants("shared") {
         shared::plans(
@@ -287,11 +353,12 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     let steps = [
         wants("capacity") as usize,
         drain_runs,
-        batch_runs,
+        sensitivity_runs,
         if wants("pacing") { cli.pacing_targets.len() } else { 0 },
         wants("cost") as usize * 2,
         wants("bootstrap") as usize,
         shared_plans.len() + shared_probes,
+        batch_plans.len(),
     ]
     .iter()
     .sum::<usize>();
@@ -400,7 +467,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         }
     }
 
-    if wants("batch") {
+    if wants("sensitivity") {
         let k = cli.instances.iter().copied().max().unwrap_or(10);
         let fixed = Settings {
             batch_size: Some(cli.sensitivity_batch_size),
@@ -462,6 +529,37 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 }
             }
         }
+    }
+    for plan in &batch_plans {
+        run_id += 1;
+        let label = match plan.load {
+            batch::Load::Backlog { messages } => format!("batch N={}: backlog of {messages}", plan.per_execution),
+            batch::Load::Feed { per_second, .. } => format!("batch N={}: feed {per_second}/s", plan.per_execution),
+        };
+        overall.set_message(label.clone());
+        let pb = bar(&multi, plan.messages(), label.clone());
+        let progress = |done: u64, _total: u64| pb.set_position(done);
+        let r = batch::run(&runtimes, plan, &settings, run_id, &progress)?;
+        pb.finish_and_clear();
+        multi.remove(&pb);
+        note(
+            &overall,
+            format!(
+                "{label}: {} messages in {} executions, T = {:.2} s, steady {} msg/s, throttled {} / {}, p50 / p99 {} / {} s",
+                r.started,
+                r.executions,
+                r.drain_seconds,
+                r.steady
+                    .as_ref()
+                    .map_or("—".to_string(), |s| format!("{:.0}", s.messages_per_second)),
+                r.throttled,
+                r.calls,
+                r.latency(50.0).map_or("?".to_string(), |v| format!("{v:.3}")),
+                r.latency(99.0).map_or("?".to_string(), |v| format!("{v:.3}")),
+            ),
+        );
+        results.batches.push(r);
+        overall.inc(1);
     }
     results.settings = Some(settings);
 

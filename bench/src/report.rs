@@ -438,6 +438,8 @@ pub struct Results {
     pub shared: Vec<SharedRun>,
     /// The shared budget's latency probes.
     pub probes: Vec<Probe>,
+    /// Batch executions (`MESSAGES_PER_EXECUTION`).
+    pub batches: Vec<crate::batch::BatchRun>,
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -582,6 +584,9 @@ impl Results {
         }
         if !self.shared.is_empty() || !self.probes.is_empty() {
             shared_tables(&mut md, &self.shared, &self.probes);
+        }
+        if !self.batches.is_empty() {
+            crate::batch::markdown(&mut md, &self.batches, self.settings.as_ref());
         }
         if let Some(b) = &self.bootstrap {
             let _ = writeln!(md, "## Bootstrap\n");
@@ -781,6 +786,7 @@ impl Results {
             "command": self.command,
             "shared": shared_runs,
             "shared_probes": probes,
+            "batch": crate::batch::json(&self.batches),
             "sensitivity": sensitivity,
             "machine": self.machine,
             "capacity": self.capacity.as_ref().map(|c| json!({

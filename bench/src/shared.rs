@@ -444,14 +444,16 @@ pub fn plans(scenarios: &[u32], burst: u64, rate: f64, k10_batch: usize) -> Vec<
 }
 
 /// A StartExecution that counts its calls and throttles (one per instance).
-struct Counted {
+pub(crate) struct Counted {
     inner: Arc<dyn StartExecution>,
-    calls: AtomicU64,
-    throttled: AtomicU64,
+    /// Calls made.
+    pub(crate) calls: AtomicU64,
+    /// Calls answered with a throttle.
+    pub(crate) throttled: AtomicU64,
 }
 
 impl Counted {
-    fn new(inner: Arc<dyn StartExecution>) -> Counted {
+    pub(crate) fn new(inner: Arc<dyn StartExecution>) -> Counted {
         Counted {
             inner,
             calls: AtomicU64::new(0),
@@ -477,12 +479,29 @@ impl StartExecution for Counted {
 /// The table as the instances see it: the [`MemoryStore`], with a ledger of what the writes
 /// did (slots leased and given back, writes refused, decreases), to account for leased slots
 /// that were never used.
-struct Ledger {
+pub(crate) struct Ledger {
     inner: Arc<MemoryStore>,
-    leased: AtomicU64,
-    returned: AtomicU64,
-    refused: AtomicU64,
-    decreases: AtomicU64,
+    /// Slots leased.
+    pub(crate) leased: AtomicU64,
+    /// Slots given back.
+    pub(crate) returned: AtomicU64,
+    /// Writes refused (a condition did not hold).
+    pub(crate) refused: AtomicU64,
+    /// Shared decreases after throttles.
+    pub(crate) decreases: AtomicU64,
+}
+
+impl Ledger {
+    /// A ledger of the budget writes to `inner`.
+    pub(crate) fn new(inner: Arc<MemoryStore>) -> Ledger {
+        Ledger {
+            inner,
+            leased: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            decreases: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Slots a lease or give-back moved, at the rate of the item after the write. `before`: the
@@ -689,13 +708,7 @@ async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u
     let (_, rate) = plan.account;
     let sdk = sdk_config(&sfn.endpoint()).await;
     let store = Arc::new(MemoryStore::new().with_latency(TABLE_LATENCY.0, TABLE_LATENCY.1));
-    let ledger = Arc::new(Ledger {
-        inner: store.clone(),
-        leased: AtomicU64::new(0),
-        returned: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        decreases: AtomicU64::new(0),
-    });
+    let ledger = Arc::new(Ledger::new(store.clone()));
     let builder = Arc::new(Builder {
         mode: plan.mode,
         sdk: sdk.clone(),

@@ -179,12 +179,16 @@ impl SimQueue {
         let mut s = self.lock();
         let mut records = Vec::new();
         // FIFO: a group with a message in flight delivers nothing more until it is settled.
-        let in_flight: HashSet<String> = s
-            .messages
-            .values()
-            .filter(|m| m.visible_at > now)
-            .filter_map(|m| m.group.clone())
-            .collect();
+        // (Standard queues have no groups: skip the walk over every message.)
+        let in_flight: HashSet<String> = match self.is_fifo() {
+            true => s
+                .messages
+                .values()
+                .filter(|m| m.visible_at > now)
+                .filter_map(|m| m.group.clone())
+                .collect(),
+            false => HashSet::new(),
+        };
         let scan = if self.is_fifo() { usize::MAX } else { max * 2 + 16 };
         let visible: Vec<String> = s
             .messages
