@@ -1,6 +1,6 @@
 ## Benchmarks (issue 6): the drain at the quota's limit against baselines, pacing accuracy,
 ## handler cost, bootstrap size/init/RSS. See BENCHMARKS.md.
-## `make bench` takes about 5 minutes (every run is bounded) and writes docs/bench/:
+## `make bench` takes about 10 minutes (every run is bounded) and writes docs/bench/:
 ## results.md, results.json, drain.svg (and drain.png when a TrueType font is available).
 BENCH_OUT ?= docs/bench
 BENCH_ARGS ?=
