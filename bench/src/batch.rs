@@ -38,6 +38,7 @@ use crate::billing::{self, Transaction, Usage};
 use crate::common::{config, sdk_config, BenchError, RequestDelay, Runtimes, SERVER_THREAD};
 use crate::cpu;
 use crate::drain::Settings;
+use crate::report::{opt, pass};
 use crate::shared::{Counted, Ledger, QUOTA_KEY, TABLE_LATENCY};
 use crate::stats;
 
@@ -747,18 +748,6 @@ async fn run_on(
         cpu_process,
         cpu_server,
     })
-}
-
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
-}
-
-fn pass(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
-    }
 }
 
 /// The section's tables: the drains, the table per message, the feeds, the targets, the bill.

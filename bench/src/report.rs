@@ -442,11 +442,11 @@ pub struct Results {
     pub batches: Vec<crate::batch::BatchRun>,
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
 }
 
-fn pass(ok: bool) -> &'static str {
+pub(crate) fn pass(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {
