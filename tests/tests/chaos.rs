@@ -526,10 +526,11 @@ async fn standard_chaos(seed: u64, mode: Mode) {
     let dlq = queue.dlq();
     let depth = queue.depth();
     let stalls = plan.injected();
+    let most_receives = sent.bodies.keys().map(|id| queue.receive_count(id)).max().unwrap_or(0);
     let short_invocations = run.invocations / SHORT_EVERY;
     let summary = format!(
         "chaos: messages={} (poison {}) executions={} dlq={} {} invocations={} cut_offs={} \
-         whole_timeouts={} (killed {}, stalls {stalls}) reported={} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
+         whole_timeouts={} (killed {}, stalls {stalls}) reported={} most_receives={most_receives} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
          lost_mode={lost_response_mode:?} existing_names={existing_names:?} claims={} seed={seed} {mode:?}",
         sent.bodies.len(),
         sent.poison.len(),

@@ -34,6 +34,15 @@ pub fn visibility_timeout_seconds(receive_count: u32, base: Duration, max: Durat
     u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
+/// The visibility timeout, whole seconds, of a message deferred for want of a slot: `free_in`
+/// (how long from now until its instance expects the next slot) rounded to the nearest second, so a
+/// slot due within half a second brings it back at once; at most `max` and below SQS's
+/// 12-hour limit.
+pub fn deferral_seconds(free_in: Duration, max: Duration) -> u32 {
+    let seconds = free_in.min(max).as_secs_f64().round() as u64;
+    u32::try_from(seconds.min(MAX_VISIBILITY_SECONDS - 1)).unwrap_or(u32::MAX)
+}
+
 /// A uniform draw in `[0, 1)` from the thread's generator.
 pub fn unit_random() -> f64 {
     rand::random::<f64>()
@@ -77,6 +86,24 @@ mod tests {
         let huge = Duration::from_secs(10 * MAX_VISIBILITY_SECONDS);
         let v = visibility_timeout_seconds(40, huge, huge, 1.0);
         assert_eq!(u64::from(v), MAX_VISIBILITY_SECONDS - 1);
+    }
+
+    #[test]
+    fn a_deferral_lasts_until_the_next_slot_to_the_nearest_second() {
+        let max = Duration::from_secs(20);
+        assert_eq!(deferral_seconds(Duration::ZERO, max), 0);
+        assert_eq!(
+            deferral_seconds(Duration::from_millis(499), max),
+            0,
+            "a slot due now-ish"
+        );
+        assert_eq!(deferral_seconds(Duration::from_millis(1_600), max), 2);
+        assert_eq!(deferral_seconds(Duration::from_secs(3_600), max), 20, "capped");
+        let huge = Duration::from_secs(10 * MAX_VISIBILITY_SECONDS);
+        assert_eq!(
+            u64::from(deferral_seconds(Duration::MAX, huge)),
+            MAX_VISIBILITY_SECONDS - 1
+        );
     }
 
     #[test]

@@ -6,17 +6,19 @@
 //!   is bounded by the time left, so the invocation answers before its deadline;
 //! - a message is acknowledged as dead-lettered only when its send succeeded; otherwise it is
 //!   reported (never lost);
-//! - a reported message that was never tried (deadline cutoff, the rest of a FIFO group) is
-//!   made visible again at once (visibility 0); one that failed gets the jittered backoff on
-//!   its receive count; in a FIFO group every reported message gets the group's backoff (SQS
-//!   delivers no later message of a group while an earlier one is in flight).
+//! - a reported message that was never tried comes back when a start is expected to fit:
+//!   the rest of a FIFO group at once (visibility 0), a message the pacer had no slot for
+//!   when its instance expects the next slot ([`Comeback::At`], at once in full flow); one
+//!   that failed gets the jittered backoff on its receive count; in a FIFO group every
+//!   reported message gets the group's backoff (SQS delivers no later message of a group
+//!   while an earlier one is in flight).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
 
-use crate::backoff::{unit_random, visibility_timeout_seconds};
+use crate::backoff::{deferral_seconds, unit_random, visibility_timeout_seconds};
 use crate::claim_check::{check_in, ObjectStore, DEAD_LETTER_PREFIX};
 use crate::config::Config;
 use crate::dead_letter::{dead_letter, DeadLetter, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
@@ -35,13 +37,26 @@ pub enum Settled {
     Done(Disposition),
     /// A permanent failure: to the DLQ.
     Reject(Rejection),
-    /// Not started: reported. `tried`: an attempt failed (backoff); else it was never tried.
+    /// Not started: reported, to come back as `comeback` says.
     Retry {
         /// Why, for the logs.
         reason: String,
-        /// Whether an attempt was made.
-        tried: bool,
+        /// When the message is delivered again.
+        comeback: Comeback,
     },
+}
+
+/// When a reported message is delivered again (its visibility timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comeback {
+    /// An attempt failed: after the jittered backoff on its receive count.
+    Backoff,
+    /// It was never tried: at once.
+    Now,
+    /// It was never tried for want of a slot: when its instance expects the next one, to the
+    /// nearest second from the close phase, so that a starved instance does not spend the
+    /// message's receives (`maxReceiveCount`) in a tight loop.
+    At(Instant),
 }
 
 /// What the close phase did.
@@ -77,7 +92,7 @@ impl Closing<'_> {
             dispositions: vec![Disposition::Retry("not processed".to_string()); self.messages.len()],
             ..Closed::default()
         };
-        let mut tried: HashSet<usize> = HashSet::new();
+        let mut comebacks: HashMap<usize, Comeback> = HashMap::new();
         let mut rejected = Vec::new();
         for (members, settled) in units {
             let disposition = match settled {
@@ -86,15 +101,11 @@ impl Closing<'_> {
                     rejected.push((members, rejection));
                     continue;
                 }
-                Settled::Retry {
-                    reason,
-                    tried: was_tried,
-                } => {
-                    if was_tried {
-                        tried.extend(members.iter().copied());
-                    } else {
+                Settled::Retry { reason, comeback } => {
+                    if comeback != Comeback::Backoff {
                         closed.deferred += distinct(self.messages, &members).len() as u64;
                     }
+                    comebacks.extend(members.iter().map(|&i| (i, comeback)));
                     Disposition::Retry(reason)
                 }
             };
@@ -104,13 +115,14 @@ impl Closing<'_> {
         }
         for (members, disposition) in self.dead_letter(rejected, &mut closed.dead_lettered).await {
             if matches!(disposition, Disposition::Retry(_)) {
-                tried.extend(members.iter().copied());
+                comebacks.extend(members.iter().map(|&i| (i, Comeback::Backoff)));
             }
             for i in members {
                 closed.dispositions[i] = disposition.clone();
             }
         }
-        self.change_visibility(&closed.dispositions, &tried).await;
+        self.change_visibility(&closed.dispositions, &comebacks, Instant::now())
+            .await;
         closed
     }
 
@@ -229,8 +241,13 @@ impl Closing<'_> {
     }
 
     /// Delays or releases every reported message, per queue, in batches of 10.
-    async fn change_visibility(&self, dispositions: &[Disposition], tried: &HashSet<usize>) {
-        let seconds = visibility_plan(self.messages, dispositions, tried, self.config);
+    async fn change_visibility(
+        &self,
+        dispositions: &[Disposition],
+        comebacks: &HashMap<usize, Comeback>,
+        now: Instant,
+    ) {
+        let seconds = visibility_plan(self.messages, dispositions, comebacks, self.config, now);
         let mut by_queue: BTreeMap<&str, Vec<VisibilityChange>> = BTreeMap::new();
         for (i, s) in seconds {
             let m = &self.messages[i];
@@ -262,14 +279,18 @@ impl Closing<'_> {
     }
 }
 
-/// The visibility timeout (seconds) of every reported message: 0 for the untried, the
-/// jittered backoff for the tried; in a FIFO group, the group's backoff for every one.
+/// The visibility timeout (seconds) at `now` of every reported message (by record index):
+/// the jittered backoff for the tried ([`Comeback::Backoff`]), the deferral for the untried
+/// (0 when none is given); in a FIFO group with a tried message, the group's backoff for
+/// every one.
 pub fn visibility_plan(
     messages: &[Message],
     dispositions: &[Disposition],
-    tried: &HashSet<usize>,
+    comebacks: &HashMap<usize, Comeback>,
     config: &Config,
+    now: Instant,
 ) -> Vec<(usize, u32)> {
+    let tried = |i: &usize| comebacks.get(i) == Some(&Comeback::Backoff);
     let backoff =
         |m: &Message| visibility_timeout_seconds(m.receive_count(), config.retry_base, config.retry_max, unit_random());
     let mut seen = HashSet::new();
@@ -279,7 +300,7 @@ pub fn visibility_plan(
     let mut group_backoff: HashMap<&str, u32> = HashMap::new();
     for &i in &reported {
         let m = &messages[i];
-        if let (true, Some(group), true) = (m.from_fifo_queue(), m.group_id(), tried.contains(&i)) {
+        if let (true, Some(group), true) = (m.from_fifo_queue(), m.group_id(), tried(&i)) {
             group_backoff.entry(group).or_insert_with(|| backoff(m));
         }
     }
@@ -290,8 +311,11 @@ pub fn visibility_plan(
             let fifo_group = m.from_fifo_queue().then(|| m.group_id()).flatten();
             let seconds = match fifo_group.and_then(|g| group_backoff.get(g)) {
                 Some(&group) => group,
-                None if tried.contains(&i) => backoff(m),
-                None => 0,
+                None if tried(&i) => backoff(m),
+                None => match comebacks.get(&i) {
+                    Some(Comeback::At(at)) => deferral_seconds(at.saturating_duration_since(now), config.retry_max),
+                    _ => 0,
+                },
             };
             (i, seconds)
         })

@@ -105,7 +105,7 @@ pub struct Config {
     pub dlq_url: Option<String>,
     /// `RETRY_BASE_SECONDS`: the first visibility backoff step for a retryable failure.
     pub retry_base: Duration,
-    /// `RETRY_MAX_SECONDS`: the cap of the visibility backoff.
+    /// `RETRY_MAX_SECONDS`: the cap of the visibility backoff, and of a deferral's delay.
     pub retry_max: Duration,
     /// `LOG_BODIES`: whether message bodies may appear in logs.
     pub log_bodies: bool,

@@ -27,7 +27,7 @@ use crate::budget::{BudgetState, Store};
 use crate::claim::ClaimStore;
 use crate::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
 use crate::classify::{classify, systemic_advice, Class};
-use crate::close::{distinct, Closing, Settled};
+use crate::close::{distinct, Closing, Comeback, Settled};
 use crate::config::{Config, WorkflowType};
 use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
@@ -96,10 +96,10 @@ enum Attempt {
     Started,
     Duplicate,
     Permanent(Rejection),
-    /// Not started; `backoff` says whether to delay the next delivery.
+    /// Not started; `comeback` says when it is delivered again.
     Retry {
         reason: String,
-        backoff: bool,
+        comeback: Comeback,
     },
 }
 
@@ -443,7 +443,7 @@ impl Invocation<'_> {
                         self.pending.fetch_sub(1, Ordering::Relaxed);
                         Settled::Retry {
                             reason: "an earlier message of its FIFO group was not started".to_string(),
-                            tried: false,
+                            comeback: Comeback::Now,
                         }
                     } else {
                         self.process_unit(&unit).await
@@ -495,7 +495,10 @@ impl Invocation<'_> {
         loop {
             attempt += 1;
             if let Some(reason) = self.systemic_failure() {
-                return Attempt::Retry { reason, backoff: true };
+                return Attempt::Retry {
+                    reason,
+                    comeback: Comeback::Backoff,
+                };
             }
             // The demand that sizes a shared lease: units that still need a slot, not those
             // already holding one (read when the lease is planned).
@@ -508,10 +511,7 @@ impl Invocation<'_> {
                 false => None,
             };
             let Some(slot) = slot else {
-                return Attempt::Retry {
-                    reason: "deadline: no time left to start".to_string(),
-                    backoff: false,
-                };
+                return self.deferred().await;
             };
             self.holding.fetch_add(1, Ordering::Relaxed);
             if !slot.wait.is_zero() {
@@ -555,7 +555,10 @@ impl Invocation<'_> {
                 }
                 Class::Systemic => {
                     let reason = self.note_systemic_failure(&error);
-                    return Attempt::Retry { reason, backoff: true };
+                    return Attempt::Retry {
+                        reason,
+                        comeback: Comeback::Backoff,
+                    };
                 }
                 Class::Throttled => {
                     self.tally.add(Count::Throttled);
@@ -577,14 +580,30 @@ impl Invocation<'_> {
             }
             let reason = format!("{error} (attempt {attempt})");
             if attempt >= config.max_attempts {
-                return Attempt::Retry { reason, backoff: true };
+                return Attempt::Retry {
+                    reason,
+                    comeback: Comeback::Backoff,
+                };
             }
             let wait = retry_wait(attempt, unit_random());
             if Instant::now() + wait >= self.cutoff {
-                return Attempt::Retry { reason, backoff: true };
+                return Attempt::Retry {
+                    reason,
+                    comeback: Comeback::Backoff,
+                };
             }
             self.tally.add(Count::Retried);
             sleep(wait).await;
+        }
+    }
+
+    /// No slot before the cutoff: reported untried, to come back when this instance expects
+    /// its next slot (in full flow, about when this invocation ends: at once).
+    async fn deferred(&self) -> Attempt {
+        let free_in = self.starter.pacing.free_in().await;
+        Attempt::Retry {
+            reason: "deadline: no time left to start".to_string(),
+            comeback: Comeback::At(Instant::now() + free_in.min(self.config().retry_max)),
         }
     }
 
@@ -611,7 +630,7 @@ impl Invocation<'_> {
         if left.is_zero() {
             return Err(Attempt::Retry {
                 reason: "deadline: no time left to start".to_string(),
-                backoff: false,
+                comeback: Comeback::Now,
             });
         }
         match timeout(left, check_in(objects.as_ref(), bucket, INPUT_PREFIX, input)).await {
@@ -621,11 +640,11 @@ impl Invocation<'_> {
             }
             Ok(Err(e)) => Err(Attempt::Retry {
                 reason: format!("could not store the input in the claim-check bucket: {e}"),
-                backoff: true,
+                comeback: Comeback::Backoff,
             }),
             Err(_) => Err(Attempt::Retry {
                 reason: "the claim-check bucket did not answer in time".to_string(),
-                backoff: true,
+                comeback: Comeback::Backoff,
             }),
         }
     }
@@ -671,7 +690,7 @@ impl From<Attempt> for Settled {
             Attempt::Started => Settled::Done(Disposition::Started),
             Attempt::Duplicate => Settled::Done(Disposition::Duplicate),
             Attempt::Permanent(rejection) => Settled::Reject(rejection),
-            Attempt::Retry { reason, backoff } => Settled::Retry { reason, tried: backoff },
+            Attempt::Retry { reason, comeback } => Settled::Retry { reason, comeback },
         }
     }
 }

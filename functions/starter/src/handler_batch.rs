@@ -8,6 +8,7 @@ use futures::stream::{self, StreamExt};
 use super::{now_epoch_ms, Attempt, Invocation, Unit, Work};
 use crate::batch::{self, Group, Member};
 use crate::claim::{self, Resolved, CLAIM_TTL};
+use crate::close::Comeback;
 use crate::config::WorkflowType;
 use crate::metrics::Count;
 use crate::plan::{Plan, MAX_INPUT_BYTES};
@@ -121,5 +122,11 @@ fn unit(members: &[Member], work: Work) -> Unit {
 
 /// Reported with backoff, untried.
 fn retry(reason: String) -> Work {
-    Work::Settled(Attempt::Retry { reason, backoff: true }.into())
+    Work::Settled(
+        Attempt::Retry {
+            reason,
+            comeback: Comeback::Backoff,
+        }
+        .into(),
+    )
 }

@@ -718,6 +718,35 @@ async fn deferred_messages_are_visible_again_at_once_and_failures_back_off() {
     assert!(queue.batches.lock().unwrap().iter().all(|n| *n <= 10));
 }
 
+/// A starved instance (its bucket spent, its rate low after throttles) defers its batch at
+/// once; were the messages visible again at once, the mapping would deliver them back within
+/// milliseconds and spend `maxReceiveCount` before any slot came (the chaos test's redrive).
+#[tokio::test(start_paused = true)]
+async fn a_starved_instance_defers_until_its_next_slot() {
+    let queue = Arc::new(FakeQueue::default());
+    let c = config(&[
+        ("STARTS_PER_SECOND", "0.25"),
+        ("STARTS_BURST", "1"),
+        ("DEADLINE_MARGIN_MS", "1000"),
+        ("CALL_TIMEOUT_MS", "500"),
+        ("RETRY_MAX_SECONDS", "60"),
+    ]);
+    let starter = Starter::new(c, FakeSfn::ok(), queue.clone());
+    let first = starter.process(batch(1), deadline_in(2_000)).await.unwrap();
+    assert_eq!(first.report.started, 1, "the burst");
+    // The next token is 4 s away (0.25/s), past this invocation's 1 s window.
+    let t0 = Instant::now();
+    let outcome = starter.process(batch(5), deadline_in(2_000)).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "nothing to wait for: it answers at once"
+    );
+    assert_eq!(failures(&outcome).len(), 5);
+    assert_eq!(outcome.report.deferred, 5);
+    let visibility: Vec<u32> = queue.visibility.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    assert_eq!(visibility, vec![4; 5], "back when the next slot is due, not at once");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fifo_group_reports_the_rest_with_the_groups_backoff() {
     let sfn = FakeSfn::new(

@@ -74,6 +74,15 @@ impl Pacing {
         }
     }
 
+    /// How long until this instance expects its next slot, from what it knows now (zero: one
+    /// is due, or it cannot tell); takes nothing and calls nothing.
+    pub async fn free_in(&self) -> Duration {
+        match self {
+            Pacing::Local(pacer) => pacer.free_in(Instant::now()),
+            Pacing::Shared(shared) => shared.free_in().await,
+        }
+    }
+
     /// Reports a successful call made in `slot`.
     pub async fn on_success(&self, slot: Slot) {
         match self {
@@ -142,12 +151,7 @@ impl Pacer {
     pub fn reserve(&self, now: Instant, latest: Instant) -> Option<Slot> {
         let mut s = self.lock();
         refill(&mut s, now, self.capacity);
-        let wait = if s.tokens >= 1.0 {
-            Duration::ZERO
-        } else {
-            // A tiny configured rate gives a wait past any deadline, not a panic.
-            Duration::try_from_secs_f64((1.0 - s.tokens) / s.rate_per_second).unwrap_or(Duration::MAX)
-        };
+        let wait = wait_for_token(&s);
         if now.checked_add(wait).is_none_or(|at| at > latest) {
             return None;
         }
@@ -157,6 +161,13 @@ impl Pacer {
             epoch: s.epoch,
             source: Source::Local,
         })
+    }
+
+    /// How long from `now` until a reservation would need no wait; takes nothing.
+    pub fn free_in(&self, now: Instant) -> Duration {
+        let mut s = self.lock();
+        refill(&mut s, now, self.capacity);
+        wait_for_token(&s)
     }
 
     /// Reports a throttle of the call granted `slot`.
@@ -197,6 +208,15 @@ impl Pacer {
     pub fn capacity(&self) -> f64 {
         self.capacity
     }
+}
+
+/// How long the refill needs to cover one token (zero when one is there).
+fn wait_for_token(s: &State) -> Duration {
+    if s.tokens >= 1.0 {
+        return Duration::ZERO;
+    }
+    // A tiny configured rate gives a wait past any deadline, not a panic.
+    Duration::try_from_secs_f64((1.0 - s.tokens) / s.rate_per_second).unwrap_or(Duration::MAX)
 }
 
 fn refill(s: &mut State, now: Instant, capacity: f64) {

@@ -210,6 +210,29 @@ impl SharedPacer {
         }
     }
 
+    /// How long until this instance expects its next slot, from what it last saw (no table
+    /// call): its next leased slot, the static split while it falls back, or when the cached
+    /// budget lets a lease be written (others may have leased since: an early estimate).
+    /// Zero when a slot is due, or before the first answer.
+    pub async fn free_in(&self) -> Duration {
+        let g = self.state.lock().await;
+        let now = Instant::now();
+        if let Some(&release) = g.slots.front() {
+            return release.saturating_duration_since(now);
+        }
+        if g.fallback_until.is_some_and(|until| now < until) {
+            return self.fallback.free_in(now);
+        }
+        match g
+            .cached
+            .as_ref()
+            .map(|s| s.plan_lease(self.clock.epoch(now), 1, g.successes))
+        {
+            Some(LeasePlan::WaitUntil(epoch)) => self.clock.instant(epoch).saturating_duration_since(now),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Reports a successful call made in `slot`.
     pub async fn on_success(&self, slot: Slot) {
         match slot.source {

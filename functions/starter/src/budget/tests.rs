@@ -360,3 +360,30 @@ fn a_throttle_empties_the_bucket_at_the_lowered_rate_and_keeps_what_is_booked() 
     };
     assert!(after.level(now).abs() < 0.01, "{}", after.level(now));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lessee_refused_a_slot_knows_when_the_next_one_is_due_without_a_table_call() {
+    let store = Arc::new(MemoryStore::new());
+    let a = lessee(&store, 10.0, 1.0);
+    assert_eq!(a.free_in().await, Duration::ZERO, "nothing seen yet: no estimate");
+    // Book the budget until a slot no longer fits in 300 ms.
+    let latest = Instant::now() + Duration::from_millis(300);
+    let mut granted = 0;
+    while a.reserve(latest, || 10).await.is_some() {
+        granted += 1;
+    }
+    assert!(granted >= 1, "the burst at least");
+    a.take_counts();
+    let free_in = a.free_in().await;
+    assert_eq!(a.take_counts().calls, 0, "the estimate asks no table");
+    let next = a.reserve(Instant::now() + Duration::from_secs(60), || 1).await.unwrap();
+    assert!(
+        free_in > Duration::from_millis(300),
+        "past the refused window: {free_in:?}"
+    );
+    assert!(
+        free_in <= next.wait,
+        "never later than the slot: {free_in:?} vs {:?}",
+        next.wait
+    );
+}
