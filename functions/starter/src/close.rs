@@ -121,8 +121,7 @@ impl Closing<'_> {
                 closed.dispositions[i] = disposition.clone();
             }
         }
-        self.change_visibility(&closed.dispositions, &comebacks, Instant::now())
-            .await;
+        self.change_visibility(&closed.dispositions, &comebacks).await;
         closed
     }
 
@@ -241,13 +240,8 @@ impl Closing<'_> {
     }
 
     /// Delays or releases every reported message, per queue, in batches of 10.
-    async fn change_visibility(
-        &self,
-        dispositions: &[Disposition],
-        comebacks: &HashMap<usize, Comeback>,
-        now: Instant,
-    ) {
-        let seconds = visibility_plan(self.messages, dispositions, comebacks, self.config, now);
+    async fn change_visibility(&self, dispositions: &[Disposition], comebacks: &HashMap<usize, Comeback>) {
+        let seconds = visibility_plan(self.messages, dispositions, comebacks, self.config, Instant::now());
         let mut by_queue: BTreeMap<&str, Vec<VisibilityChange>> = BTreeMap::new();
         for (i, s) in seconds {
             let m = &self.messages[i];
@@ -290,7 +284,6 @@ pub fn visibility_plan(
     config: &Config,
     now: Instant,
 ) -> Vec<(usize, u32)> {
-    let tried = |i: &usize| comebacks.get(i) == Some(&Comeback::Backoff);
     let backoff =
         |m: &Message| visibility_timeout_seconds(m.receive_count(), config.retry_base, config.retry_max, unit_random());
     let mut seen = HashSet::new();
@@ -300,7 +293,8 @@ pub fn visibility_plan(
     let mut group_backoff: HashMap<&str, u32> = HashMap::new();
     for &i in &reported {
         let m = &messages[i];
-        if let (true, Some(group), true) = (m.from_fifo_queue(), m.group_id(), tried(&i)) {
+        let tried = comebacks.get(&i) == Some(&Comeback::Backoff);
+        if let (true, Some(group), true) = (m.from_fifo_queue(), m.group_id(), tried) {
             group_backoff.entry(group).or_insert_with(|| backoff(m));
         }
     }
@@ -309,13 +303,11 @@ pub fn visibility_plan(
         .map(|i| {
             let m = &messages[i];
             let fifo_group = m.from_fifo_queue().then(|| m.group_id()).flatten();
-            let seconds = match fifo_group.and_then(|g| group_backoff.get(g)) {
-                Some(&group) => group,
-                None if tried(&i) => backoff(m),
-                None => match comebacks.get(&i) {
-                    Some(Comeback::At(at)) => deferral_seconds(at.saturating_duration_since(now), config.retry_max),
-                    _ => 0,
-                },
+            let seconds = match (fifo_group.and_then(|g| group_backoff.get(g)), comebacks.get(&i)) {
+                (Some(&group), _) => group,
+                (None, Some(Comeback::Backoff)) => backoff(m),
+                (None, Some(Comeback::At(at))) => deferral_seconds(at.saturating_duration_since(now), config.retry_max),
+                (None, Some(Comeback::Now) | None) => 0,
             };
             (i, seconds)
         })

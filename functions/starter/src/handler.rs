@@ -118,6 +118,9 @@ struct Invocation<'a> {
     holding: AtomicU64,
 }
 
+/// Why a unit was reported untried at the cutoff (the logs' and the disposition's reason).
+const DEADLINE_REASON: &str = "deadline: no time left to start";
+
 /// Time kept after the close phase for the runtime to post the response.
 pub const RESPONSE_RESERVE: Duration = Duration::from_millis(100);
 /// Below this much time to start anything, the invocation says which setting to change.
@@ -600,10 +603,12 @@ impl Invocation<'_> {
     /// No slot before the cutoff: reported untried, to come back when this instance expects
     /// its next slot (in full flow, about when this invocation ends: at once).
     async fn deferred(&self) -> Attempt {
-        let free_in = self.starter.pacing.free_in().await;
+        // Capped before it is added: a tiny rate's estimate (up to `Duration::MAX`) would
+        // overflow the instant.
+        let free_in = self.starter.pacing.free_in().await.min(self.config().retry_max);
         Attempt::Retry {
-            reason: "deadline: no time left to start".to_string(),
-            comeback: Comeback::At(Instant::now() + free_in.min(self.config().retry_max)),
+            reason: DEADLINE_REASON.to_string(),
+            comeback: Comeback::At(Instant::now() + free_in),
         }
     }
 
@@ -629,7 +634,7 @@ impl Invocation<'_> {
             .min(self.call_timeout);
         if left.is_zero() {
             return Err(Attempt::Retry {
-                reason: "deadline: no time left to start".to_string(),
+                reason: DEADLINE_REASON.to_string(),
                 comeback: Comeback::Now,
             });
         }
