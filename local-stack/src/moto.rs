@@ -35,19 +35,12 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// DescribeExecution calls in flight while executions are read.
 const DESCRIBE_CONCURRENCY: usize = 16;
 
-/// moto's own server (`moto_server`), but serving one request at a time: moto's SQS is not
-/// thread-safe (a DeleteMessageBatch rebuilds the message list, so two at once can bring a
-/// deleted message back, to be delivered again after its visibility timeout), and its
-/// interpreter lock lets one thread run at a time anyway. Arguments: host, port.
-const SINGLE_THREADED_MOTO: &str = r#"
-import os, sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-host, port = sys.argv[1], int(sys.argv[2])
-os.environ.setdefault("MOTO_PORT", str(port))
-app = DomainDispatcherApplication(create_backend_app)
-run_simple(host, port, app, threaded=False, request_handler=MotoRequestHandler)
-"#;
+/// moto's own server with its DynamoDB transactions made O(items touched) instead of O(table)
+/// (see the script's header), run by `moto_server`'s interpreter. Arguments: host, port, and
+/// `threaded` or `single` (one request at a time: moto's SQS is not thread-safe, a
+/// DeleteMessageBatch rebuilds the message list, so two at once can bring a deleted message back,
+/// and its interpreter lock lets one thread run at a time anyway).
+const MOTO_LAUNCHER: &str = include_str!("moto_launcher.py");
 
 /// How to start moto.
 #[derive(Clone, Debug, Default)]
@@ -58,8 +51,9 @@ pub struct MotoOptions {
     pub port: Option<u16>,
     /// Where its output goes; `None`: discarded.
     pub log: Option<PathBuf>,
-    /// One request at a time (moto's SQS is not thread-safe; its clients must not long-poll),
-    /// when `moto_server`'s interpreter can be found; else plain `moto_server`.
+    /// One request at a time (moto's SQS is not thread-safe; its clients must not long-poll).
+    /// Either way moto runs through [`MOTO_LAUNCHER`] when `moto_server`'s interpreter can be
+    /// found; else as plain `moto_server` (threaded, with moto's table-copying transactions).
     pub single_threaded: bool,
 }
 
@@ -177,10 +171,11 @@ impl Moto {
 }
 
 fn moto_command(moto_server: &Path, port: u16, single_threaded: bool) -> Command {
-    match interpreter_of(moto_server).filter(|_| single_threaded) {
+    match interpreter_of(moto_server) {
         Some(python) => {
+            let mode = if single_threaded { "single" } else { "threaded" };
             let mut command = Command::new(python);
-            command.args(["-c", SINGLE_THREADED_MOTO, "127.0.0.1", &port.to_string()]);
+            command.args(["-c", MOTO_LAUNCHER, "127.0.0.1", &port.to_string(), mode]);
             command
         }
         None => {
