@@ -1,109 +1,28 @@
 //! `sfn-pacer-quota`'s logic, behind the [`Store`] trait so that it runs against the in-memory
 //! store in unit tests and against DynamoDB in the binary: the validation of the operator's
-//! values, `show`'s rendering (text and JSON), and `set` (read, then create or `SetLimits`).
+//! values, `show`'s rendering (text and JSON), `set` (read, then create or `SetLimits`), and
+//! `sync`'s rendering (the sync itself is `quota_sync`'s, shared with the scheduled Lambda).
 //!
 //! The budget is the GCRA bucket of `sfn_pacer::budget`: the bucket holds
 //! `B_eff − r_eff × max(0, tat − now)` slots now, clamped to `[0, B_eff]`, with the effective
 //! burst and rate of [`BudgetState::effective_burst`] and [`BudgetState::effective_rate`].
 
-use std::fmt;
-
-use sfn_pacer::budget::{BudgetState, Store, StoreError, Update, Written};
-use sfn_pacer::config::BURST_RESERVE;
+use sfn_pacer::budget::{BudgetState, Store, Update};
+use sfn_pacer::config::{WorkflowType, BURST_RESERVE};
 use sfn_pacer::dynamo::budget_pk;
+
+use quota_sync::failure::store_failure;
+pub use quota_sync::failure::{one_line, Failure};
+pub use quota_sync::sync::number;
+use quota_sync::sync::{Action, SyncOutcome};
+pub use quota_sync::write::{epoch_now, SetOutcome};
+use quota_sync::write::{write_budget, Wrote};
 
 /// The program's name, the prefix of every message on stderr.
 pub const TOOL: &str = "sfn-pacer-quota";
 
 /// The longest quota key the function accepts (its `QUOTA_KEY` check).
 pub const MAX_KEY_CHARS: usize = 200;
-
-/// Writes `set` tries before it gives up (each retry follows a concurrent create or delete).
-const SET_ATTEMPTS: usize = 10;
-
-/// Why the command failed, and so its exit code.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// A flag's value is wrong (exit 2). The message names the flag.
-    Usage(String),
-    /// `show` found no budget under the key (exit 1).
-    NoBudget {
-        /// The table.
-        table: String,
-        /// The quota key (not the `pk`).
-        key: String,
-    },
-    /// A call to the table failed (exit 2).
-    Store {
-        /// The DynamoDB operation: `GetItem`, `PutItem` or `UpdateItem`.
-        operation: &'static str,
-        /// The table.
-        table: String,
-        /// The SDK's error, on one line.
-        message: String,
-    },
-    /// The table answered something `set` cannot act on (exit 2).
-    Unexpected(String),
-}
-
-impl Failure {
-    /// The process exit code: 1 for "no budget", else 2.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::NoBudget { .. } => 1,
-            _ => 2,
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Usage(message) | Failure::Unexpected(message) => f.write_str(message),
-            Failure::NoBudget { table, key } => write!(
-                f,
-                "no budget under {} in table {table} yet: it is created by the first instance that starts, \
-                 from its STARTS_PER_SECOND and STARTS_BURST; or create it with `set`",
-                budget_pk(key)
-            ),
-            Failure::Store {
-                operation,
-                table,
-                message,
-            } => write!(f, "{operation} on table {table}: {message}"),
-        }
-    }
-}
-
-impl std::error::Error for Failure {}
-
-/// The SDK's error text on one line and without its debug dump: `DisplayErrorContext` gives
-/// "service error: X: message: X: message (ServiceError(ServiceError { ... raw: Response ... }))";
-/// this keeps "X: message".
-pub fn one_line(message: &str) -> String {
-    let mut text = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    let debug_dump = [
-        "ServiceError",
-        "DispatchFailure",
-        "TimeoutError",
-        "ResponseError",
-        "ConstructionFailure",
-    ]
-    .iter()
-    .filter_map(|variant| text.find(&format!(" ({variant}(")))
-    .min();
-    if let Some(at) = debug_dump {
-        text.truncate(at);
-    }
-    let text = text.strip_prefix("service error: ").unwrap_or(&text);
-    let parts: Vec<&str> = text.split(": ").collect();
-    let half = parts.len() / 2;
-    if parts.len().is_multiple_of(2) && half > 0 && parts[..half] == parts[half..] {
-        parts[..half].join(": ")
-    } else {
-        text.to_string()
-    }
-}
 
 /// A rendered clap error on one line: "error: " and the usage and help hints dropped, the
 /// rest joined ("the following required arguments were not provided: --table <TABLE>").
@@ -120,22 +39,6 @@ pub fn usage_line(rendered: &str) -> String {
         .map(|line| line.strip_prefix("error: ").unwrap_or(line))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn store_failure(operation: &'static str, table: &str, error: StoreError) -> Failure {
-    Failure::Store {
-        operation,
-        table: table.to_string(),
-        message: one_line(&error.0),
-    }
-}
-
-/// The DynamoDB operation behind an update (the adapter puts a `Create`, updates the rest).
-fn operation_of(update: &Update) -> &'static str {
-    match update {
-        Update::Create(_) => "PutItem",
-        _ => "UpdateItem",
-    }
 }
 
 /// Checks a quota key as the function does (`QUOTA_KEY`).
@@ -211,22 +114,6 @@ pub async fn show(store: &dyn Store, table: &str, key: &str) -> Result<BudgetSta
     }
 }
 
-/// What `set` did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SetOutcome {
-    /// The budget before the write (`None`: `set` created it).
-    pub before: Option<BudgetState>,
-    /// The budget after the write.
-    pub after: BudgetState,
-}
-
-impl SetOutcome {
-    /// True when `set` created the budget.
-    pub fn created(&self) -> bool {
-        self.before.is_none()
-    }
-}
-
 /// Sets the budget's limits: reads it, fills the limit not given from it, and writes
 /// `SetLimits` (which keeps the bucket's level and bumps the version, so every instance's next
 /// lease uses the new limits; it is a compare-and-set on the budget's `tat`, so a lease in
@@ -235,42 +122,18 @@ impl SetOutcome {
 /// an instance creating it at the same moment becomes a `SetLimits`, and a `SetLimits` on an
 /// item deleted meanwhile becomes a create.
 pub async fn set(store: &dyn Store, table: &str, key: &str, limits: Limits) -> Result<SetOutcome, Failure> {
-    let mut current = store.get(key).await.map_err(|e| store_failure("GetItem", table, e))?;
-    for _ in 0..SET_ATTEMPTS {
-        let (rate_per_second, burst) = limits.resolve(current.as_ref())?;
-        let update = match current {
+    let wrote = write_budget(store, table, key, |current| {
+        let (rate_per_second, burst) = limits.resolve(current)?;
+        Ok(Some(match current {
             None => Update::Create(BudgetState::new(rate_per_second, burst)),
-            Some(ref state) => state.plan_set_limits(rate_per_second, burst, epoch_now()),
-        };
-        let written = store
-            .write(key, &update)
-            .await
-            .map_err(|e| store_failure(operation_of(&update), table, e))?;
-        match (written, &update) {
-            (Written::Applied(after), _) => return Ok(SetOutcome { before: current, after }),
-            // The item is there but is no budget (its attributes do not read as one).
-            (Written::Refused(None), Update::Create(_)) => {
-                return Err(Failure::Unexpected(format!(
-                    "PutItem on table {table}: an item under {} exists but is not a budget \
-                     (rate, burst and version are needed); delete it or use another --key",
-                    budget_pk(key)
-                )))
-            }
-            (Written::Refused(now), _) => current = now,
-        }
+            Some(state) => state.plan_set_limits(rate_per_second, burst, epoch_now()),
+        }))
+    })
+    .await?;
+    match wrote {
+        Wrote::Applied(outcome) => Ok(outcome),
+        Wrote::Nothing(_) => Err(Failure::Unexpected("set wrote nothing".into())),
     }
-    Err(Failure::Unexpected(format!(
-        "the budget under {} in table {table} changed under every one of {SET_ATTEMPTS} writes; try again",
-        budget_pk(key)
-    )))
-}
-
-/// Now, seconds since the Unix epoch (the budget's clock).
-pub fn epoch_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Slots the bucket holds at `now` (seconds since the epoch):
@@ -278,17 +141,6 @@ pub fn epoch_now() -> f64 {
 pub fn slots_now(state: &BudgetState, now: f64) -> f64 {
     let burst = state.effective_burst();
     (burst - state.effective_rate() * (state.tat - now).max(0.0)).clamp(0.0, burst)
-}
-
-/// `value` with at most 3 decimals, trailing zeros dropped (`250`, `0.5`, `0.734`).
-pub fn number(value: f64) -> String {
-    let text = format!("{value:.3}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    if text == "-0" {
-        "0".into()
-    } else {
-        text.into()
-    }
 }
 
 /// `show`'s text: one field a line, each with its unit.
@@ -377,6 +229,132 @@ pub fn render_set_json(table: &str, key: &str, outcome: &SetOutcome, now: f64) -
         }),
     };
     value
+}
+
+/// The workflow type's name in messages.
+fn workflow_name(workflow_type: WorkflowType) -> &'static str {
+    match workflow_type {
+        WorkflowType::Standard => "Standard",
+        WorkflowType::Express => "Express",
+    }
+}
+
+/// `sync`'s text: the quota and where each value came from, the target, what was done, then
+/// the budget as `show` prints it.
+pub fn render_sync_text(
+    table: &str,
+    key: &str,
+    workflow_type: WorkflowType,
+    outcome: &SyncOutcome,
+    now: f64,
+) -> String {
+    let quota = &outcome.quota;
+    let mut out = format!(
+        "StartExecution quota of {} workflows (this account and region)\n",
+        workflow_name(workflow_type)
+    );
+    let mut line = |name: &str, value: String| out.push_str(&format!("  {name:<16}{value}\n"));
+    line(
+        "bucket",
+        format!(
+            "{} starts, from {}",
+            number(quota.bucket.value),
+            quota.bucket.source.describe()
+        ),
+    );
+    line(
+        "refill",
+        format!(
+            "{} starts/s, from {}",
+            number(quota.refill.value),
+            quota.refill.source.describe()
+        ),
+    );
+    for note in &quota.notes {
+        line("not found", note.clone());
+    }
+    let target = format!(
+        "rate {} starts/s, burst {} slots",
+        number(outcome.target.rate_per_second),
+        number(outcome.target.burst)
+    );
+    out.push_str(&format!("share {}: {target}\n", number(outcome.share)));
+    let (would, dry) = if outcome.dry_run {
+        ("would ", " (--dry-run: nothing written)")
+    } else {
+        ("", "")
+    };
+    let action = match (outcome.action, &outcome.before, &outcome.after) {
+        (Action::Created, _, _) => format!("{would}create the budget: {target}{dry}"),
+        (Action::Set, Some(before), Some(after)) => format!(
+            "{would}set rate {} → {} starts/s, burst {} → {} slots (version {} → {}){}{dry}",
+            number(before.rate_per_second),
+            number(after.rate_per_second),
+            number(before.burst),
+            number(after.burst),
+            before.version,
+            after.version,
+            if outcome.hand_changed {
+                ", over a hand change (--force)"
+            } else {
+                ""
+            }
+        ),
+        (Action::Kept, Some(before), _) => format!(
+            "kept the budget at rate {} starts/s, burst {} slots: it was changed by hand since the last sync, \
+             which set {}; --force overwrites it with {target}",
+            number(before.rate_per_second),
+            number(before.burst),
+            outcome.last_sync.as_ref().map_or("?".into(), |r| format!(
+                "rate {} starts/s, burst {} slots",
+                number(r.rate_per_second),
+                number(r.burst)
+            )),
+        ),
+        _ => format!("the budget already is {target}: nothing to write"),
+    };
+    out.push_str(&action);
+    out.push('\n');
+    if let Some(after) = &outcome.after {
+        out.push_str(&render_text(table, key, after, now));
+    }
+    out
+}
+
+/// `sync --json`'s object.
+pub fn render_sync_json(
+    table: &str,
+    key: &str,
+    workflow_type: WorkflowType,
+    outcome: &SyncOutcome,
+    now: f64,
+) -> serde_json::Value {
+    let reading = |r: &quota_sync::quota::Reading| serde_json::json!({"value": r.value, "source": r.source.tag(), "from": r.source.describe()});
+    serde_json::json!({
+        "table": table,
+        "key": key,
+        "pk": budget_pk(key),
+        "workflow_type": workflow_name(workflow_type).to_ascii_lowercase(),
+        "quota": {
+            "bucket": reading(&outcome.quota.bucket),
+            "refill_per_second": reading(&outcome.quota.refill),
+            "notes": outcome.quota.notes,
+        },
+        "share": outcome.share,
+        "target": {"rate_per_second": outcome.target.rate_per_second, "burst": outcome.target.burst},
+        "action": outcome.action.word(),
+        "dry_run": outcome.dry_run,
+        "hand_changed": outcome.hand_changed,
+        "recorded": outcome.recorded,
+        "previous": outcome.before.as_ref().map(|b| serde_json::json!({
+            "rate_per_second": b.rate_per_second, "burst": b.burst, "version": b.version,
+        })),
+        "budget": outcome.after.as_ref().map(|b| render_json(table, key, b, now)),
+        "last_sync": outcome.last_sync.as_ref().map(|r| serde_json::json!({
+            "rate_per_second": r.rate_per_second, "burst": r.burst, "at": r.at_epoch_s,
+        })),
+        "summary": outcome.summary(),
+    })
 }
 
 #[cfg(test)]

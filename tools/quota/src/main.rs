@@ -1,9 +1,10 @@
 //! `sfn-pacer-quota`: shows and changes the shared StartExecution budget of coordinated mode
 //! (one item of the coordination table), live: running instances pick a change up with their
-//! next lease. The logic is in the library (`sfn_pacer_quota`).
+//! next lease; `sync` sets it to a share of the account's own quota. The logic is in the
+//! libraries (`sfn_pacer_quota`, and `quota_sync` for the sync).
 //!
-//! Exit codes: 0 done; 1 `show` found no budget; 2 usage, validation or AWS error (one line
-//! on stderr naming what failed).
+//! Exit codes: 0 done; 1 `show` found no budget, or `sync` kept a budget changed by hand since
+//! the last sync; 2 usage, validation or AWS error (one line on stderr naming what failed).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use quota_sync::aws::{DynamoRecords, SdkMetrics, SdkServiceQuotas};
+use quota_sync::sync::{sync, Action, Share, SyncRequest, DEFAULT_SHARE};
 use sfn_pacer::config::{default_quota_key, WorkflowType};
 use sfn_pacer::dynamo::DynamoStore;
 use sfn_pacer_quota::{Failure, Limits, TOOL};
@@ -63,6 +66,29 @@ enum Command {
         #[arg(long, value_name = "SLOTS", allow_negative_numbers = true)]
         burst: Option<f64>,
     },
+    /// Set the budget to a share of the account's StartExecution quota, read from AWS.
+    ///
+    /// The quota of the workflow type: Service Quotas (service code states; applied values by
+    /// ListServiceQuotas and GetServiceQuota, else the defaults of ListAWSDefaultServiceQuotas),
+    /// else CloudWatch's AWS/States ProvisionedBucketSize and ProvisionedRefillRate
+    /// (APIName=StartExecution; Standard only). The budget becomes rate = share x refill,
+    /// burst = share x bucket. A budget changed by hand (e.g. with `set`) since the last sync is
+    /// kept, with exit code 1, unless --force.
+    Sync {
+        /// Fraction of the quota the budget takes, above 0 and at most 1; the rest is left to
+        /// the account's other callers of StartExecution.
+        #[arg(long, value_name = "FRACTION", default_value_t = DEFAULT_SHARE, allow_negative_numbers = true)]
+        share: f64,
+        /// Whose quota: standard or express (default: express with --express, else standard).
+        #[arg(long, value_name = "TYPE", value_parser = ["standard", "express"])]
+        workflow_type: Option<String>,
+        /// Overwrite limits changed by hand since the last sync.
+        #[arg(long)]
+        force: bool,
+        /// Read the quota and print what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
@@ -82,7 +108,7 @@ async fn main() -> ExitCode {
     local_stack::cli::init_tracing("off");
     let key_on_command_line = matches.value_source("key") == Some(ValueSource::CommandLine);
     match run(cli, key_on_command_line).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("{TOOL}: {failure}");
             ExitCode::from(failure.exit_code())
@@ -104,18 +130,79 @@ fn quota_key(cli: &Cli, key_on_command_line: bool) -> Result<String, Failure> {
     Ok(key)
 }
 
-async fn run(cli: Cli, key_on_command_line: bool) -> Result<(), Failure> {
+/// The sync's options, checked.
+struct SyncArgs {
+    share: Share,
+    workflow_type: WorkflowType,
+    force: bool,
+    dry_run: bool,
+}
+
+fn sync_args(cli: &Cli) -> Result<Option<SyncArgs>, Failure> {
+    let Command::Sync {
+        share,
+        workflow_type,
+        force,
+        dry_run,
+    } = &cli.command
+    else {
+        return Ok(None);
+    };
+    let share = Share::new(*share).map_err(|reason| Failure::Usage(format!("--share {reason}")))?;
+    let workflow_type = match (workflow_type.as_deref(), cli.express) {
+        (Some("express"), _) | (None, true) => WorkflowType::Express,
+        _ => WorkflowType::Standard,
+    };
+    Ok(Some(SyncArgs {
+        share,
+        workflow_type,
+        force: *force,
+        dry_run: *dry_run,
+    }))
+}
+
+/// Runs the command; the exit code when it did not fail (0, or 1 for a budget `sync` kept).
+async fn run(cli: Cli, key_on_command_line: bool) -> Result<u8, Failure> {
     let key = quota_key(&cli, key_on_command_line)?;
+    let sync_args = sync_args(&cli)?;
     let limits = match cli.command {
-        Command::Show => None,
         Command::Set { rate, burst } => Some(Limits::new(rate, burst)?),
+        _ => None,
     };
     if cli.table.trim().is_empty() {
         return Err(Failure::Usage("--table must name the coordination table".into()));
     }
     let sdk_config = cli.aws.sdk_loader().load().await;
-    let store = DynamoStore::new(&sdk_config, &cli.table, Duration::from_millis(cli.timeout_ms));
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let store = DynamoStore::new(&sdk_config, &cli.table, timeout);
     let table = cli.table.as_str();
+    if let Some(args) = sync_args {
+        let request = SyncRequest {
+            table: table.to_string(),
+            key: key.clone(),
+            workflow_type: args.workflow_type,
+            share: args.share,
+            force: args.force,
+            dry_run: args.dry_run,
+            now: sfn_pacer_quota::epoch_now(),
+        };
+        let quotas = SdkServiceQuotas::new(&sdk_config, timeout);
+        let metrics = SdkMetrics::new(&sdk_config, timeout);
+        let records = DynamoRecords::new(&sdk_config, table, timeout);
+        let outcome = sync(&quotas, &metrics, &store, &records, &request).await?;
+        let now = sfn_pacer_quota::epoch_now();
+        let output = if cli.json {
+            sfn_pacer_quota::render_sync_json(table, &key, args.workflow_type, &outcome, now).to_string()
+        } else {
+            sfn_pacer_quota::render_sync_text(table, &key, args.workflow_type, &outcome, now)
+        };
+        println!("{}", output.trim_end());
+        if outcome.action == Action::Kept {
+            eprintln!("{TOOL}: kept a budget changed by hand since the last sync; --force overwrites it");
+            return Ok(1);
+        }
+        return Ok(0);
+    }
     let output = match limits {
         None => {
             let state = sfn_pacer_quota::show(&store, table, &key).await?;
@@ -137,5 +224,5 @@ async fn run(cli: Cli, key_on_command_line: bool) -> Result<(), Failure> {
         }
     };
     println!("{}", output.trim_end());
-    Ok(())
+    Ok(0)
 }

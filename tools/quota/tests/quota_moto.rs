@@ -1,9 +1,13 @@
 //! The `sfn-pacer-quota` binary against moto's DynamoDB: show, set, and what the function's
-//! own store (`DynamoStore`) reads back.
+//! own store (`DynamoStore`) reads back; sync, with Service Quotas and CloudWatch served by the
+//! local stack's fake in their real protocols (moto has neither for `states`).
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use local_stack::fake_quotas::{Datapoint, FakeQuota, FakeQuotas, QuotaState};
 use local_stack::moto::{create_coordination_table, Moto};
 use sfn_pacer::budget::Store;
 use sfn_pacer::dynamo::DynamoStore;
@@ -13,10 +17,28 @@ const KEY: &str = "start-execution-standard";
 
 /// Runs the binary against `moto` with dummy credentials and no other AWS environment.
 fn quota(moto: &Moto, args: &[&str]) -> Output {
+    let endpoint = moto.endpoint();
+    run(&[], &[&["--endpoint-url", &endpoint][..], args].concat())
+}
+
+/// Runs the binary with DynamoDB on `moto` and Service Quotas and CloudWatch on `fake`.
+fn quota_sync(moto: &Moto, fake: &FakeQuotas, args: &[&str]) -> Output {
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_ENDPOINT_URL_SERVICE_QUOTAS", fake.endpoint().to_string()),
+        ("AWS_ENDPOINT_URL_CLOUDWATCH", fake.endpoint().to_string()),
+    ];
+    run(&env, args)
+}
+
+fn run(env: &[(&str, String)], args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_sfn-pacer-quota"))
-        .args(["--endpoint-url", &moto.endpoint()])
         .args(args)
         .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+        .env_remove("AWS_ENDPOINT_URL_SERVICE_QUOTAS")
+        .env_remove("AWS_ENDPOINT_URL_CLOUDWATCH")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("AWS_PROFILE")
         .env_remove("COORDINATION_TABLE")
         .env_remove("QUOTA_KEY")
@@ -134,4 +156,226 @@ async fn a_missing_table_is_one_line_and_exit_2() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(stdout(&out).is_empty());
     }
+}
+
+const BUCKET: &str = "StartExecution throttle token bucket size";
+const REFILL: &str = "StartExecution throttle token refill rate per second";
+
+fn fake_quota(code: &str, name: &str, value: f64) -> FakeQuota {
+    FakeQuota {
+        code: code.into(),
+        name: name.into(),
+        value,
+    }
+}
+
+/// Service Quotas as an account sees it: ~30 quotas of `states` (listed 10 a page), among them
+/// the StartExecution bucket and refill, applied at 2,500 and 500 (raised), defaults 1,300 and 300.
+fn account_quotas() -> QuotaState {
+    let mut applied: Vec<FakeQuota> = (0..28)
+        .map(|i| {
+            fake_quota(
+                &format!("L-{i:08}"),
+                &format!("Other API throttle token bucket size {i}"),
+                100.0,
+            )
+        })
+        .collect();
+    applied.insert(13, fake_quota("L-BUCKET01", BUCKET, 2500.0));
+    applied.push(fake_quota("L-REFILL01", REFILL, 500.0));
+    let defaults = vec![
+        fake_quota("L-BUCKET01", BUCKET, 1300.0),
+        fake_quota("L-REFILL01", REFILL, 300.0),
+    ];
+    QuotaState {
+        applied,
+        defaults,
+        page_size: 10,
+        ..QuotaState::default()
+    }
+}
+
+fn json_out(output: &Output) -> serde_json::Value {
+    serde_json::from_str(stdout(output).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+async fn limits(store: &DynamoStore, key: &str) -> (f64, f64, u64) {
+    let state = store.get(key).await.unwrap().expect("the budget item");
+    (state.rate_per_second, state.burst, state.version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sets_a_share_of_the_applied_quota_and_keeps_a_hand_change() {
+    let moto = Moto::start().await.unwrap();
+    let sdk = moto.sdk_config().await;
+    create_coordination_table(&sdk, TABLE).await.unwrap();
+    let store = DynamoStore::new(&sdk, TABLE, Duration::from_secs(5));
+    let fake = FakeQuotas::start(account_quotas()).await.unwrap();
+    // A budget made at deploy, never synced.
+    let out = quota(&moto, &["--table", TABLE, "set", "--rate", "150", "--burst", "800"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // --dry-run: says what it would do, writes nothing.
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "0.8", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("bucket          2500 starts, from Service Quotas, applied value of L-BUCKET01"),
+        "{text}"
+    );
+    assert!(
+        text.contains("share 0.8: rate 400 starts/s, burst 2000 slots"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would set rate 150 → 400 starts/s, burst 800 → 2000 slots"),
+        "{text}"
+    );
+    assert!(text.contains("(--dry-run: nothing written)"), "{text}");
+    assert_eq!(limits(&store, KEY).await, (150.0, 800.0, 1));
+    // Found by name across pages, then read with GetServiceQuota; no default or metric needed.
+    let calls = fake.state().calls.clone();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "ListServiceQuotas").count(),
+        3,
+        "{calls:?}"
+    );
+    assert_eq!(calls.iter().filter(|c| *c == "GetServiceQuota").count(), 2, "{calls:?}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c == "GetMetricData" || c == "ListAWSDefaultServiceQuotas"),
+        "{calls:?}"
+    );
+
+    // The sync: share 0.8 of 500/s and 2,500.
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "0.8", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json = json_out(&out);
+    assert_eq!(json["action"], "set");
+    assert_eq!(json["quota"]["bucket"]["value"], 2500.0);
+    assert_eq!(json["quota"]["refill_per_second"]["source"], "service-quotas-applied");
+    assert_eq!(json["target"]["rate_per_second"], 400.0);
+    assert_eq!(json["previous"]["rate_per_second"], 150.0);
+    assert_eq!(json["recorded"], true);
+    assert_eq!(limits(&store, KEY).await, (400.0, 2000.0, 2));
+
+    // A hand change since: kept (exit 1), unless --force.
+    let out = quota(&moto, &["--table", TABLE, "set", "--rate", "100"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "0.8"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("kept the budget at rate 100 starts/s, burst 2000 slots: it was changed by hand since the last sync, which set rate 400 starts/s, burst 2000 slots"),
+        "{text}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("sfn-pacer-quota: kept a budget changed by hand"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(limits(&store, KEY).await, (100.0, 2000.0, 3));
+
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "0.8", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("over a hand change (--force)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(limits(&store, KEY).await, (400.0, 2000.0, 4));
+    // Synced again: the next sync finds nothing to do.
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "0.8", "--json"]);
+    assert_eq!(json_out(&out)["action"], "unchanged");
+    assert_eq!(limits(&store, KEY).await, (400.0, 2000.0, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_falls_back_to_defaults_then_to_cloudwatch() {
+    let moto = Moto::start().await.unwrap();
+    let sdk = moto.sdk_config().await;
+    create_coordination_table(&sdk, TABLE).await.unwrap();
+    let store = DynamoStore::new(&sdk, TABLE, Duration::from_secs(5));
+    let mut state = account_quotas();
+    // No applied values: the defaults, and the budget is created.
+    state.applied.retain(|q| q.name != BUCKET && q.name != REFILL);
+    let fake = FakeQuotas::start(state).await.unwrap();
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json = json_out(&out);
+    assert_eq!(json["action"], "created");
+    assert_eq!(json["quota"]["bucket"]["source"], "service-quotas-default");
+    assert_eq!(limits(&store, KEY).await, (270.0, 1170.0, 1));
+
+    // Service Quotas denied: CloudWatch's latest datapoints (5-minute maxima).
+    {
+        let mut state = fake.state();
+        state.denied = vec!["ListServiceQuotas".into(), "ListAWSDefaultServiceQuotas".into()];
+        let now = quota_sync::write::epoch_now();
+        let dimensions = BTreeMap::from([("APIName".to_string(), "StartExecution".to_string())]);
+        for (metric, old, latest) in [
+            ("ProvisionedBucketSize", 1300.0, 5000.0),
+            ("ProvisionedRefillRate", 300.0, 1000.0),
+        ] {
+            for (age, value) in [(7200.0, old), (600.0, latest), (5.0 * 3600.0, 1.0)] {
+                state.datapoints.push(Datapoint {
+                    namespace: "AWS/States".into(),
+                    metric: metric.into(),
+                    dimensions: dimensions.clone(),
+                    timestamp: now - age,
+                    value,
+                });
+            }
+        }
+    }
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "0.5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("refill          1000 starts/s, from CloudWatch AWS/States ProvisionedRefillRate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not found       ListServiceQuotas: AccessDeniedException"),
+        "{text}"
+    );
+    assert_eq!(limits(&store, KEY).await, (500.0, 2500.0, 2));
+
+    // Nothing anywhere: exit 2, one line saying what each source said; nothing written.
+    {
+        let mut state = fake.state();
+        state.datapoints.clear();
+    }
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("sfn-pacer-quota: no StartExecution bucket size or refill rate found"),
+        "{err}"
+    );
+    assert!(err.contains("ProvisionedRefillRate: no datapoint"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(limits(&store, KEY).await, (500.0, 2500.0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_rejects_a_bad_share_before_any_call() {
+    let moto = Moto::start().await.unwrap();
+    let fake = FakeQuotas::start(account_quotas()).await.unwrap();
+    for bad in ["0", "1.5", "-0.2", "NaN"] {
+        let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("sfn-pacer-quota: --share must be a fraction of the quota above 0 and at most 1"),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let out = quota_sync(&moto, &fake, &["--table", TABLE, "sync", "--share", "most"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--share"), "{}", stderr(&out));
+    assert!(fake.state().calls.is_empty());
 }
