@@ -2,15 +2,15 @@
 //! store in unit tests and against DynamoDB in the binary: the validation of the operator's
 //! values, `show`'s rendering (text and JSON), and `set` (read, then create or `SetLimits`).
 //!
-//! The budget is the GCRA bucket of `sfn_pacer::budget`: the bucket holds
+//! The budget is the GCRA bucket of `sfn_pacer::start::budget`: the bucket holds
 //! `B_eff − r_eff × max(0, tat − now)` slots now, clamped to `[0, B_eff]`, with the effective
 //! burst and rate of [`BudgetState::effective_burst`] and [`BudgetState::effective_rate`].
 
 use std::fmt;
 
-use sfn_pacer::budget::{BudgetState, Store, StoreError, Update, Written};
+use sfn_pacer::aws::dynamo::budget_pk;
 use sfn_pacer::config::BURST_RESERVE;
-use sfn_pacer::dynamo::budget_pk;
+use sfn_pacer::start::budget::{BudgetState, Store, StoreError, Update, Written};
 
 /// The program's name, the prefix of every message on stderr.
 pub const TOOL: &str = "sfn-pacer-quota";
@@ -382,7 +382,7 @@ pub fn render_set_json(table: &str, key: &str, outcome: &SetOutcome, now: f64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfn_pacer::budget::memory::MemoryStore;
+    use sfn_pacer::start::budget::memory::MemoryStore;
 
     const TABLE: &str = "coord";
     const KEY: &str = "start-execution-standard";

@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::config::{default_quota_key, WorkflowType};
-use sfn_pacer::dynamo::DynamoStore;
 use sfn_pacer_quota::{Failure, Limits, TOOL};
 
 /// Show or change the shared StartExecution budget of sfn-pacer's coordinated mode, live.

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 
 use super::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
-use crate::budget::memory::MemoryStore;
-use crate::budget::StoreError;
+use crate::start::budget::memory::MemoryStore;
+use crate::start::budget::StoreError;
 
 /// TransactWriteItems: at most 100 actions.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::claim_check::Pointer;
-use crate::event::{is_fifo_arn, Message};
-use crate::name::execution_name;
+use crate::plan::claim_check::Pointer;
+use crate::plan::event::{is_fifo_arn, Message};
+use crate::plan::name::execution_name;
 use crate::plan::Rejection;
 
 /// Prefix of the attributes this function adds.

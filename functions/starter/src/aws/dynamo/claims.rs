@@ -14,8 +14,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
 
 use super::{s, store_error, DynamoStore, Item};
-use crate::budget::StoreError;
-use crate::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+use crate::start::budget::StoreError;
+use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
 
 /// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (it does so under load).
 const READ_ROUNDS: usize = 3;

@@ -52,7 +52,7 @@ pub struct Slot {
 pub enum Source {
     /// This instance's own pacer (the static split).
     Local,
-    /// The shared budget ([`crate::budget`]).
+    /// The shared budget ([`crate::start::budget`]).
     Shared,
 }
 
@@ -61,7 +61,7 @@ pub enum Pacing {
     /// The static split: `STARTS_PER_SECOND / MAX_CONCURRENCY` per instance.
     Local(Pacer),
     /// One budget for every instance, coordinated in the table (`COORDINATION_TABLE`).
-    Shared(Box<crate::budget::lease::SharedPacer>),
+    Shared(Box<crate::start::budget::lease::SharedPacer>),
 }
 
 impl Pacing {

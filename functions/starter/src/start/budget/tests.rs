@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::lease::{SharedPacer, FALLBACK_RETRY};
 use super::memory::MemoryStore;
 use super::*;
-use crate::pace::{Pacer, Source};
+use crate::start::pace::{Pacer, Source};
 
 const KEY: &str = "test";
 

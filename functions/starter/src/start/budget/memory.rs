@@ -1,6 +1,6 @@
 //! An in-process coordination table with DynamoDB's semantics, for unit tests and benchmarks:
 //! the budget ([`Store`]: each write is atomic and conditional, [`BudgetState::apply`]) and the
-//! per-message claims ([`crate::claim::ClaimStore`], in [`crate::claim::memory`]), with a
+//! per-message claims ([`crate::start::claim::ClaimStore`], in [`crate::start::claim::memory`]), with a
 //! latency per call (DynamoDB's is a few milliseconds) and failures that can be switched on.
 //!
 //! What it leaves out: DynamoDB's own throttling and capacity, a network between callers, and
@@ -19,8 +19,8 @@ use super::{BudgetState, Store, StoreError, Update, Written};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     items: Mutex<HashMap<String, BudgetState>>,
-    /// Claims and execution records by partition key (see [`crate::claim::memory`]).
-    pub(crate) claims: Mutex<HashMap<String, crate::claim::memory::ClaimItem>>,
+    /// Claims and execution records by partition key (see [`crate::start::claim::memory`]).
+    pub(crate) claims: Mutex<HashMap<String, crate::start::claim::memory::ClaimItem>>,
     /// Items written by claim transactions.
     pub(crate) claim_writes: AtomicU64,
     latency: Mutex<(Duration, Duration)>,
@@ -59,7 +59,7 @@ impl MemoryStore {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let (min, max) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
         if !max.is_zero() {
-            let spread = (max - min).as_secs_f64() * crate::backoff::unit_random();
+            let spread = (max - min).as_secs_f64() * crate::close::backoff::unit_random();
             tokio::time::sleep(min + Duration::from_secs_f64(spread)).await;
         }
         match self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {

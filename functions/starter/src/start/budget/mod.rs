@@ -47,7 +47,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::BURST_RESERVE;
-pub use crate::pace::{DECREASE_FACTOR, INCREASE_PER_SECOND, MIN_RATE_FRACTION};
+pub use crate::start::pace::{DECREASE_FACTOR, INCREASE_PER_SECOND, MIN_RATE_FRACTION};
 
 /// A lease covers at most this much of the budget's rate, in seconds: leased but unused slots
 /// are quota lost to everyone, so leases stay small.

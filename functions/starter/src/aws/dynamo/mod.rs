@@ -20,7 +20,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::budget::{BudgetState, Shape, Store, StoreError, Update, Written};
+use crate::start::budget::{BudgetState, Shape, Store, StoreError, Update, Written};
 
 type Item = HashMap<String, AttributeValue>;
 

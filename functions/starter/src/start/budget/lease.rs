@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::{BudgetState, LeasePlan, Store, StoreError, Update, Written, SLOT_GRACE};
-use crate::backoff::unit_random;
-use crate::pace::{Pacer, Slot, Source};
+use crate::close::backoff::unit_random;
+use crate::start::pace::{Pacer, Slot, Source};
 
 /// How long the static split is used after the table failed, before the table is tried again.
 pub const FALLBACK_RETRY: Duration = Duration::from_secs(1);
