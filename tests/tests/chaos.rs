@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::close::dead_letter::DeadLetter;
 use sfn_pacer::close::queue::{Queue, QueueError};
-use sfn_pacer::start::budget::memory::MemoryStore;
+use sfn_pacer::start::memory::MemoryStore;
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
 use sfn_pacer::{Config, Starter};
 use tokio::time::Instant;

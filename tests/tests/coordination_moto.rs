@@ -17,7 +17,7 @@ use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::start::budget::lease::FALLBACK_RETRY;
 use sfn_pacer::start::budget::{Store, Update};
-use sfn_pacer::start::pace::Pacing;
+use sfn_pacer::start::pacing::Pacing;
 use sfn_pacer::{Config, Starter};
 
 const TABLE: &str = "sfn-pacer-coordination";
@@ -217,8 +217,8 @@ async fn an_unreachable_endpoint_falls_back_within_the_call_timeout() {
 /// definition the in-memory store runs: the same updates give the same results on both.
 #[tokio::test]
 async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
-    use sfn_pacer::start::budget::memory::MemoryStore;
     use sfn_pacer::start::budget::{BudgetState, LeasePlan, Written};
+    use sfn_pacer::start::memory::MemoryStore;
     let moto = Moto::start().await.unwrap();
     let ddb = moto.sdk_config().await;
     create_coordination_table(&ddb, TABLE).await.unwrap();

@@ -23,6 +23,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::close::backoff::{retry_wait, unit_random};
 use crate::close::queue::Queue;
+pub use crate::close::Disposition;
 use crate::close::{distinct, Closing, Comeback, Settled};
 use crate::config::{Config, WorkflowType};
 use crate::metrics::{Count, Report, Tally};
@@ -33,21 +34,9 @@ use crate::start::budget::lease::SharedPacer;
 use crate::start::budget::{BudgetState, Store};
 use crate::start::claim::ClaimStore;
 use crate::start::classify::{classify, systemic_advice, Class};
-use crate::start::pace::{Pacer, Pacing};
+use crate::start::pace::Pacer;
+use crate::start::pacing::Pacing;
 use crate::start::{StartError, StartExecution, StartRequest};
-
-/// What became of one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Its execution was started. Acknowledged.
-    Started,
-    /// Its execution already existed. Acknowledged.
-    Duplicate,
-    /// It can never start and was sent to the DLQ. Acknowledged.
-    DeadLettered,
-    /// Not started: listed in `batchItemFailures`, to be delivered again. The reason is for logs.
-    Retry(String),
-}
 
 /// The result of one batch.
 #[derive(Debug, Clone)]

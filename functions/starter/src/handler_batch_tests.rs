@@ -2,7 +2,7 @@
 //! coordination table (conditional writes, all-or-nothing transactions, DynamoDB's limits).
 
 use super::*;
-use crate::start::budget::memory::MemoryStore;
+use crate::start::memory::MemoryStore;
 
 fn batching(n: &str, more: &[(&str, &str)]) -> Config {
     let mut pairs = vec![("MESSAGES_PER_EXECUTION", n), ("COORDINATION_TABLE", "coordination")];

@@ -949,8 +949,8 @@ fn bad_input_invalid_unicode_in_the_event_is_a_clear_error_not_a_panic() {
 
 mod coordinated {
     use super::*;
-    use crate::start::budget::memory::MemoryStore;
     use crate::start::budget::Store;
+    use crate::start::memory::MemoryStore;
 
     fn coordinated(pairs: &[(&str, &str)], sfn: Arc<FakeSfn>, store: Arc<MemoryStore>) -> Starter {
         let mut all = vec![("COORDINATION_TABLE", "coordination")];

@@ -10,7 +10,8 @@ use std::fmt;
 
 use sfn_pacer::aws::dynamo::budget_pk;
 use sfn_pacer::config::BURST_RESERVE;
-use sfn_pacer::start::budget::{BudgetState, Store, StoreError, Update, Written};
+use sfn_pacer::start::budget::{BudgetState, Store, Update, Written};
+use sfn_pacer::start::table::StoreError;
 
 /// The program's name, the prefix of every message on stderr.
 pub const TOOL: &str = "sfn-pacer-quota";
@@ -126,7 +127,7 @@ fn store_failure(operation: &'static str, table: &str, error: StoreError) -> Fai
     Failure::Store {
         operation,
         table: table.to_string(),
-        message: one_line(&error.0),
+        message: one_line(&error.message),
     }
 }
 
@@ -382,7 +383,7 @@ pub fn render_set_json(table: &str, key: &str, outcome: &SetOutcome, now: f64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfn_pacer::start::budget::memory::MemoryStore;
+    use sfn_pacer::start::memory::MemoryStore;
 
     const TABLE: &str = "coord";
     const KEY: &str = "start-execution-standard";

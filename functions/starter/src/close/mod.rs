@@ -26,13 +26,25 @@ use crate::close::backoff::{deferral_seconds, unit_random, visibility_timeout_se
 use crate::close::dead_letter::{dead_letter, DeadLetter, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use crate::close::queue::{Queue, QueueError, VisibilityChange};
 use crate::config::Config;
-use crate::handler::Disposition;
 use crate::plan::claim_check::{check_in, ObjectStore, DEAD_LETTER_PREFIX};
 use crate::plan::event::Message;
 use crate::plan::Rejection;
 
 /// No call starts with less than this left before the hard deadline.
 pub const MIN_CALL_TIME: Duration = Duration::from_millis(20);
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its execution was started. Acknowledged.
+    Started,
+    /// Its execution already existed. Acknowledged.
+    Duplicate,
+    /// It can never start and was sent to the DLQ. Acknowledged.
+    DeadLettered,
+    /// Not started: listed in `batchItemFailures`, to be delivered again. The reason is for logs.
+    Retry(String),
+}
 
 /// How a unit of the batch left the start phase.
 #[derive(Debug, Clone)]

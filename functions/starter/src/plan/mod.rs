@@ -9,9 +9,8 @@ pub mod name;
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
-use crate::close::dead_letter::MESSAGE_ID_ATTRIBUTE;
 use crate::config::{Config, InputMode, NameSource};
-use crate::plan::event::Message;
+use crate::plan::event::{Message, MESSAGE_ID_ATTRIBUTE};
 use crate::plan::name::execution_name;
 
 /// The largest execution input Step Functions accepts, in UTF-8 bytes.

@@ -3,7 +3,10 @@
 pub mod budget;
 pub mod claim;
 pub mod classify;
+pub mod memory;
 pub mod pace;
+pub mod pacing;
+pub mod table;
 
 use async_trait::async_trait;
 

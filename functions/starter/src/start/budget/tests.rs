@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::lease::{SharedPacer, FALLBACK_RETRY};
-use super::memory::MemoryStore;
 use super::*;
+use crate::start::memory::MemoryStore;
 use crate::start::pace::{Pacer, Source};
 
 const KEY: &str = "test";

@@ -16,8 +16,6 @@
 //!
 //! The scope is the state machine's name: names are unique per state machine.
 
-pub mod memory;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -26,7 +24,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::plan::batch::{Group, Member};
 use crate::plan::Plan;
-use crate::start::budget::StoreError;
+use crate::start::table::StoreError;
 
 /// How long a claim and an execution's record are kept: 91 days, in seconds (Step Functions
 /// keeps a name unique for 90 days).
@@ -264,11 +262,11 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(StoreError("no time left in this invocation".to_string()));
+        return Err(StoreError::deadline("no time left in this invocation"));
     }
     timeout(left, call)
         .await
-        .unwrap_or_else(|_| Err(StoreError("the coordination table did not answer in time".to_string())))
+        .unwrap_or_else(|_| Err(StoreError::deadline("the coordination table did not answer in time")))
 }
 
 #[cfg(test)]

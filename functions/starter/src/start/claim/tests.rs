@@ -3,7 +3,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::start::budget::memory::MemoryStore;
+use crate::start::memory::MemoryStore;
 use async_trait::async_trait;
 
 const SCOPE: &str = "orders";
@@ -208,7 +208,7 @@ impl ClaimStore for LostAnswer {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimWrite, StoreError> {
         let written = self.table.claim(request).await;
         match self.lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            true => Err(StoreError("the answer was lost".into())),
+            true => Err(StoreError::unknown("the answer was lost")),
             false => written,
         }
     }
