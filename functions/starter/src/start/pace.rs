@@ -45,6 +45,8 @@ pub struct Slot {
     pub epoch: u64,
     /// Who granted it.
     pub source: Source,
+    /// When it is released: the instant of the reservation plus `wait`.
+    pub at: Instant,
 }
 
 /// Who granted a slot.
@@ -108,7 +110,19 @@ impl Pacer {
             wait,
             epoch: s.epoch,
             source: Source::Local,
+            at: now + wait,
         })
+    }
+
+    /// Gives back a slot reserved and not used: its token returns to the bucket (up to the
+    /// capacity), unless the rate changed since it was granted (then the bucket was emptied).
+    pub fn put_back(&self, slot: Slot, now: Instant) {
+        let mut s = self.lock();
+        if slot.epoch != s.epoch {
+            return;
+        }
+        refill(&mut s, now, self.capacity);
+        s.tokens = (s.tokens + 1.0).min(self.capacity);
     }
 
     /// How long from `now` until a reservation would need no wait; takes nothing.
@@ -308,6 +322,26 @@ mod tests {
         let p = Pacer::new(1e-300, 1.0, t0);
         assert!(p.reserve(t0, t0 + FAR).is_some());
         assert_eq!(p.reserve(t0, t0 + FAR), None, "the next slot is past any deadline");
+    }
+
+    #[test]
+    fn a_slot_put_back_returns_its_token_unless_the_rate_changed() {
+        let t0 = Instant::now();
+        let p = Pacer::new(10.0, 1.0, t0);
+        let slot = p.reserve(t0, t0 + FAR).unwrap();
+        p.put_back(slot, t0);
+        assert_eq!(
+            p.reserve(t0, t0 + FAR).unwrap().wait,
+            Duration::ZERO,
+            "its token is back"
+        );
+        let late = p.reserve(t0, t0 + FAR).unwrap();
+        p.on_throttle(late, t0);
+        p.put_back(late, t0);
+        assert!(
+            p.free_in(t0) > Duration::ZERO,
+            "the throttle emptied the bucket: nothing returns"
+        );
     }
 
     #[test]

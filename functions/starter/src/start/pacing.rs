@@ -35,6 +35,15 @@ impl Pacing {
         }
     }
 
+    /// Gives back a slot that was reserved and not used (its call was not made), so that the
+    /// next call may use it.
+    pub async fn put_back(&self, slot: Slot) {
+        match self {
+            Pacing::Local(pacer) => pacer.put_back(slot, Instant::now()),
+            Pacing::Shared(shared) => shared.put_back(slot).await,
+        }
+    }
+
     /// Reports a successful call made in `slot`.
     pub async fn on_success(&self, slot: Slot) {
         match self {

@@ -176,6 +176,7 @@ impl SharedPacer {
                     wait,
                     epoch: g.version,
                     source: Source::Shared,
+                    at: release,
                 });
             }
             if g.fallback_until.is_some_and(|until| now < until) {
@@ -244,6 +245,24 @@ impl SharedPacer {
                 }
             }
             Source::Local => self.fallback.on_success(slot, Instant::now()),
+        }
+    }
+
+    /// Gives back a slot reserved and not used: a leased slot goes back to the front of the
+    /// queue while it may still be used (within [`SLOT_GRACE`] of its release, in the version
+    /// it was leased under); a fallback slot goes back to the static split.
+    pub async fn put_back(&self, slot: Slot) {
+        let now = Instant::now();
+        match slot.source {
+            Source::Local => self.fallback.put_back(slot, now),
+            Source::Shared => {
+                let mut g = self.state.lock().await;
+                if g.version == slot.epoch && slot.at + SLOT_GRACE >= now {
+                    g.slots.push_front(slot.at);
+                } else {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
