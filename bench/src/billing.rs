@@ -71,7 +71,7 @@ pub fn read_units(bytes: usize) -> u64 {
     bytes.div_ceil(4096).max(1) as u64
 }
 
-/// The lengths that size one claim transaction's items (as `sfn_pacer::dynamo` writes them):
+/// The lengths that size one claim transaction's items (as `sfn_pacer::aws::dynamo` writes them):
 /// a claim `pk` `claim#<scope>#<key>`, `kind` `claim`, `execution`, `expires_at`; the record
 /// `pk` `execution#<scope>#<name>`, `kind` `execution`, `input`, `messages`, `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use sfn_pacer::dead_letter::DeadLetter;
-use sfn_pacer::queue::{Queue, QueueError};
+use sfn_pacer::close::dead_letter::DeadLetter;
+use sfn_pacer::close::queue::{Queue, QueueError};
 use sfn_pacer::start::StartExecution;
 use sfn_pacer::Starter;
 

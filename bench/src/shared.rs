@@ -15,10 +15,11 @@ use aws_sdk_sfn::config::retry::RetryConfig;
 use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 use local_stack::sim::{drive, DlqEntry, Mapping, RunReport, SimQueue, DEFAULT_BATCHING_WINDOW};
 use sfn_pacer::aws::SfnStarter;
-use sfn_pacer::budget::memory::MemoryStore;
-use sfn_pacer::budget::{BudgetState, Shape, Store, StoreError, Update, Written};
-use sfn_pacer::classify::{classify, Class};
-use sfn_pacer::pace::Pacing;
+use sfn_pacer::start::budget::{BudgetState, Shape, Store, Update, Written};
+use sfn_pacer::start::classify::{classify, Class};
+use sfn_pacer::start::memory::MemoryStore;
+use sfn_pacer::start::pacing::Pacing;
+use sfn_pacer::start::table::StoreError;
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
 use sfn_pacer::Starter;
 use tokio::time::Instant;
@@ -1068,7 +1069,7 @@ async fn invocation(starter: Arc<Starter>, batch: usize, max_in_flight: usize, l
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfn_pacer::budget::LeasePlan;
+    use sfn_pacer::start::budget::LeasePlan;
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)

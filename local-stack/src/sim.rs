@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sfn_pacer::dead_letter::{AttributeValue, DeadLetter, MAX_MESSAGE_BYTES};
-use sfn_pacer::queue::{Queue, QueueError};
+use sfn_pacer::close::dead_letter::{AttributeValue, DeadLetter, MAX_MESSAGE_BYTES};
+use sfn_pacer::close::queue::{Queue, QueueError};
 use sfn_pacer::Starter;
 use tokio::time::Instant;
 

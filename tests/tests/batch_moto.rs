@@ -15,9 +15,9 @@ use local_stack::moto::{
 };
 use local_stack::sim::{drive, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
 use serde_json::{json, Value};
+use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::aws::SfnStarter;
-use sfn_pacer::claim::{claim_pk, ClaimRequest, ClaimStore, ClaimWrite};
-use sfn_pacer::dynamo::DynamoStore;
+use sfn_pacer::start::claim::{claim_pk, ClaimRequest, ClaimStore, ClaimWrite};
 use sfn_pacer::{Config, Starter};
 
 const TABLE: &str = "sfn-pacer-coordination";

@@ -13,11 +13,11 @@ use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle, DEFAULT_STATE_MACHINE_ARN};
 use local_stack::moto::{create_coordination_table, free_port, sdk_config_for, Moto, REGION};
 use local_stack::sim::{drive, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
 use serde_json::json;
+use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::aws::SfnStarter;
-use sfn_pacer::budget::lease::FALLBACK_RETRY;
-use sfn_pacer::budget::{Store, Update};
-use sfn_pacer::dynamo::DynamoStore;
-use sfn_pacer::pace::Pacing;
+use sfn_pacer::start::budget::lease::FALLBACK_RETRY;
+use sfn_pacer::start::budget::{Store, Update};
+use sfn_pacer::start::pacing::Pacing;
 use sfn_pacer::{Config, Starter};
 
 const TABLE: &str = "sfn-pacer-coordination";
@@ -61,7 +61,7 @@ fn deadline_in(seconds: u64) -> u64 {
     sfn_pacer::handler::now_epoch_ms() + seconds * 1000
 }
 
-fn shared(starter: &Starter) -> &sfn_pacer::budget::lease::SharedPacer {
+fn shared(starter: &Starter) -> &sfn_pacer::start::budget::lease::SharedPacer {
     match starter.pacing() {
         Pacing::Shared(shared) => shared,
         Pacing::Local(_) => panic!("coordinated mode expected"),
@@ -153,7 +153,10 @@ async fn the_operators_change_reaches_a_running_instance() {
         .write(key, &current.plan_set_limits(10.0, 10.0, now))
         .await
         .unwrap();
-    assert!(matches!(written, sfn_pacer::budget::Written::Applied(_)), "{written:?}");
+    assert!(
+        matches!(written, sfn_pacer::start::budget::Written::Applied(_)),
+        "{written:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t0 = Instant::now();
     let outcome = starter.process(batch(&queue, 40), deadline_in(60)).await.unwrap();
@@ -214,8 +217,8 @@ async fn an_unreachable_endpoint_falls_back_within_the_call_timeout() {
 /// definition the in-memory store runs: the same updates give the same results on both.
 #[tokio::test]
 async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
-    use sfn_pacer::budget::memory::MemoryStore;
-    use sfn_pacer::budget::{BudgetState, LeasePlan, Written};
+    use sfn_pacer::start::budget::{BudgetState, LeasePlan, Written};
+    use sfn_pacer::start::memory::MemoryStore;
     let moto = Moto::start().await.unwrap();
     let ddb = moto.sdk_config().await;
     create_coordination_table(&ddb, TABLE).await.unwrap();

@@ -206,7 +206,7 @@ async fn retries_are_delayed_with_change_message_visibility() {
 
 #[tokio::test]
 async fn the_sqs_adapter_changes_visibility_by_queue_arn() {
-    use sfn_pacer::queue::Queue;
+    use sfn_pacer::close::queue::Queue;
     let (_moto, sdk, stack, sqs) = one_message_on_a_queue_with_a_1_s_visibility().await;
     let receive = || {
         sqs.receive_message()

@@ -781,7 +781,7 @@ fn check_alarms(t: &Template) -> Result<(), String> {
 }
 
 /// The DynamoDB item actions the function uses on the coordination table for the budget
-/// (src/dynamo.rs), and the items they may touch (`dynamodb:LeadingKeys`).
+/// (src/aws/dynamo), and the items they may touch (`dynamodb:LeadingKeys`).
 const COORDINATION_ACTIONS: &[&str] = &["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"];
 const BUDGET_KEYS: &[&str] = &["quota#*"];
 

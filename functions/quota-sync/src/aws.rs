@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::timeout::TimeoutConfig;
-use sfn_pacer::budget::StoreError;
-use sfn_pacer::dynamo::budget_pk;
+use sfn_pacer::aws::dynamo::{budget_pk, store_error};
+use sfn_pacer::start::table::StoreError;
 
 use crate::failure::one_line;
 use crate::quota::{MetricWindow, Metrics, ServiceQuota, ServiceQuotas, SourceError, API_NAME, METRICS_NAMESPACE};
@@ -192,10 +192,6 @@ impl DynamoRecords {
     }
 }
 
-fn store_error(e: impl std::error::Error) -> StoreError {
-    StoreError(DisplayErrorContext(e).to_string())
-}
-
 fn n(value: f64) -> AttributeValue {
     AttributeValue::N(format!("{value}"))
 }
@@ -215,7 +211,7 @@ impl Records for DynamoRecords {
             .expression_attribute_names("#t", "synced_at")
             .send()
             .await
-            .map_err(store_error)?;
+            .map_err(|e| store_error(&e))?;
         let Some(item) = out.item() else {
             return Ok(None);
         };
@@ -256,7 +252,7 @@ impl Records for DynamoRecords {
             {
                 Ok(false)
             }
-            Err(e) => Err(store_error(e)),
+            Err(e) => Err(store_error(&e)),
         }
     }
 }

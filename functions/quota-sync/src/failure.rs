@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-use sfn_pacer::budget::{StoreError, Update};
-use sfn_pacer::dynamo::budget_pk;
+use sfn_pacer::aws::dynamo::budget_pk;
+use sfn_pacer::start::budget::Update;
+use sfn_pacer::start::table::StoreError;
 
 /// Why the command failed, and so its exit code.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +97,7 @@ pub fn store_failure(operation: &'static str, table: &str, error: StoreError) ->
     Failure::Store {
         operation,
         table: table.to_string(),
-        message: one_line(&error.0),
+        message: one_line(&error.message),
     }
 }
 

@@ -2,7 +2,7 @@
 //! also the embedded-metric-format document that publishes `QuotaRate` and `QuotaBurst`.
 
 use serde_json::{json, Value};
-use sfn_pacer::budget::Store;
+use sfn_pacer::start::budget::Store;
 
 use crate::config::SyncConfig;
 use crate::quota::{Metrics, ServiceQuotas};
@@ -70,8 +70,8 @@ pub fn log_line(outcome: &SyncOutcome, config: &SyncConfig, timestamp_ms: u64) -
 mod tests {
     use std::sync::Arc;
 
-    use sfn_pacer::budget::memory::MemoryStore;
-    use sfn_pacer::budget::{BudgetState, Update};
+    use sfn_pacer::start::budget::{BudgetState, Update};
+    use sfn_pacer::start::memory::MemoryStore;
 
     use super::*;
     use crate::memory::{quota, MemoryMetrics, MemoryQuotas, MemoryRecords};

@@ -1,5 +1,5 @@
 //! The quota sync: sets the shared StartExecution budget (one item of the coordination table,
-//! `sfn_pacer::budget`) to a share of the account's own StartExecution quota, so that a quota
+//! `sfn_pacer::start::budget`) to a share of the account's own StartExecution quota, so that a quota
 //! AWS raised is used, and a budget typed at deploy does not outlive the quota it was typed for.
 //!
 //! One piece of code for the scheduled Lambda (`main.rs`, the template's `QuotaSyncSchedule`)

@@ -9,7 +9,7 @@ use quota_sync::aws::{DynamoRecords, SdkMetrics, SdkServiceQuotas};
 use quota_sync::config::SyncConfig;
 use quota_sync::lambda::{invoke, log_line, Deps};
 use quota_sync::write::epoch_now;
-use sfn_pacer::dynamo::DynamoStore;
+use sfn_pacer::aws::dynamo::DynamoStore;
 
 /// The bound of each AWS call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sfn_pacer::budget::memory::MemoryStore;
-use sfn_pacer::budget::StoreError;
+use sfn_pacer::start::memory::MemoryStore;
+use sfn_pacer::start::table::StoreError;
 
 use crate::quota::{MetricWindow, Metrics, ServiceQuota, ServiceQuotas, SourceError};
 use crate::sync::{Records, SyncRecord};

@@ -15,8 +15,9 @@
 //! record is repaired).
 
 use async_trait::async_trait;
-use sfn_pacer::budget::{BudgetState, Store, StoreError, Update};
 use sfn_pacer::config::WorkflowType;
+use sfn_pacer::start::budget::{BudgetState, Store, Update};
+use sfn_pacer::start::table::StoreError;
 
 use crate::failure::{store_failure, Failure};
 use crate::quota::{read_quota, Metrics, Quota, ServiceQuotas};
@@ -260,8 +261,8 @@ fn update_for(action: Action, current: Option<&BudgetState>, target: Target, now
 /// The budget `current` after `update`, as a store applies it.
 fn applied(current: Option<&BudgetState>, update: &Update) -> Option<BudgetState> {
     match BudgetState::apply(current, update) {
-        sfn_pacer::budget::Written::Applied(state) => Some(state),
-        sfn_pacer::budget::Written::Refused(state) => state,
+        sfn_pacer::start::budget::Written::Applied(state) => Some(state),
+        sfn_pacer::start::budget::Written::Refused(state) => state,
     }
 }
 

@@ -1,8 +1,8 @@
 //! The budget's one write path for the operator's `set` and the quota sync: a compare-and-set
 //! of the budget item, retried over the leases that move it in between.
 
-use sfn_pacer::budget::{BudgetState, Store, Update, Written};
-use sfn_pacer::dynamo::budget_pk;
+use sfn_pacer::aws::dynamo::budget_pk;
+use sfn_pacer::start::budget::{BudgetState, Store, Update, Written};
 
 use crate::failure::{operation_of, store_failure, Failure};
 

@@ -6,8 +6,8 @@
 //! - a per-message problem is never a handler error (that would fail the whole batch);
 //! - no call starts after the cutoff (`deadline − DEADLINE_MARGIN_MS`);
 //! - records that map to the same execution name are one start (no duplicate within a batch);
-//! - batch mode (`MESSAGES_PER_EXECUTION` > 1, [`crate::batch`]): on Standard, no execution
-//!   starts before every message it carries is claimed for it ([`crate::claim`]);
+//! - batch mode (`MESSAGES_PER_EXECUTION` > 1, [`crate::plan::batch`]): on Standard, no execution
+//!   starts before every message it carries is claimed for it ([`crate::start::claim`]);
 //! - FIFO: within a message group, one start at a time and in order; after a failure, the
 //!   rest of the group is reported without being tried. Groups run concurrently.
 
@@ -21,33 +21,22 @@ use futures::stream::{self, StreamExt};
 use lambda_runtime::LambdaEvent;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::backoff::{retry_wait, unit_random};
-use crate::budget::lease::SharedPacer;
-use crate::budget::{BudgetState, Store};
-use crate::claim::ClaimStore;
-use crate::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
-use crate::classify::{classify, systemic_advice, Class};
+use crate::close::backoff::{retry_wait, unit_random};
+use crate::close::queue::Queue;
+pub use crate::close::Disposition;
 use crate::close::{distinct, Closing, Comeback, Settled};
 use crate::config::{Config, WorkflowType};
-use crate::event::{messages, EventError, Message};
 use crate::metrics::{Count, Report, Tally};
-use crate::pace::{Pacer, Pacing};
+use crate::plan::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
+use crate::plan::event::{messages, EventError, Message};
 use crate::plan::{plan, Plan, Rejection, MAX_INPUT_BYTES};
-use crate::queue::Queue;
+use crate::start::budget::lease::SharedPacer;
+use crate::start::budget::{BudgetState, Store};
+use crate::start::claim::ClaimStore;
+use crate::start::classify::{classify, systemic_advice, Class};
+use crate::start::pace::Pacer;
+use crate::start::pacing::Pacing;
 use crate::start::{StartError, StartExecution, StartRequest};
-
-/// What became of one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Its execution was started. Acknowledged.
-    Started,
-    /// Its execution already existed. Acknowledged.
-    Duplicate,
-    /// It can never start and was sent to the DLQ. Acknowledged.
-    DeadLettered,
-    /// Not started: listed in `batchItemFailures`, to be delivered again. The reason is for logs.
-    Retry(String),
-}
 
 /// The result of one batch.
 #[derive(Debug, Clone)]
@@ -197,14 +186,14 @@ impl Starter {
     }
 
     /// Batch mode on Standard: claims each message for its execution in `claims` (the
-    /// coordination table) before starting it (see [`crate::claim`]).
+    /// coordination table) before starting it (see [`crate::start::claim`]).
     pub fn with_claims(mut self, claims: Arc<dyn ClaimStore>) -> Starter {
         self.claims = Some(claims);
         self
     }
 
     /// Stores inputs too large for StartExecution, and dead letters too large for SQS, in
-    /// `CLAIM_CHECK_BUCKET` through `objects` (see [`crate::claim_check`]).
+    /// `CLAIM_CHECK_BUCKET` through `objects` (see [`crate::plan::claim_check`]).
     pub fn with_claim_check(mut self, objects: Arc<dyn ObjectStore>) -> Starter {
         self.objects = Some(objects);
         self

@@ -1,17 +1,17 @@
 //! The handler's batch phase (`MESSAGES_PER_EXECUTION` > 1), between plan and start: the
-//! planned messages are grouped into executions ([`crate::batch`]); on Standard each group is
-//! claimed first ([`crate::claim`]). Messages rejected on their own stay units of their own,
+//! planned messages are grouped into executions ([`crate::plan::batch`]); on Standard each group is
+//! claimed first ([`crate::start::claim`]). Messages rejected on their own stay units of their own,
 //! so they reach the DLQ without spoiling their neighbours.
 
 use futures::stream::{self, StreamExt};
 
 use super::{now_epoch_ms, Attempt, Invocation, Unit, Work};
-use crate::batch::{self, Group, Member};
-use crate::claim::{self, Resolved, CLAIM_TTL};
 use crate::close::Comeback;
 use crate::config::WorkflowType;
 use crate::metrics::Count;
+use crate::plan::batch::{self, Group, Member};
 use crate::plan::{Plan, MAX_INPUT_BYTES};
+use crate::start::claim::{self, Resolved, CLAIM_TTL};
 
 impl Invocation<'_> {
     /// Groups the startable units into batch executions, claimed on Standard; the units come

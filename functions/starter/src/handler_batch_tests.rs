@@ -2,7 +2,7 @@
 //! coordination table (conditional writes, all-or-nothing transactions, DynamoDB's limits).
 
 use super::*;
-use crate::budget::memory::MemoryStore;
+use crate::start::memory::MemoryStore;
 
 fn batching(n: &str, more: &[(&str, &str)]) -> Config {
     let mut pairs = vec![("MESSAGES_PER_EXECUTION", n), ("COORDINATION_TABLE", "coordination")];
@@ -133,7 +133,7 @@ async fn a_crash_between_claim_and_start_starts_the_recorded_execution_on_redeli
     assert!(failures(&outcome).is_empty());
     assert_eq!(sfn.executions().len(), 2, "the recorded one, and one for m-9");
     assert_each_in_exactly_one_execution(&sfn, [0, 1, 2, 3, 9]);
-    let recorded = crate::batch::name(&(0..4).map(|i| format!("m-{i}")).collect::<Vec<_>>());
+    let recorded = crate::plan::batch::name(&(0..4).map(|i| format!("m-{i}")).collect::<Vec<_>>());
     assert_eq!(carried_by(&sfn)["m-0"], [recorded]);
     // Delivered again later, the other two find their execution: nothing new starts.
     let again = starter(batching("10", &[]), sfn.clone(), &store)

@@ -1,8 +1,8 @@
 //! Handler tests on in-memory fakes and tokio's paused clock: no network, no real sleeping.
 
 use super::*;
-use crate::dead_letter::{DeadLetter, MAX_MESSAGE_BYTES};
-use crate::queue::{QueueError, VisibilityChange};
+use crate::close::dead_letter::{DeadLetter, MAX_MESSAGE_BYTES};
+use crate::close::queue::{QueueError, VisibilityChange};
 use crate::start::Started;
 use async_trait::async_trait;
 use serde_json::json;
@@ -235,7 +235,7 @@ async fn permanent_failures_go_to_the_dlq_and_are_acknowledged() {
     let codes: HashSet<String> = letters
         .iter()
         .map(|l| match &l.attributes["sfn-pacer.error-code"] {
-            crate::dead_letter::AttributeValue::String(code, _) => code.clone(),
+            crate::close::dead_letter::AttributeValue::String(code, _) => code.clone(),
             other => panic!("{other:?}"),
         })
         .collect();
@@ -857,7 +857,7 @@ fn dead_letter_codes(queue: &FakeQueue) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|l| match &l.attributes["sfn-pacer.error-code"] {
-            crate::dead_letter::AttributeValue::String(code, _) => code.clone(),
+            crate::close::dead_letter::AttributeValue::String(code, _) => code.clone(),
             other => panic!("{other:?}"),
         })
         .collect()
@@ -917,7 +917,7 @@ async fn bad_input_a_name_key_of_forbidden_characters_still_starts_under_a_valid
     let outcome = starter.process(event(vec![r]), deadline_in(60_000)).await.unwrap();
     assert_eq!(outcome.dispositions, vec![Disposition::Started]);
     let name = sfn.executions().keys().next().unwrap().clone();
-    assert!(crate::name::is_valid_name(&name), "{name}");
+    assert!(crate::plan::name::is_valid_name(&name), "{name}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -931,7 +931,7 @@ async fn bad_input_binary_attributes_that_are_not_utf8() {
     let outcome = starter.process(event(vec![r]), deadline_in(60_000)).await.unwrap();
     assert_eq!(outcome.dispositions, vec![Disposition::Started]);
     let (name, input) = sfn.executions().into_iter().next().unwrap();
-    assert!(crate::name::is_valid_name(&name));
+    assert!(crate::plan::name::is_valid_name(&name));
     let input: serde_json::Value = serde_json::from_str(&input).unwrap();
     assert_eq!(input["messageAttributes"]["Key"]["binaryValue"], "//79");
     assert_eq!(input["body"], "not json either");
@@ -949,8 +949,8 @@ fn bad_input_invalid_unicode_in_the_event_is_a_clear_error_not_a_panic() {
 
 mod coordinated {
     use super::*;
-    use crate::budget::memory::MemoryStore;
-    use crate::budget::Store;
+    use crate::start::budget::Store;
+    use crate::start::memory::MemoryStore;
 
     fn coordinated(pairs: &[(&str, &str)], sfn: Arc<FakeSfn>, store: Arc<MemoryStore>) -> Starter {
         let mut all = vec![("COORDINATION_TABLE", "coordination")];
@@ -1051,7 +1051,7 @@ mod coordinated {
 
 mod claim_check {
     use super::*;
-    use crate::claim_check::memory::MemoryObjects;
+    use crate::plan::claim_check::memory::MemoryObjects;
 
     fn starter_with(objects: Arc<MemoryObjects>, sfn: Arc<FakeSfn>, queue: Arc<FakeQueue>) -> Starter {
         let c = config(&[("CLAIM_CHECK_BUCKET", "inputs"), ("DLQ_URL", "http://q/dlq")]);
@@ -1120,7 +1120,7 @@ mod claim_check {
         let key = pointer["claimCheck"]["key"].as_str().unwrap().to_string();
         assert!(key.starts_with("sfn-pacer/dead-letters/"), "{key}");
         let text = |name: &str| match &letter.attributes[name] {
-            crate::dead_letter::AttributeValue::String(v, _) => v.clone(),
+            crate::close::dead_letter::AttributeValue::String(v, _) => v.clone(),
             other => panic!("{other:?}"),
         };
         assert_eq!(text("sfn-pacer.error-code"), "BodyNotJson");

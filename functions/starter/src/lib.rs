@@ -2,32 +2,23 @@
 //! per group of messages), paced under the account's StartExecution quota, idempotent by
 //! execution name (in groups, by per-message claims), with a partial batch response.
 //!
-//! The modules follow the flow: [`event`] → [`plan`] (with [`name`]) → in batch mode
-//! [`batch`] and [`claim`] → [`pace`] → [`start`] → [`classify`] → [`handler`] → [`close`]
-//! (batched [`dead_letter`]s and visibility changes with [`backoff`]) → response.
-//! [`aws`] holds the SDK adapters of the [`start::StartExecution`] and [`queue::Queue`] traits,
-//! [`dynamo`] those of [`budget::Store`] (the shared budget of coordinated mode, [`budget`]) and
-//! [`claim::ClaimStore`].
+//! The modules follow the flow, one folder per phase of an invocation:
+//! - [`plan`]: what each message asks for ([`plan::event`] → name, input, FIFO group; in batch
+//!   mode [`plan::batch`] groups; [`plan::claim_check`] for inputs over the limit);
+//! - [`start`]: slots and the StartExecution call ([`start::pace`], the shared budget
+//!   [`start::budget`], the per-message claims [`start::claim`], [`start::classify`]);
+//! - [`close`]: what goes back to SQS (dead letters, visibility changes with [`close::backoff`]);
+//! - [`aws`]: the SDK adapters of the traits above ([`aws::dynamo`] for the coordination table).
+//!
+//! [`handler`] runs the phases; [`config`], [`metrics`] and [`logs`] serve them all.
 
 pub mod aws;
-pub mod backoff;
-pub mod batch;
-pub mod budget;
-pub mod claim;
-pub mod claim_check;
-pub mod classify;
 pub mod close;
 pub mod config;
-pub mod dead_letter;
-pub mod dynamo;
-pub mod event;
 pub mod handler;
 pub mod logs;
 pub mod metrics;
-pub mod name;
-pub mod pace;
 pub mod plan;
-pub mod queue;
 pub mod start;
 
 pub use config::{Config, ConfigError};

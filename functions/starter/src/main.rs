@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::aws::{S3Objects, SfnStarter, SqsQueue};
-use sfn_pacer::dynamo::DynamoStore;
 use sfn_pacer::{Config, Starter};
 
 #[tokio::main]

@@ -3,13 +3,13 @@
 //! values, `show`'s rendering (text and JSON), `set` (read, then create or `SetLimits`), and
 //! `sync`'s rendering (the sync itself is `quota_sync`'s, shared with the scheduled Lambda).
 //!
-//! The budget is the GCRA bucket of `sfn_pacer::budget`: the bucket holds
+//! The budget is the GCRA bucket of `sfn_pacer::start::budget`: the bucket holds
 //! `B_eff − r_eff × max(0, tat − now)` slots now, clamped to `[0, B_eff]`, with the effective
 //! burst and rate of [`BudgetState::effective_burst`] and [`BudgetState::effective_rate`].
 
-use sfn_pacer::budget::{BudgetState, Store, Update};
+use sfn_pacer::aws::dynamo::budget_pk;
 use sfn_pacer::config::{WorkflowType, BURST_RESERVE};
-use sfn_pacer::dynamo::budget_pk;
+use sfn_pacer::start::budget::{BudgetState, Store, Update};
 
 use quota_sync::failure::store_failure;
 pub use quota_sync::failure::{one_line, Failure};
@@ -360,7 +360,7 @@ pub fn render_sync_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfn_pacer::budget::memory::MemoryStore;
+    use sfn_pacer::start::memory::MemoryStore;
 
     const TABLE: &str = "coord";
     const KEY: &str = "start-execution-standard";

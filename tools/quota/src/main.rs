@@ -14,8 +14,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use quota_sync::aws::{DynamoRecords, SdkMetrics, SdkServiceQuotas};
 use quota_sync::sync::{sync, Action, Share, SyncRequest, DEFAULT_SHARE};
+use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::config::{default_quota_key, WorkflowType};
-use sfn_pacer::dynamo::DynamoStore;
 use sfn_pacer_quota::{Failure, Limits, TOOL};
 
 /// Show or change the shared StartExecution budget of sfn-pacer's coordinated mode, live.

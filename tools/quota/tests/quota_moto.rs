@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use local_stack::fake_quotas::{Datapoint, FakeQuota, FakeQuotas, QuotaState};
 use local_stack::moto::{create_coordination_table, Moto};
-use sfn_pacer::budget::Store;
-use sfn_pacer::dynamo::DynamoStore;
+use sfn_pacer::aws::dynamo::DynamoStore;
+use sfn_pacer::start::budget::Store;
 
 const TABLE: &str = "quota-coordination";
 const KEY: &str = "start-execution-standard";

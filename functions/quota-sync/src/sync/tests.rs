@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use sfn_pacer::budget::memory::MemoryStore;
+use sfn_pacer::start::memory::MemoryStore;
 
 use super::*;
 use crate::memory::{quota, MemoryMetrics, MemoryQuotas, MemoryRecords};

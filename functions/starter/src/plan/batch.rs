@@ -14,7 +14,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::InputMode;
-use crate::event::Message;
+use crate::plan::event::Message;
 use crate::plan::{Plan, MAX_INPUT_BYTES};
 
 /// `{"items":[` and `]}`: the bytes of an input besides its items and their commas.
@@ -143,7 +143,7 @@ pub fn group(members: Vec<Member>, per_execution: usize) -> Vec<Group> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name::is_valid_name;
+    use crate::plan::name::is_valid_name;
     use serde_json::Value;
 
     fn member(i: usize, item_bytes: usize, group: &str) -> Member {

@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
 
 use super::{s, store_error, DynamoStore, Item};
-use crate::budget::StoreError;
-use crate::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+use crate::start::table::StoreError;
 
 /// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (it does so under load).
 const READ_ROUNDS: usize = 3;
@@ -28,7 +27,7 @@ fn put_if_absent(table: &str, item: Item) -> Result<TransactWriteItem, StoreErro
         .condition_expression("attribute_not_exists(#pk)")
         .expression_attribute_names("#pk", "pk")
         .build()
-        .map_err(|e| StoreError(e.to_string()))?;
+        .map_err(|e| StoreError::permanent(e.to_string()))?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
@@ -71,6 +70,24 @@ fn refused(e: &TransactWriteItemsError) -> bool {
     }
 }
 
+/// A transaction cancelled for capacity or a conflict with another transaction (not applied,
+/// worth retrying), by its cancellation reasons; `None` for any other error.
+fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
+    let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e else {
+        return None;
+    };
+    let codes: Vec<&str> = c.cancellation_reasons().iter().filter_map(|r| r.code()).collect();
+    let message = format!("TransactionCanceledException: {}", codes.join(", "));
+    if codes
+        .iter()
+        .any(|c| ["ThrottlingError", "ProvisionedThroughputExceeded"].contains(c))
+    {
+        Some(StoreError::throttled(message))
+    } else {
+        Some(StoreError::unknown(message))
+    }
+}
+
 fn text(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
@@ -87,9 +104,8 @@ impl ClaimStore for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(ClaimWrite::Written),
-            Err(SdkError::ServiceError(e)) if refused(e.err()) => Ok(ClaimWrite::Refused),
-            Err(SdkError::ServiceError(e)) => Err(store_error(e.err())),
-            Err(e) => Err(store_error(&e)),
+            Err(e) if e.as_service_error().is_some_and(refused) => Ok(ClaimWrite::Refused),
+            Err(e) => Err(cancelled(e.as_service_error()).unwrap_or_else(|| store_error(&e))),
         }
     }
 
@@ -111,7 +127,7 @@ impl ClaimStore for DynamoStore {
                 .expression_attribute_names("#pk", "pk")
                 .expression_attribute_names("#execution", "execution")
                 .build()
-                .map_err(|e| StoreError(e.to_string()))?;
+                .map_err(|e| StoreError::permanent(e.to_string()))?;
             let out = self
                 .client
                 .batch_get_item()
@@ -133,7 +149,7 @@ impl ClaimStore for DynamoStore {
         }
         match wanted.is_empty() {
             true => Ok(claimed),
-            false => Err(StoreError(format!(
+            false => Err(StoreError::throttled(format!(
                 "{} claims left unread by BatchGetItem",
                 wanted.len()
             ))),

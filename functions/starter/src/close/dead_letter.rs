@@ -5,16 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::claim_check::Pointer;
-use crate::event::{is_fifo_arn, Message};
-use crate::name::execution_name;
+use crate::plan::claim_check::Pointer;
+use crate::plan::event::{is_fifo_arn, Message, MESSAGE_ID_ATTRIBUTE};
+use crate::plan::name::execution_name;
 use crate::plan::Rejection;
 
 /// Prefix of the attributes this function adds.
 pub const ATTR_PREFIX: &str = "sfn-pacer.";
-/// The attribute that carries the original message id: a dead letter redriven back to the
-/// queue gets a new id, and the execution name keeps following this one.
-pub const MESSAGE_ID_ATTRIBUTE: &str = "sfn-pacer.message-id";
 /// SQS's limit on message attributes per message.
 pub const MAX_ATTRIBUTES: usize = 10;
 /// The reason attribute is cut to this many characters.

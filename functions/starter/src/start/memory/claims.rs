@@ -1,26 +1,19 @@
-//! The in-memory coordination table ([`MemoryStore`]) as a [`ClaimStore`], modelling what
-//! DynamoDB enforces: a transaction is all or nothing, each Put conditional on its item being
-//! absent; at most [`MAX_TRANSACTION_ITEMS`] writes per transaction, [`MAX_ITEM_BYTES`] per
-//! item and [`MAX_TRANSACTION_BYTES`] in all; at most [`MAX_BATCH_GET_KEYS`] keys per read.
-//! Expired items are not removed (DynamoDB's TTL deletes them up to days late anyway).
+//! The in-memory table as a [`ClaimStore`], modelling what DynamoDB enforces: a transaction
+//! is all or nothing, each Put conditional on its item being absent; at most
+//! [`MAX_TRANSACTION_ITEMS`] writes per transaction, [`MAX_ITEM_BYTES`] per item and
+//! [`MAX_TRANSACTION_BYTES`] in all; at most [`MAX_BATCH_GET_KEYS`] keys per read; two write
+//! units per KB of each item a transaction writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 
-use super::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
-use crate::budget::memory::MemoryStore;
-use crate::budget::StoreError;
-
-/// TransactWriteItems: at most 100 actions.
-pub const MAX_TRANSACTION_ITEMS: usize = 100;
-/// An item's size limit: 400 KB (names and values).
-pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-/// TransactWriteItems: at most 4 MB in all.
-pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
-/// BatchGetItem: at most 100 keys.
-pub const MAX_BATCH_GET_KEYS: usize = 100;
+use super::{lock, ItemWrite, MemoryStore};
+use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+use crate::start::table::{
+    write_units, StoreError, MAX_BATCH_GET_KEYS, MAX_ITEM_BYTES, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS,
+};
 
 /// A claim (`execution` set, no input) or an execution's record (`input` set).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,12 +42,12 @@ impl MemoryStore {
 
     /// The claim or record under `pk`.
     pub fn claim_item(&self, pk: &str) -> Option<ClaimItem> {
-        self.claims.lock().unwrap_or_else(|p| p.into_inner()).get(pk).cloned()
+        lock(&self.claims).get(pk).cloned()
     }
 
     /// Every claim and record, by partition key.
     pub fn claim_items(&self) -> HashMap<String, ClaimItem> {
-        self.claims.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.claims).clone()
     }
 }
 
@@ -84,7 +77,7 @@ fn transaction(request: &ClaimRequest<'_>) -> Vec<(String, ClaimItem)> {
 
 fn validate(writes: &[(String, ClaimItem)]) -> Result<(), StoreError> {
     if writes.len() > MAX_TRANSACTION_ITEMS {
-        return Err(StoreError(format!(
+        return Err(StoreError::permanent(format!(
             "ValidationException: {} actions, over {MAX_TRANSACTION_ITEMS}",
             writes.len()
         )));
@@ -93,21 +86,21 @@ fn validate(writes: &[(String, ClaimItem)]) -> Result<(), StoreError> {
     for (pk, item) in writes {
         let bytes = item.bytes(pk);
         if bytes > MAX_ITEM_BYTES {
-            return Err(StoreError(format!("ValidationException: item {pk} is {bytes} bytes")));
+            return Err(StoreError::permanent(format!(
+                "ValidationException: item {pk} is {bytes} bytes"
+            )));
         }
         total += bytes;
     }
     if total > MAX_TRANSACTION_BYTES {
-        return Err(StoreError(format!(
+        return Err(StoreError::permanent(format!(
             "ValidationException: {total} bytes in one transaction"
         )));
     }
     let mut pks: Vec<&str> = writes.iter().map(|(pk, _)| pk.as_str()).collect();
     pks.sort_unstable();
     if pks.windows(2).any(|w| w[0] == w[1]) {
-        return Err(StoreError(
-            "ValidationException: two operations on one item".to_string(),
-        ));
+        return Err(StoreError::permanent("ValidationException: two operations on one item"));
     }
     Ok(())
 }
@@ -115,39 +108,52 @@ fn validate(writes: &[(String, ClaimItem)]) -> Result<(), StoreError> {
 #[async_trait]
 impl ClaimStore for MemoryStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimWrite, StoreError> {
-        self.call().await?;
         let writes = transaction(request);
         validate(&writes)?;
-        let mut items = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        if writes.iter().any(|(pk, _)| items.contains_key(pk)) {
-            return Ok(ClaimWrite::Refused);
-        }
-        self.claim_writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
-        items.extend(writes);
-        Ok(ClaimWrite::Written)
+        let units: Vec<ItemWrite> = writes
+            .iter()
+            .map(|(pk, item)| ItemWrite {
+                pk: pk.clone(),
+                units: write_units(item.bytes(pk), true),
+            })
+            .collect();
+        self.call(&units, || {
+            let mut items = lock(&self.claims);
+            if writes.iter().any(|(pk, _)| items.contains_key(pk)) {
+                return ClaimWrite::Refused;
+            }
+            self.claim_writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
+            items.extend(writes);
+            ClaimWrite::Written
+        })
+        .await
     }
 
     async fn claimed(&self, scope: &str, keys: &[String]) -> Result<HashMap<String, String>, StoreError> {
-        self.call().await?;
         if keys.len() > MAX_BATCH_GET_KEYS {
-            return Err(StoreError(format!(
+            return Err(StoreError::permanent(format!(
                 "ValidationException: {} keys in one read",
                 keys.len()
             )));
         }
-        let items = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(keys
-            .iter()
-            .filter_map(|key| {
-                let execution = items.get(&claim_pk(scope, key))?.execution.clone()?;
-                Some((key.clone(), execution))
-            })
-            .collect())
+        self.call(&[], || {
+            let items = lock(&self.claims);
+            keys.iter()
+                .filter_map(|key| {
+                    let execution = items.get(&claim_pk(scope, key))?.execution.clone()?;
+                    Some((key.clone(), execution))
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn recorded(&self, scope: &str, execution: &str) -> Result<Option<String>, StoreError> {
-        self.call().await?;
-        let items = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(items.get(&execution_pk(scope, execution)).and_then(|i| i.input.clone()))
+        self.call(&[], || {
+            lock(&self.claims)
+                .get(&execution_pk(scope, execution))
+                .and_then(|i| i.input.clone())
+        })
+        .await
     }
 }

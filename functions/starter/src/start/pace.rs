@@ -45,6 +45,8 @@ pub struct Slot {
     pub epoch: u64,
     /// Who granted it.
     pub source: Source,
+    /// When it is released: the instant of the reservation plus `wait`.
+    pub at: Instant,
 }
 
 /// Who granted a slot.
@@ -52,60 +54,8 @@ pub struct Slot {
 pub enum Source {
     /// This instance's own pacer (the static split).
     Local,
-    /// The shared budget ([`crate::budget`]).
+    /// The shared budget ([`crate::start::budget`]).
     Shared,
-}
-
-/// The pacing of one instance: its own share of the budget, or the shared budget.
-pub enum Pacing {
-    /// The static split: `STARTS_PER_SECOND / MAX_CONCURRENCY` per instance.
-    Local(Pacer),
-    /// One budget for every instance, coordinated in the table (`COORDINATION_TABLE`).
-    Shared(Box<crate::budget::lease::SharedPacer>),
-}
-
-impl Pacing {
-    /// Reserves the next call, unless it would have to wait past `latest`; `demand` says how
-    /// many calls the caller's invocation still needs slots for (it sizes shared leases).
-    pub async fn reserve(&self, latest: Instant, demand: impl Fn() -> u64) -> Option<Slot> {
-        match self {
-            Pacing::Local(pacer) => pacer.reserve(Instant::now(), latest),
-            Pacing::Shared(shared) => shared.reserve(latest, demand).await,
-        }
-    }
-
-    /// How long until this instance expects its next slot, from what it knows now (zero: one
-    /// is due, or it cannot tell); takes nothing and calls nothing.
-    pub async fn free_in(&self) -> Duration {
-        match self {
-            Pacing::Local(pacer) => pacer.free_in(Instant::now()),
-            Pacing::Shared(shared) => shared.free_in().await,
-        }
-    }
-
-    /// Reports a successful call made in `slot`.
-    pub async fn on_success(&self, slot: Slot) {
-        match self {
-            Pacing::Local(pacer) => pacer.on_success(slot, Instant::now()),
-            Pacing::Shared(shared) => shared.on_success(slot).await,
-        }
-    }
-
-    /// Reports a throttle of the call made in `slot`.
-    pub async fn on_throttle(&self, slot: Slot) {
-        match self {
-            Pacing::Local(pacer) => pacer.on_throttle(slot, Instant::now()),
-            Pacing::Shared(shared) => shared.on_throttle(slot).await,
-        }
-    }
-
-    /// The local pacer: the instance's own (static split), or the shared mode's fallback.
-    pub fn local(&self) -> &Pacer {
-        match self {
-            Pacing::Local(pacer) => pacer,
-            Pacing::Shared(shared) => shared.fallback(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -160,7 +110,19 @@ impl Pacer {
             wait,
             epoch: s.epoch,
             source: Source::Local,
+            at: now + wait,
         })
+    }
+
+    /// Gives back a slot reserved and not used: its token returns to the bucket (up to the
+    /// capacity), unless the rate changed since it was granted (then the bucket was emptied).
+    pub fn put_back(&self, slot: Slot, now: Instant) {
+        let mut s = self.lock();
+        if slot.epoch != s.epoch {
+            return;
+        }
+        refill(&mut s, now, self.capacity);
+        s.tokens = (s.tokens + 1.0).min(self.capacity);
     }
 
     /// How long from `now` until a reservation would need no wait; takes nothing.
@@ -360,6 +322,26 @@ mod tests {
         let p = Pacer::new(1e-300, 1.0, t0);
         assert!(p.reserve(t0, t0 + FAR).is_some());
         assert_eq!(p.reserve(t0, t0 + FAR), None, "the next slot is past any deadline");
+    }
+
+    #[test]
+    fn a_slot_put_back_returns_its_token_unless_the_rate_changed() {
+        let t0 = Instant::now();
+        let p = Pacer::new(10.0, 1.0, t0);
+        let slot = p.reserve(t0, t0 + FAR).unwrap();
+        p.put_back(slot, t0);
+        assert_eq!(
+            p.reserve(t0, t0 + FAR).unwrap().wait,
+            Duration::ZERO,
+            "its token is back"
+        );
+        let late = p.reserve(t0, t0 + FAR).unwrap();
+        p.on_throttle(late, t0);
+        p.put_back(late, t0);
+        assert!(
+            p.free_in(t0) > Duration::ZERO,
+            "the throttle emptied the bucket: nothing returns"
+        );
     }
 
     #[test]

@@ -13,22 +13,38 @@
 //!   reported message gets the group's backoff (SQS delivers no later message of a group
 //!   while an earlier one is in flight).
 
+pub mod backoff;
+pub mod dead_letter;
+pub mod queue;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
 
-use crate::backoff::{deferral_seconds, unit_random, visibility_timeout_seconds};
-use crate::claim_check::{check_in, ObjectStore, DEAD_LETTER_PREFIX};
+use crate::close::backoff::{deferral_seconds, unit_random, visibility_timeout_seconds};
+use crate::close::dead_letter::{dead_letter, DeadLetter, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
+use crate::close::queue::{Queue, QueueError, VisibilityChange};
 use crate::config::Config;
-use crate::dead_letter::{dead_letter, DeadLetter, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
-use crate::event::Message;
-use crate::handler::Disposition;
+use crate::plan::claim_check::{check_in, ObjectStore, DEAD_LETTER_PREFIX};
+use crate::plan::event::Message;
 use crate::plan::Rejection;
-use crate::queue::{Queue, QueueError, VisibilityChange};
 
 /// No call starts with less than this left before the hard deadline.
 pub const MIN_CALL_TIME: Duration = Duration::from_millis(20);
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its execution was started. Acknowledged.
+    Started,
+    /// Its execution already existed. Acknowledged.
+    Duplicate,
+    /// It can never start and was sent to the DLQ. Acknowledged.
+    DeadLettered,
+    /// Not started: listed in `batchItemFailures`, to be delivered again. The reason is for logs.
+    Retry(String),
+}
 
 /// How a unit of the batch left the start phase.
 #[derive(Debug, Clone)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::lease::{SharedPacer, FALLBACK_RETRY};
-use super::memory::MemoryStore;
 use super::*;
-use crate::pace::{Pacer, Source};
+use crate::start::memory::MemoryStore;
+use crate::start::pace::{Pacer, Source};
 
 const KEY: &str = "test";
 
@@ -386,4 +386,21 @@ async fn a_lessee_refused_a_slot_knows_when_the_next_one_is_due_without_a_table_
         "never later than the slot: {free_in:?} vs {:?}",
         next.wait
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_put_back_is_the_next_one_handed_out_while_it_is_fresh() {
+    let store = Arc::new(MemoryStore::new());
+    let pacer = lessee(&store, 100.0, 1.0);
+    let far = Instant::now() + Duration::from_secs(10);
+    let first = pacer.reserve(far, || 5).await.unwrap();
+    let calls = store.calls();
+    pacer.put_back(first).await;
+    let again = pacer.reserve(far, || 5).await.unwrap();
+    assert_eq!(again.at, first.at, "the same slot, no table call");
+    assert_eq!(store.calls(), calls);
+    // A slot put back past its grace is dropped, never used late.
+    tokio::time::advance(SLOT_GRACE + Duration::from_millis(1) + again.wait).await;
+    pacer.put_back(again).await;
+    assert_eq!(pacer.take_counts().dropped, 1);
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::budget::memory::MemoryStore;
+use crate::start::memory::MemoryStore;
 use async_trait::async_trait;
 
 const SCOPE: &str = "orders";
@@ -81,7 +81,7 @@ async fn a_redelivery_with_new_neighbours_goes_to_the_recorded_execution_and_cla
     let resolved = claim(&store, group([3, 4, 5, 6])).await;
     let (starts, unclaimed) = summary(&resolved);
     assert!(unclaimed.is_empty());
-    let rest_name = crate::batch::name(&keys([5, 6]));
+    let rest_name = crate::plan::batch::name(&keys([5, 6]));
     assert_eq!(
         starts,
         [
@@ -140,10 +140,10 @@ async fn a_table_failure_leaves_every_member_unclaimed_and_writes_nothing() {
 async fn a_claim_without_its_record_is_not_started_blind() {
     let store = MemoryStore::new();
     claim(&store, group([0, 1])).await;
-    let record = execution_pk(SCOPE, &crate::batch::name(&keys([0, 1])));
+    let record = execution_pk(SCOPE, &crate::plan::batch::name(&keys([0, 1])));
     store.claims.lock().unwrap().remove(&record);
     let (starts, unclaimed) = summary(&claim(&store, group([1, 2])).await);
-    assert_eq!(starts, [(keys([2]), crate::batch::name(&keys([2])), false)]);
+    assert_eq!(starts, [(keys([2]), crate::plan::batch::name(&keys([2])), false)]);
     assert_eq!(unclaimed.len(), 1);
     assert!(unclaimed[0].1.contains("no record"), "{}", unclaimed[0].1);
 }
@@ -208,7 +208,7 @@ impl ClaimStore for LostAnswer {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimWrite, StoreError> {
         let written = self.table.claim(request).await;
         match self.lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            true => Err(StoreError("the answer was lost".into())),
+            true => Err(StoreError::unknown("the answer was lost")),
             false => written,
         }
     }

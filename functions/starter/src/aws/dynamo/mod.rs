@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -20,13 +20,39 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::budget::{BudgetState, Shape, Store, StoreError, Update, Written};
+use crate::start::budget::{BudgetState, Shape, Store, Update, Written};
+use crate::start::table::StoreError;
 
 type Item = HashMap<String, AttributeValue>;
 
-/// An SDK error with its whole chain of causes, as a [`StoreError`].
-fn store_error(e: impl std::error::Error) -> StoreError {
-    StoreError(DisplayErrorContext(e).to_string())
+/// An SDK error with its whole chain of causes, as a [`StoreError`] of the kind its code or
+/// failure says: capacity codes are throttles; 5xx codes, timeouts and broken connections leave
+/// the outcome unknown; a request that could not be built, and any other code (a missing
+/// table, no permission, a malformed request), will not succeed by retrying.
+pub fn store_error<E, R>(e: &SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let message = DisplayErrorContext(e).to_string();
+    match e {
+        SdkError::ServiceError(service) => code_error(service.err().code(), message),
+        SdkError::ConstructionFailure(_) => StoreError::permanent(message),
+        _ => StoreError::unknown(message),
+    }
+}
+
+/// The kind of a service error, by its code (`ProvideErrorMetadata::code`).
+fn code_error(code: Option<&str>, message: String) -> StoreError {
+    match code.unwrap_or_default() {
+        "ThrottlingException" | "ProvisionedThroughputExceededException" | "RequestLimitExceeded" => {
+            StoreError::throttled(message)
+        }
+        "InternalServerError" | "InternalFailure" | "ServiceUnavailable" | "TransactionConflictException" => {
+            StoreError::unknown(message)
+        }
+        _ => StoreError::permanent(message),
+    }
 }
 
 /// The partition key of the budget `key`.
@@ -76,11 +102,10 @@ impl DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(Written::Applied(state.clone())),
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                PutItemError::ConditionalCheckFailedException(c) => Ok(Written::Refused(from_item(c.item()))),
-                other => Err(store_error(other)),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(c)) => Ok(Written::Refused(from_item(c.item()))),
+                _ => Err(store_error(&e)),
             },
-            Err(e) => Err(store_error(&e)),
         }
     }
 }
@@ -261,12 +286,11 @@ impl Store for DynamoStore {
         match request.send().await {
             Ok(out) => from_item(out.attributes())
                 .map(Written::Applied)
-                .ok_or_else(|| StoreError("UpdateItem returned no budget".into())),
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                UpdateItemError::ConditionalCheckFailedException(c) => Ok(Written::Refused(from_item(c.item()))),
-                other => Err(store_error(other)),
+                .ok_or_else(|| StoreError::unknown("UpdateItem returned no budget")),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(Written::Refused(from_item(c.item()))),
+                _ => Err(store_error(&e)),
             },
-            Err(e) => Err(store_error(&e)),
         }
     }
 }

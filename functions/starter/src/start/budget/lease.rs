@@ -19,9 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use super::{BudgetState, LeasePlan, Store, StoreError, Update, Written, SLOT_GRACE};
-use crate::backoff::unit_random;
-use crate::pace::{Pacer, Slot, Source};
+use super::{BudgetState, LeasePlan, Store, Update, Written, SLOT_GRACE};
+use crate::close::backoff::unit_random;
+use crate::start::pace::{Pacer, Slot, Source};
+use crate::start::table::StoreError;
 
 /// How long the static split is used after the table failed, before the table is tried again.
 pub const FALLBACK_RETRY: Duration = Duration::from_secs(1);
@@ -175,6 +176,7 @@ impl SharedPacer {
                     wait,
                     epoch: g.version,
                     source: Source::Shared,
+                    at: release,
                 });
             }
             if g.fallback_until.is_some_and(|until| now < until) {
@@ -243,6 +245,24 @@ impl SharedPacer {
                 }
             }
             Source::Local => self.fallback.on_success(slot, Instant::now()),
+        }
+    }
+
+    /// Gives back a slot reserved and not used: a leased slot goes back to the front of the
+    /// queue while it may still be used (within [`SLOT_GRACE`] of its release, in the version
+    /// it was leased under); a fallback slot goes back to the static split.
+    pub async fn put_back(&self, slot: Slot) {
+        let now = Instant::now();
+        match slot.source {
+            Source::Local => self.fallback.put_back(slot, now),
+            Source::Shared => {
+                let mut g = self.state.lock().await;
+                if g.version == slot.epoch && slot.at + SLOT_GRACE >= now {
+                    g.slots.push_front(slot.at);
+                } else {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -339,7 +359,7 @@ impl SharedPacer {
     fn enter_fallback(&self, g: &mut Leases, now: Instant, error: StoreError) {
         g.fallback_until = Some(now + FALLBACK_RETRY);
         g.cached = None;
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.0);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.message);
     }
 
     /// Reads the item, creating it from the seed if absent.
@@ -349,7 +369,7 @@ impl SharedPacer {
             Some(state) => state,
             None => match self.write(&Update::Create(self.seed.clone()), latest).await? {
                 Written::Applied(state) | Written::Refused(Some(state)) => state,
-                Written::Refused(None) => return Err(StoreError("the budget item could not be created".into())),
+                Written::Refused(None) => return Err(StoreError::unknown("the budget item could not be created")),
             },
         };
         g.cached = Some(state);
@@ -369,7 +389,7 @@ impl SharedPacer {
         let limit = latest.saturating_duration_since(Instant::now()).min(self.call_timeout);
         match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError(format!(
+            Err(_) => Err(StoreError::deadline(format!(
                 "no answer from the coordination table within {} ms",
                 limit.as_millis()
             ))),

@@ -40,14 +40,14 @@
 //! stale rate. The operator's `rate` and `burst` live in the same item.
 
 pub mod lease;
-pub mod memory;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::config::BURST_RESERVE;
-pub use crate::pace::{DECREASE_FACTOR, INCREASE_PER_SECOND, MIN_RATE_FRACTION};
+pub use crate::start::pace::{DECREASE_FACTOR, INCREASE_PER_SECOND, MIN_RATE_FRACTION};
+use crate::start::table::StoreError;
 
 /// A lease covers at most this much of the budget's rate, in seconds: leased but unused slots
 /// are quota lost to everyone, so leases stay small.
@@ -178,11 +178,6 @@ pub enum Written {
     /// The condition did not hold: the item as it is (`None`: there is no item).
     Refused(Option<BudgetState>),
 }
-
-/// The coordination table could not be used (unreachable, throttled, missing, no permission).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
 
 /// The budget item's storage: one conditional write per operation, behind a narrow trait.
 #[async_trait]

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::dead_letter::DeadLetter;
+use crate::close::dead_letter::DeadLetter;
 
 /// A failed SQS call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

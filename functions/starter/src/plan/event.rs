@@ -8,6 +8,10 @@ use std::collections::HashMap;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
 
+/// The attribute that carries the original message id: a dead letter redriven back to the
+/// queue gets a new id, and the execution name keeps following this one.
+pub const MESSAGE_ID_ATTRIBUTE: &str = "sfn-pacer.message-id";
+
 /// One SQS record, as the rest of the pipeline sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Message {

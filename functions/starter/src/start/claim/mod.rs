@@ -16,17 +16,15 @@
 //!
 //! The scope is the state machine's name: names are unique per state machine.
 
-pub mod memory;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::{timeout, Instant};
 
-use crate::batch::{Group, Member};
-use crate::budget::StoreError;
+use crate::plan::batch::{Group, Member};
 use crate::plan::Plan;
+use crate::start::table::StoreError;
 
 /// How long a claim and an execution's record are kept: 91 days, in seconds (Step Functions
 /// keeps a name unique for 90 days).
@@ -73,7 +71,7 @@ pub enum ClaimWrite {
     Refused,
 }
 
-/// The claims' storage, behind a narrow trait (the DynamoDB adapter is in [`crate::dynamo`]).
+/// The claims' storage, behind a narrow trait (the DynamoDB adapter is in [`crate::aws::dynamo`]).
 #[async_trait]
 pub trait ClaimStore: Send + Sync {
     /// In one transaction: each claim and the record, each only if absent; all or nothing.
@@ -249,7 +247,7 @@ where
             Ok(value) => return Ok(value),
             Err(e) if attempt >= CALL_ATTEMPTS || Instant::now() + wait >= deadline => return Err(e),
             Err(_) => {
-                tokio::time::sleep(wait.mul_f64(0.5 + crate::backoff::unit_random())).await;
+                tokio::time::sleep(wait.mul_f64(0.5 + crate::close::backoff::unit_random())).await;
                 wait *= 2;
             }
         }
@@ -264,11 +262,11 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(StoreError("no time left in this invocation".to_string()));
+        return Err(StoreError::deadline("no time left in this invocation"));
     }
     timeout(left, call)
         .await
-        .unwrap_or_else(|_| Err(StoreError("the coordination table did not answer in time".to_string())))
+        .unwrap_or_else(|_| Err(StoreError::deadline("the coordination table did not answer in time")))
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The AWS SDK adapters of [`StartExecution`] and [`Queue`]. Tested against moto.
 
+pub mod dynamo;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,9 +13,9 @@ use aws_sdk_sqs::types::{
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::claim_check::{ObjectError, ObjectStore};
-use crate::dead_letter::{AttributeValue, DeadLetter};
-use crate::queue::{Queue, QueueError, VisibilityChange};
+use crate::close::dead_letter::{AttributeValue, DeadLetter};
+use crate::close::queue::{Queue, QueueError, VisibilityChange};
+use crate::plan::claim_check::{ObjectError, ObjectStore};
 use crate::start::{StartError, StartExecution, StartRequest, Started};
 
 /// The one HTTPS client of every SDK client in the workspace: hyper 1 + rustls with *ring*.

@@ -1,5 +1,13 @@
 //! The StartExecution call, behind a narrow trait so the logic is tested without a network.
 
+pub mod budget;
+pub mod claim;
+pub mod classify;
+pub mod memory;
+pub mod pace;
+pub mod pacing;
+pub mod table;
+
 use async_trait::async_trait;
 
 /// One StartExecution request.

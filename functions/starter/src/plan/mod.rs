@@ -1,13 +1,17 @@
 //! Planning: what each message asks for — the execution name and input — or why it can't be
 //! started at all (a permanent [`Rejection`]).
 
+pub mod batch;
+pub mod claim_check;
+pub mod event;
+pub mod name;
+
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
 use crate::config::{Config, InputMode, NameSource};
-use crate::dead_letter::MESSAGE_ID_ATTRIBUTE;
-use crate::event::Message;
-use crate::name::execution_name;
+use crate::plan::event::{Message, MESSAGE_ID_ATTRIBUTE};
+use crate::plan::name::execution_name;
 
 /// The largest execution input Step Functions accepts, in UTF-8 bytes.
 pub const MAX_INPUT_BYTES: usize = 262_144;
@@ -284,7 +288,7 @@ mod tests {
             attribute(json!({"binaryValue": "/w==", "dataType": "Binary"})),
         );
         let name = plan(&m, &c).unwrap().name.unwrap();
-        assert!(crate::name::is_valid_name(&name));
+        assert!(crate::plan::name::is_valid_name(&name));
         assert_eq!(Some(name), plan(&m, &c).unwrap().name);
         m.message_attributes.insert(
             "OrderId".into(),
