@@ -29,6 +29,8 @@ pub const VARIABLES: &[&str] = &[
     "QUOTA_KEY",
     "CLAIM_CHECK_BUCKET",
     "MESSAGES_PER_EXECUTION",
+    "QUEUE_RETENTION_SECONDS",
+    "DLQ_RETENTION_SECONDS",
 ];
 
 /// The most messages one execution carries (`MESSAGES_PER_EXECUTION`): a DynamoDB
@@ -122,7 +124,20 @@ pub struct Config {
     /// [`MAX_MESSAGES_PER_EXECUTION`]; 1 starts one execution per message. Above 1 on Standard,
     /// `coordination_table` is set (the per-message claims live there).
     pub messages_per_execution: usize,
+    /// `QUEUE_RETENTION_SECONDS`: the work queue's MessageRetentionPeriod (60 s to 14 days;
+    /// default 14 days, SQS's most). With `dlq_retention`, it bounds how long a message can
+    /// come back, so how long its claim is kept ([`Config::claim_ttl`]).
+    pub queue_retention: Duration,
+    /// `DLQ_RETENTION_SECONDS`: the dead-letter queue's MessageRetentionPeriod (60 s to 14
+    /// days; default 14 days).
+    pub dlq_retention: Duration,
 }
+
+/// SQS's bounds of a queue's MessageRetentionPeriod, in seconds: 60 s to 14 days.
+pub const RETENTION_SECONDS: std::ops::RangeInclusive<u64> = 60..=1_209_600;
+
+/// Added to a claim's lifetime for the clocks of SQS and Lambda, which may disagree.
+pub const CLAIM_CLOCK_MARGIN: Duration = Duration::from_secs(3600);
 
 /// A configuration error; its message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -310,7 +325,22 @@ impl Config {
             quota_key,
             claim_check_bucket,
             messages_per_execution,
+            queue_retention: retention(&r, "QUEUE_RETENTION_SECONDS")?,
+            dlq_retention: retention(&r, "DLQ_RETENTION_SECONDS")?,
         })
+    }
+
+    /// How long a message's claim (and its execution's record) is kept: as long as SQS can
+    /// deliver the message again. A message lives in the work queue for its retention; moved
+    /// to the DLQ it lives there until the DLQ's retention, counted from its first enqueue on a
+    /// standard queue, from its move on a FIFO queue (whose DLQ resets the enqueue time); a
+    /// redrive back makes it a new message with a new retention in the work queue. So:
+    /// `queue + DLQ` on a standard queue, `2 × queue + DLQ` from a FIFO queue, plus
+    /// [`CLAIM_CLOCK_MARGIN`]. (A redriven message gets a new message id: it finds its claim
+    /// again only if its execution name comes from its body or an attribute.)
+    pub fn claim_ttl(&self, fifo: bool) -> Duration {
+        let queue = self.queue_retention * if fifo { 2 } else { 1 };
+        queue + self.dlq_retention + CLAIM_CLOCK_MARGIN
     }
 
     /// Whether messages are grouped into batch executions (`MESSAGES_PER_EXECUTION` > 1).
@@ -391,6 +421,22 @@ fn parse_messages_per_execution<F: Fn(&str) -> Option<String>>(
         ));
     }
     Ok(n as usize)
+}
+
+/// A queue's retention, in seconds within SQS's bounds; SQS's most (14 days) when unset.
+fn retention<F: Fn(&str) -> Option<String>>(r: &Reader<F>, variable: &'static str) -> Result<Duration, ConfigError> {
+    let seconds = r.positive_u64(variable, *RETENTION_SECONDS.end())?;
+    if !RETENTION_SECONDS.contains(&seconds) {
+        return Err(err(
+            variable,
+            format!(
+                "must be a queue's MessageRetentionPeriod, {} to {} seconds (14 days), got {seconds}",
+                RETENTION_SECONDS.start(),
+                RETENTION_SECONDS.end()
+            ),
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 fn parse_input_mode(raw: Option<String>) -> Result<InputMode, ConfigError> {
@@ -632,6 +678,30 @@ mod tests {
         for bad in ["My_Bucket", "ab", "s3://bucket"] {
             let e = load(&[("STATE_MACHINE_ARN", ARN), ("CLAIM_CHECK_BUCKET", bad)]).unwrap_err();
             assert_eq!(e.variable, "CLAIM_CHECK_BUCKET", "{bad}");
+        }
+    }
+
+    #[test]
+    fn claims_are_kept_as_long_as_the_queues_can_deliver_a_message_again() {
+        let day = Duration::from_secs(86_400);
+        let defaults = load(&[("STATE_MACHINE_ARN", ARN)]).unwrap();
+        assert_eq!((defaults.queue_retention, defaults.dlq_retention), (14 * day, 14 * day));
+        assert_eq!(defaults.claim_ttl(false), 28 * day + CLAIM_CLOCK_MARGIN);
+        let template = load(&[
+            ("STATE_MACHINE_ARN", ARN),
+            ("QUEUE_RETENTION_SECONDS", "345600"),
+            ("DLQ_RETENTION_SECONDS", "1209600"),
+        ])
+        .unwrap();
+        assert_eq!(template.claim_ttl(false), 18 * day + CLAIM_CLOCK_MARGIN);
+        // A FIFO queue's DLQ resets the enqueue time: the work queue's retention counts twice.
+        assert_eq!(template.claim_ttl(true), 22 * day + CLAIM_CLOCK_MARGIN);
+        for variable in ["QUEUE_RETENTION_SECONDS", "DLQ_RETENTION_SECONDS"] {
+            for bad in ["0", "59", "1209601", "4d", "-1"] {
+                let e = load(&[("STATE_MACHINE_ARN", ARN), (variable, bad)]).unwrap_err();
+                assert_eq!(e.variable, variable, "{bad}");
+                assert!(!e.to_string().contains('\n'));
+            }
         }
     }
 }

@@ -455,7 +455,13 @@ impl Invocation<'_> {
     /// merged.
     async fn process_unit(&self, unit: &Unit) -> Settled {
         let settled = match &unit.work {
-            Work::Start(plan) => self.start(plan, unit.carried).await.into(),
+            Work::Start(plan) => {
+                let settled: Settled = self.start(plan, unit.carried).await.into();
+                if matches!(settled, Settled::Done(_)) {
+                    self.confirm_started(plan).await;
+                }
+                settled
+            }
             Work::Settled(settled) => settled.clone(),
         };
         self.pending.fetch_sub(1, Ordering::Relaxed);

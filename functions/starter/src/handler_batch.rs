@@ -11,7 +11,7 @@ use crate::config::WorkflowType;
 use crate::metrics::Count;
 use crate::plan::batch::{self, Group, Member};
 use crate::plan::{Plan, MAX_INPUT_BYTES};
-use crate::start::claim::{self, Resolved, CLAIM_TTL};
+use crate::start::claim::{self, Resolved};
 
 impl Invocation<'_> {
     /// Groups the startable units into batch executions, claimed on Standard; the units come
@@ -34,7 +34,7 @@ impl Invocation<'_> {
             })),
             WorkflowType::Standard => {
                 let claimed: Vec<Vec<Unit>> = stream::iter(groups)
-                    .map(|g| self.claim(g))
+                    .map(|g| self.claim(g, fifo))
                     .buffer_unordered(self.config().max_in_flight)
                     .collect()
                     .await;
@@ -67,7 +67,7 @@ impl Invocation<'_> {
 
     /// Claims one group (its input claim-checked first when it is over the limit, so the record
     /// holds the pointer): the units to start, or to report when they could not be claimed.
-    async fn claim(&self, group: Group) -> Vec<Unit> {
+    async fn claim(&self, group: Group, fifo: bool) -> Vec<Unit> {
         let Some(store) = self.starter.claims.as_deref() else {
             tracing::error!("batch mode on Standard without a claim store: reported for retry");
             return vec![unit(&group.members, retry("no claim store".to_string()))];
@@ -80,7 +80,7 @@ impl Invocation<'_> {
             }
         }
         let scope = claim::scope(&self.config().state_machine_arn);
-        let expires_at = now_epoch_ms() / 1000 + CLAIM_TTL.as_secs();
+        let expires_at = now_epoch_ms() / 1000 + self.config().claim_ttl(fifo).as_secs();
         let resolved = claim::resolve(store, scope, group, plan, expires_at, self.cutoff).await;
         resolved.into_iter().map(|r| self.claimed(r)).collect()
     }
@@ -88,6 +88,20 @@ impl Invocation<'_> {
     /// A resolved claim as a unit, counted.
     fn claimed(&self, resolved: Resolved) -> Unit {
         match resolved {
+            Resolved::Start {
+                members,
+                plan,
+                found: true,
+            } if claim::confirmed(&plan) => {
+                self.tally.add_many(Count::ClaimFound, members.len() as u64);
+                self.tally.add_many(Count::Duplicate, members.len() as u64);
+                tracing::info!(
+                    execution = plan.name.as_deref().unwrap_or_default(),
+                    messages = members.len(),
+                    "messages already claimed by an earlier delivery, whose execution started: acknowledged as duplicates"
+                );
+                unit(&members, Work::Settled(Attempt::Duplicate.into()))
+            }
             Resolved::Start { members, plan, found } => {
                 let count = match found {
                     true => Count::ClaimFound,
@@ -107,6 +121,40 @@ impl Invocation<'_> {
                 tracing::warn!(messages = members.len(), %reason, "messages not claimed: reported for retry");
                 unit(&members, retry(reason))
             }
+        }
+    }
+}
+
+impl Invocation<'_> {
+    /// After a batch execution's start is confirmed (started, or found existing): trims its
+    /// record to "started" in the claims' table, within the time left before the cutoff. A
+    /// record left untrimmed (no time, or the table failed) is harmless: a redelivery restarts
+    /// it as a no-op, and it expires with its claims.
+    pub(super) async fn confirm_started(&self, plan: &Plan) {
+        let config = self.config();
+        let claims = match (&self.starter.claims, config.batching(), config.workflow_type) {
+            (Some(claims), true, WorkflowType::Standard) => claims,
+            _ => return,
+        };
+        let Some(name) = plan.name.as_deref() else {
+            return;
+        };
+        let left = self.cutoff.saturating_duration_since(tokio::time::Instant::now());
+        let bound = left.min(self.call_timeout);
+        if bound.is_zero() {
+            tracing::debug!(
+                execution = name,
+                "no time left to trim the record of a started execution"
+            );
+            return;
+        }
+        let scope = claim::scope(&config.state_machine_arn);
+        match tokio::time::timeout(bound, claims.confirm(scope, name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(execution = name, error = %e, "the record of a started execution was not trimmed")
+            }
+            Err(_) => tracing::debug!(execution = name, "trimming the record of a started execution timed out"),
         }
     }
 }

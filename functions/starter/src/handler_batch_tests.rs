@@ -110,7 +110,50 @@ async fn a_redelivery_with_new_neighbours_starts_each_message_once() {
     assert_eq!((r.claims_found, r.claims_written), (5, 5));
     assert_eq!(sfn.executions().len(), 2);
     assert_each_in_exactly_one_execution(&sfn, 0..15);
-    assert!(outcome.dispositions.iter().all(|d| *d == Disposition::Started));
+    // The first execution's start was confirmed, its record trimmed: its redelivered members
+    // are duplicates, acknowledged without a call; the new ones start.
+    let (redelivered, new) = outcome.dispositions.split_at(5);
+    assert!(
+        redelivered.iter().all(|d| *d == Disposition::Duplicate),
+        "{redelivered:?}"
+    );
+    assert!(new.iter().all(|d| *d == Disposition::Started), "{new:?}");
+    assert_eq!((r.duplicates, sfn.calls().len()), (5, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_start_trims_its_record_to_started() {
+    let sfn = FakeSfn::ok();
+    let store = Arc::new(MemoryStore::new());
+    let config = batching(
+        "10",
+        &[
+            ("QUEUE_RETENTION_SECONDS", "345600"),
+            ("DLQ_RETENTION_SECONDS", "1209600"),
+        ],
+    );
+    let ttl = config.claim_ttl(false).as_secs();
+    let starter = starter(config, sfn.clone(), &store);
+    let before = crate::handler::now_epoch_ms() / 1000;
+    starter.process(records(0..10), deadline_in(60_000)).await.unwrap();
+    let items = store.claim_items();
+    let (records, claims): (Vec<_>, Vec<_>) = items.iter().partition(|(pk, _)| pk.starts_with("execution#"));
+    let [(pk, record)] = &records[..] else {
+        panic!("{records:?}")
+    };
+    assert!(record.started && record.input.is_none(), "{record:?}");
+    assert!(record.bytes(pk) < 100, "a trimmed record keeps its key and state only");
+    assert_eq!(claims.len(), 10, "the claims stay: a redelivery finds them");
+    // Claims and record expire when SQS can no longer deliver the message: 4 + 14 days (+1 h).
+    for item in items.values() {
+        let expires = item.expires_at_epoch_s;
+        assert!(
+            (before + ttl..=before + ttl + 2).contains(&expires),
+            "{expires} vs {}",
+            before + ttl
+        );
+    }
+    assert_eq!(ttl, (18 * 24 + 1) * 3600);
 }
 
 #[tokio::test(start_paused = true)]

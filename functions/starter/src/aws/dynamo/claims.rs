@@ -4,16 +4,22 @@
 //!
 //! Items: a claim is `pk` (S) `claim#<scope>#<key>`, `kind` (S) `claim`, `execution` (S),
 //! `expires_at` (N, seconds since the epoch: the table's TTL attribute); a record is `pk`
-//! `execution#<scope>#<name>`, `kind` `execution`, `input` (S), `messages` (N), `expires_at`.
+//! `execution#<scope>#<name>`, `kind` `execution`, `input` (S), `messages` (N), `expires_at`;
+//! once its start is confirmed, only `pk`, `kind`, `state` (S) `started` and `expires_at`
+//! (one UpdateItem): what a redelivery needs to acknowledge its messages.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
 
 use super::{s, store_error, DynamoStore, Item};
-use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite, Record};
+
+/// A confirmed record's `state`.
+const STARTED: &str = "started";
 use crate::start::table::StoreError;
 
 /// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (it does so under load).
@@ -153,6 +159,52 @@ impl ClaimStore for DynamoStore {
                 "{} claims left unread by BatchGetItem",
                 wanted.len()
             ))),
+        }
+    }
+
+    async fn record(&self, scope: &str, execution: &str) -> Result<Option<Record>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&execution_pk(scope, execution)))
+            .consistent_read(true)
+            .projection_expression("#input, #state")
+            .expression_attribute_names("#input", "input")
+            .expression_attribute_names("#state", "state")
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        Ok(match (text(item, "state").as_deref(), text(item, "input")) {
+            (Some(STARTED), _) => Some(Record::Started),
+            (_, Some(input)) => Some(Record::Pending(input)),
+            _ => None,
+        })
+    }
+
+    async fn confirm(&self, scope: &str, execution: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&execution_pk(scope, execution)))
+            .condition_expression("attribute_exists(#pk)")
+            .update_expression("SET #state = :started REMOVE #input, #messages")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#input", "input")
+            .expression_attribute_names("#messages", "messages")
+            .expression_attribute_values(":started", s(STARTED))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // No record (expired, or never written): nothing to trim.
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(()),
+            Err(e) => Err(store_error(&e)),
         }
     }
 

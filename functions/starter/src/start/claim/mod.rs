@@ -6,11 +6,19 @@
 //! record: `claim#<scope>#<key>` → the execution's name, and `execution#<scope>#<name>` → its
 //! input. Each write is conditional on the item being absent; one refusal writes nothing.
 //!
+//! Once the execution's start is confirmed (started, or found existing), its record is trimmed
+//! to "started" ([`ClaimStore::confirm`]): its input served only a redelivery after a crash
+//! between the claim and the start, and such a redelivery now finds "started" and acknowledges
+//! its messages as duplicates, without a call. The claims stay: they are what a redelivery
+//! finds.
+//!
 //! Invariants:
-//! - a message key is claimed for at most one execution (until its claim expires, after
-//!   [`CLAIM_TTL`]: longer than Step Functions' 90-day name window);
+//! - a message key is claimed for at most one execution, until its claim expires: as long as
+//!   SQS can deliver the message again (`Config::claim_ttl`: the work queue's retention plus the
+//!   DLQ's), far less than Step Functions' 90-day name window;
 //! - an execution is only ever started with the input recorded for it, so a restart of a
-//!   recorded execution is idempotent (Standard: same name and input);
+//!   recorded execution is idempotent (Standard: same name and input); a record is trimmed
+//!   only after its execution's start is confirmed, so a trimmed record is never started again;
 //! - [`resolve`] returns every member of the group exactly once: claimed now, claimed before
 //!   (with that execution's recorded input), or not claimed (to be reported).
 //!
@@ -25,10 +33,6 @@ use tokio::time::{timeout, Instant};
 use crate::plan::batch::{Group, Member};
 use crate::plan::Plan;
 use crate::start::table::StoreError;
-
-/// How long a claim and an execution's record are kept: 91 days, in seconds (Step Functions
-/// keeps a name unique for 90 days).
-pub const CLAIM_TTL: Duration = Duration::from_secs(91 * 24 * 3600);
 
 /// The partition key of the claim of `key` in `scope`.
 pub fn claim_pk(scope: &str, key: &str) -> String {
@@ -71,6 +75,15 @@ pub enum ClaimWrite {
     Refused,
 }
 
+/// An execution's record, as a redelivery finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Claimed, its start not confirmed: start it with this input (a no-op if it exists).
+    Pending(String),
+    /// Its start was confirmed: the input is gone, its messages are duplicates.
+    Started,
+}
+
 /// The claims' storage, behind a narrow trait (the DynamoDB adapter is in [`crate::aws::dynamo`]).
 #[async_trait]
 pub trait ClaimStore: Send + Sync {
@@ -79,8 +92,26 @@ pub trait ClaimStore: Send + Sync {
     /// The execution each of `keys` is claimed for (a strongly consistent read); unclaimed keys
     /// are absent from the map.
     async fn claimed(&self, scope: &str, keys: &[String]) -> Result<HashMap<String, String>, StoreError>;
-    /// The input recorded for `execution` (strongly consistent), `None` when there is no record.
+    /// The input recorded for `execution` (strongly consistent), `None` when there is no record
+    /// or its start was confirmed (trimmed).
     async fn recorded(&self, scope: &str, execution: &str) -> Result<Option<String>, StoreError>;
+    /// The record of `execution` (strongly consistent), `None` when there is none. By default,
+    /// from [`ClaimStore::recorded`]: a store that never trims has no started records.
+    async fn record(&self, scope: &str, execution: &str) -> Result<Option<Record>, StoreError> {
+        Ok(self.recorded(scope, execution).await?.map(Record::Pending))
+    }
+    /// Trims the record of `execution`, whose start is confirmed, to [`Record::Started`]: the
+    /// input is dropped. By default nothing is trimmed (the record expires with its claims).
+    async fn confirm(&self, scope: &str, execution: &str) -> Result<(), StoreError> {
+        let _ = (scope, execution);
+        Ok(())
+    }
+}
+
+/// Whether a resolved plan is a confirmed start found on a redelivery: [`resolve`] gives it
+/// an empty input (a real input is JSON, never empty); it is acknowledged, not started.
+pub fn confirmed(plan: &Plan) -> bool {
+    plan.input.is_empty()
 }
 
 /// What became of some members of a group.
@@ -88,7 +119,8 @@ pub trait ClaimStore: Send + Sync {
 pub enum Resolved {
     /// Claimed for `plan`'s execution: by this call (`found` false), or before, by another
     /// delivery (`found` true: `plan` is the recorded execution, to start again — a no-op
-    /// when it exists).
+    /// when it exists; or, with an empty input, one whose start was confirmed: see
+    /// [`confirmed`]).
     Start {
         /// The members the execution carries from this batch.
         members: Vec<Member>,
@@ -201,11 +233,14 @@ async fn found_claims(
     }
     let mut found = Vec::new();
     for (execution, taken) in by_execution {
-        match attempts(deadline, || store.recorded(scope, &execution)).await {
-            Ok(Some(input)) => found.push(Resolved::Start {
+        match attempts(deadline, || store.record(scope, &execution)).await {
+            Ok(Some(record)) => found.push(Resolved::Start {
                 plan: Plan {
                     name: Some(execution),
-                    input,
+                    input: match record {
+                        Record::Pending(input) => input,
+                        Record::Started => String::new(),
+                    },
                     trace_header: taken.first().and_then(|m| m.trace_header.clone()),
                 },
                 members: taken,

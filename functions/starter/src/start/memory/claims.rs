@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 
 use super::{lock, ItemWrite, MemoryStore};
-use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite};
+use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite, Record};
 use crate::start::table::{
     write_units, StoreError, MAX_BATCH_GET_KEYS, MAX_ITEM_BYTES, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS,
 };
 
-/// A claim (`execution` set, no input) or an execution's record (`input` set).
+/// A claim (`execution` set, no input) or an execution's record (`input` set; once its start
+/// is confirmed, `started` and no input).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimItem {
     /// The claim's execution name.
@@ -24,13 +25,20 @@ pub struct ClaimItem {
     pub input: Option<String>,
     /// Seconds since the epoch.
     pub expires_at_epoch_s: u64,
+    /// The record's execution was confirmed started (its input dropped).
+    pub started: bool,
 }
 
 impl ClaimItem {
     /// The item's size as DynamoDB counts it (approximately: names plus values).
-    fn bytes(&self, pk: &str) -> usize {
+    pub fn bytes(&self, pk: &str) -> usize {
         let text = |name: &str, v: &Option<String>| v.as_ref().map_or(0, |v| name.len() + v.len());
-        "pk".len() + pk.len() + text("execution", &self.execution) + text("input", &self.input) + 20
+        let started = if self.started {
+            "state".len() + "started".len()
+        } else {
+            0
+        };
+        "pk".len() + pk.len() + text("execution", &self.execution) + text("input", &self.input) + started + 20
     }
 }
 
@@ -62,6 +70,7 @@ fn transaction(request: &ClaimRequest<'_>) -> Vec<(String, ClaimItem)> {
                 execution: Some(request.execution.to_string()),
                 input: None,
                 expires_at_epoch_s,
+                started: false,
             };
             (claim_pk(request.scope, key), claim)
         })
@@ -70,6 +79,7 @@ fn transaction(request: &ClaimRequest<'_>) -> Vec<(String, ClaimItem)> {
         execution: None,
         input: Some(request.input.to_string()),
         expires_at_epoch_s,
+        started: false,
     };
     writes.push((execution_pk(request.scope, request.execution), record));
     writes
@@ -153,6 +163,37 @@ impl ClaimStore for MemoryStore {
             lock(&self.claims)
                 .get(&execution_pk(scope, execution))
                 .and_then(|i| i.input.clone())
+        })
+        .await
+    }
+
+    async fn record(&self, scope: &str, execution: &str) -> Result<Option<Record>, StoreError> {
+        self.call(&[], || {
+            let items = lock(&self.claims);
+            let item = items.get(&execution_pk(scope, execution))?;
+            match (&item.input, item.started) {
+                (_, true) => Some(Record::Started),
+                (Some(input), false) => Some(Record::Pending(input.clone())),
+                (None, false) => None,
+            }
+        })
+        .await
+    }
+
+    /// An UpdateItem of the record (if it exists): `started` set, the input removed; it
+    /// consumes the write units of the larger of the item before and after, as DynamoDB bills.
+    async fn confirm(&self, scope: &str, execution: &str) -> Result<(), StoreError> {
+        let pk = execution_pk(scope, execution);
+        let before = lock(&self.claims).get(&pk).map_or(0, |item| item.bytes(&pk));
+        let writes = [ItemWrite {
+            pk: pk.clone(),
+            units: write_units(before, false),
+        }];
+        self.call(&writes, || {
+            if let Some(item) = lock(&self.claims).get_mut(&pk) {
+                item.input = None;
+                item.started = true;
+            }
         })
         .await
     }
