@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::metrics::Report;
 use sfn_pacer::start::budget::{BudgetState, Store, Update, Written};
-use sfn_pacer::start::claim::{ClaimRequest, ClaimStore, ClaimWrite};
+use sfn_pacer::start::claim::{ClaimRequest, ClaimStore, ClaimWrite, Record};
 use sfn_pacer::start::memory::MemoryStore;
 use sfn_pacer::start::table::StoreError;
 use sfn_pacer::start::StartExecution;
@@ -221,6 +221,13 @@ pub struct TableCounts {
     pub transaction_write_units: u64,
     /// Bytes the transactions left in the table, as on AWS, DynamoDB's item overhead included.
     pub stored_bytes: u64,
+    /// Records trimmed after their execution's start was confirmed (UpdateItem), their write
+    /// request units (the record's larger size), and the bytes they removed from `stored_bytes`.
+    pub confirms: u64,
+    /// See `confirms`.
+    pub confirm_write_units: u64,
+    /// See `confirms`.
+    pub trimmed_bytes: u64,
     /// Every call (`MemoryStore::calls`).
     pub calls: u64,
     /// Slots leased from the budget, and given back (the shared section's ledger).
@@ -230,9 +237,15 @@ pub struct TableCounts {
 }
 
 impl TableCounts {
-    /// Write request units: the transactions, plus one per budget write (a small item).
+    /// Write request units: the transactions and the confirmations, plus one per budget write
+    /// (a small item).
     pub fn write_units(&self) -> u64 {
-        self.transaction_write_units + self.budget_writes
+        self.transaction_write_units + self.confirm_write_units + self.budget_writes
+    }
+
+    /// Bytes kept once the confirmed records are trimmed.
+    pub fn kept_bytes(&self) -> u64 {
+        self.stored_bytes.saturating_sub(self.trimmed_bytes)
     }
 
     /// Read request units: one per budget read and per key of a claim read (strongly
@@ -249,6 +262,8 @@ struct Tables {
     inner: Arc<MemoryStore>,
     budget: Ledger,
     counts: Mutex<TableCounts>,
+    /// Each written execution's transaction as on AWS, to size its confirmation.
+    written: Mutex<HashMap<String, Transaction>>,
 }
 
 impl Tables {
@@ -294,7 +309,37 @@ impl ClaimStore for Tables {
                 _ => c.refused_transactions += 1,
             }
         });
+        if let Ok(ClaimWrite::Written) = written {
+            let mut all = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            all.insert(format!("{}#{}", request.scope, request.execution), on_aws);
+        }
         written
+    }
+
+    async fn confirm(&self, scope: &str, execution: &str) -> Result<(), StoreError> {
+        let confirmed = self.inner.confirm(scope, execution).await;
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Ok(()), Some(t)) = (&confirmed, written.get(&format!("{scope}#{execution}"))) {
+            self.count(|c| {
+                c.confirms += 1;
+                c.confirm_write_units += t.confirm_write_units();
+                c.trimmed_bytes += t.record_bytes().saturating_sub(t.trimmed_record_bytes()) as u64;
+            });
+        }
+        confirmed
+    }
+
+    async fn record(&self, scope: &str, execution: &str) -> Result<Option<Record>, StoreError> {
+        let record = self.inner.record(scope, execution).await;
+        let bytes = match &record {
+            Ok(Some(Record::Pending(input))) => input.len(),
+            _ => 0,
+        } + 1024;
+        self.count(|c| {
+            c.record_reads += 1;
+            c.record_read_units += billing::read_units(bytes);
+        });
+        record
     }
 
     async fn claimed(&self, scope: &str, keys: &[String]) -> Result<HashMap<String, String>, StoreError> {
@@ -393,6 +438,8 @@ pub struct BatchRun {
     pub cpu_process: Duration,
     /// See `cpu_process`.
     pub cpu_server: Duration,
+    /// How long claims and records are kept (`Config::claim_ttl`, the template's queues), s.
+    pub claim_ttl_seconds: f64,
 }
 
 impl BatchRun {
@@ -442,7 +489,20 @@ impl BatchRun {
             read_units: per(self.table.read_units() as f64),
             lambda_requests: per(self.invocations as f64),
             lambda_gb_seconds: per(self.billed_seconds * billing::LAMBDA_MEMORY_MB / 1024.0),
-            stored_bytes: per(self.table.stored_bytes as f64),
+            stored_bytes: per(self.table.kept_bytes() as f64),
+            retention_seconds: self.claim_ttl_seconds,
+        }
+    }
+
+    /// The same run under issue 12's rules: records kept whole (no confirmation writes) and
+    /// everything kept 91 days. The claim transactions and reads are the same either way.
+    pub fn usage_issue_12(&self) -> Usage {
+        let per = |v: u64| v as f64 / self.started.max(1) as f64;
+        Usage {
+            write_units: per(self.table.write_units() - self.table.confirm_write_units),
+            stored_bytes: per(self.table.stored_bytes),
+            retention_seconds: billing::ISSUE_12_RETENTION_SECONDS,
+            ..self.usage()
         }
     }
 
@@ -509,6 +569,9 @@ async fn starters(
         ("COORDINATION_TABLE", "bench-coordination".to_string()),
         ("QUOTA_KEY", QUOTA_KEY.to_string()),
         ("MESSAGES_PER_EXECUTION", plan.per_execution.to_string()),
+        // The template's queues (work 4 days, DLQ 14 days): how long claims are kept.
+        ("QUEUE_RETENTION_SECONDS", "345600".to_string()),
+        ("DLQ_RETENTION_SECONDS", "1209600".to_string()),
     ];
     let (mut starters, mut counters) = (Vec::new(), Vec::new());
     for i in 0..plan.instances {
@@ -611,6 +674,7 @@ async fn run_on(
         inner: store.clone(),
         budget: Ledger::new(store.clone()),
         counts: Mutex::new(TableCounts::default()),
+        written: Mutex::default(),
     });
     let queue = SimQueue::new(
         &format!("batch-{run_id}"),
@@ -618,6 +682,9 @@ async fn run_on(
         settings.visibility_timeout,
     );
     let (starters, counters) = starters(sfn, plan, settings, &queue, &tables).await?;
+    let claim_ttl_seconds = starters
+        .first()
+        .map_or(0.0, |s| s.config().claim_ttl(false).as_secs_f64());
     let invoker = Arc::new(Timed {
         inner: InProcess::new(starters, settings.function_timeout, None),
         invocations: AtomicU64::new(0),
@@ -748,6 +815,7 @@ async fn run_on(
         executions_per_second: stats::series(&execution_times, Duration::ZERO, second, slots),
         cpu_process,
         cpu_server,
+        claim_ttl_seconds,
     })
 }
 
@@ -836,18 +904,19 @@ pub fn markdown(md: &mut String, runs: &[BatchRun], settings: Option<&Settings>)
             md,
             "Claim items: items written by claim transactions (N claims + 1 record each). Table calls: every call, budget \
              leases (reads and writes) included. WRU as DynamoDB bills them: a transaction 2 per KB per item (sizes with \
-             36-character SQS message ids), a budget write 1; RRU: 1 per strongly consistent read.\n"
+             36-character SQS message ids), a record's trim after its start (UpdateItem) 1 per KB of the record before it, \
+             a budget write 1; RRU: 1 per strongly consistent read. Bytes kept: after the trims.\n"
         );
         let _ = writeln!(
             md,
-            "| N | claim transactions | claim items / message | budget reads + writes | lease calls (reports) | leased / given back / unused slots | table calls / message | WRU / message (claims + leases) | RRU / message | stored bytes / message |"
+            "| N | claim transactions | claim items / message | budget reads + writes | lease calls (reports) | leased / given back / unused slots | table calls / message | WRU / message (claims + trims + leases) | RRU / message | bytes kept / message |"
         );
         let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &backlogs {
             let per = |v: u64| stats::ratio(v, r.started);
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.3} | {} + {} | {} | {} / {} / {} | {:.3} | {:.3} ({:.3} + {:.3}) | {:.4} | {:.0} |",
+                "| {} | {} | {:.3} | {} + {} | {} | {} / {} / {} | {:.3} | {:.3} ({:.3} + {:.3} + {:.3}) | {:.4} | {:.0} |",
                 r.plan.per_execution,
                 r.table.transactions,
                 per(r.table.claim_items),
@@ -860,9 +929,10 @@ pub fn markdown(md: &mut String, runs: &[BatchRun], settings: Option<&Settings>)
                 per(r.table.calls),
                 per(r.table.write_units()),
                 per(r.table.transaction_write_units),
+                per(r.table.confirm_write_units),
                 per(r.table.budget_writes),
                 per(r.table.read_units()),
-                per(r.table.stored_bytes),
+                per(r.table.kept_bytes()),
             );
         }
         let _ = writeln!(md);
@@ -963,8 +1033,10 @@ fn bill(md: &mut String, backlogs: &[&BatchRun]) {
         md,
         "Transitions: one per state entered, the sample state machines of `infra/` (N = 1: one Pass; N > 1: the Map \
          state plus one Pass per item). Lambda: arm64, {} MB, the measured billed duration. Storage: claims and records \
-         kept 91 days.\n",
-        billing::LAMBDA_MEMORY_MB
+         kept {:.1} days (`Config::claim_ttl` with the template's queues: work queue 4 days + DLQ 14 days + 1 h), each \
+         record trimmed to \"started\" once its execution's start is confirmed.\n",
+        billing::LAMBDA_MEMORY_MB,
+        backlogs[0].claim_ttl_seconds / 86_400.0
     );
     let mut header = "| item |".to_string();
     let mut rule = "|---|".to_string();
@@ -1001,17 +1073,73 @@ fn bill(md: &mut String, backlogs: &[&BatchRun]) {
         express.join(", ")
     );
     for r in backlogs {
-        let stored = r.usage().stored_bytes;
-        if stored > 0.0 {
-            let gb = billing::steady_table_gb(stored, STORAGE_RATE_PER_SECOND);
+        let (after, before) = (r.usage(), r.usage_issue_12());
+        if after.stored_bytes > 0.0 {
+            let gb = |u: &Usage| billing::steady_table_gb(u.stored_bytes, STORAGE_RATE_PER_SECOND, u.retention_seconds);
             let _ = writeln!(
                 md,
-                "- N = {}: {stored:.0} bytes kept per message; at an average of {STORAGE_RATE_PER_SECOND} messages/s \
-                 the table holds {gb:.1} GB of claims and records in steady state (91 days), ${:.2} a month.",
+                "- N = {}: {:.0} bytes kept per message ({:.0} before trimming); at an average of \
+                 {STORAGE_RATE_PER_SECOND} messages/s the table holds {:.1} GB of claims and records in steady state, \
+                 ${:.2} a month (issue 12's rules: {:.1} GB, ${:.2}).",
                 r.plan.per_execution,
-                gb * billing::price::DYNAMODB_GB_MONTH_USD
+                after.stored_bytes,
+                before.stored_bytes,
+                gb(&after),
+                gb(&after) * billing::price::DYNAMODB_GB_MONTH_USD,
+                gb(&before),
+                gb(&before) * billing::price::DYNAMODB_GB_MONTH_USD,
             );
         }
+    }
+    let _ = writeln!(md);
+    claims_before_after(md, backlogs);
+}
+
+/// The claims' storage and request units per million messages, under issue 12's rules (records
+/// kept whole, 91 days) and now (records trimmed once started, kept as long as the queues can
+/// deliver a message again): the same runs, billed both ways.
+fn claims_before_after(md: &mut String, backlogs: &[&BatchRun]) {
+    use std::fmt::Write as _;
+    let claimed: Vec<&&BatchRun> = backlogs.iter().filter(|r| r.table.transactions > 0).collect();
+    if claimed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Claims per million messages, before and after (issue 18)\n\n\
+         Before: issue 12's rules (records kept whole, 91 days). After: each record trimmed to \"started\" once its \
+         execution's start is confirmed (one UpdateItem, billed at the record's size before), and everything kept \
+         `Config::claim_ttl`. The same runs, billed both ways.\n\n\
+         | N | body (bytes) | bytes kept / message, before / after | **storage (GB-months), before / after** | ratio | \
+         WRU, before / after | RRU | DynamoDB $, before / after | **total $, before / after** |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let m = 1e6;
+    for r in claimed {
+        let (before, after) = (r.usage_issue_12(), r.usage());
+        let gb = |u: &Usage| billing::gb_months(u.stored_bytes, u.retention_seconds) * m;
+        let (bill_before, bill_after) = (billing::per_million(&before), billing::per_million(&after));
+        let dynamodb =
+            |b: &[billing::Line]| -> f64 { b.iter().filter(|l| l.item.starts_with("DynamoDB")).map(|l| l.usd).sum() };
+        let total = |b: &[billing::Line]| -> f64 { b.iter().map(|l| l.usd).sum() };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} / {:.0} | **{} / {}** | {:.3} | {} / {} | {} | {:.3} / {:.3} | **{:.2} / {:.2}** |",
+            r.plan.per_execution,
+            r.plan.body_bytes,
+            before.stored_bytes,
+            after.stored_bytes,
+            quantity(gb(&before)),
+            quantity(gb(&after)),
+            gb(&after) / gb(&before).max(f64::MIN_POSITIVE),
+            quantity(before.write_units * m),
+            quantity(after.write_units * m),
+            quantity(after.read_units * m),
+            dynamodb(&bill_before),
+            dynamodb(&bill_after),
+            total(&bill_before),
+            total(&bill_after),
+        );
     }
     let _ = writeln!(md);
 }
@@ -1026,6 +1154,7 @@ fn table_json(t: &TableCounts) -> Value {
         "transaction_write_units": t.transaction_write_units,
         "write_units": t.write_units(), "read_units": t.read_units(),
         "stored_bytes": t.stored_bytes, "leased_slots": t.leased, "returned_slots": t.returned,
+        "confirms": t.confirms, "confirm_write_units": t.confirm_write_units, "trimmed_bytes": t.trimmed_bytes,
     })
 }
 
@@ -1042,7 +1171,7 @@ fn usage_json(u: &Usage) -> Value {
         "executions": u.executions, "transitions": u.transitions,
         "write_units": u.write_units, "read_units": u.read_units,
         "lambda_requests": u.lambda_requests, "lambda_gb_seconds": u.lambda_gb_seconds,
-        "stored_bytes": u.stored_bytes,
+        "stored_bytes": u.stored_bytes, "retention_seconds": u.retention_seconds,
     })
 }
 
@@ -1095,6 +1224,8 @@ pub fn json(runs: &[BatchRun]) -> Value {
                     "enqueue_to_start_p99_seconds": r.latency(99.0),
                     "usage_per_message": usage_json(&usage),
                     "per_million_usd": bill_json(&usage),
+                    "usage_per_message_issue_12": usage_json(&r.usage_issue_12()),
+                    "per_million_usd_issue_12": bill_json(&r.usage_issue_12()),
                     "client_cpu_per_message_us": r.client_cpu_per_message_us(),
                     "messages_per_second": r.messages_per_second,
                     "executions_per_second": r.executions_per_second,

@@ -30,8 +30,9 @@ pub mod price {
 
 /// The template's default MemorySize, MB (`template.yaml`).
 pub const LAMBDA_MEMORY_MB: f64 = 256.0;
-/// How long claims and execution records are kept: 91 days (`claim::CLAIM_TTL`), seconds.
-pub const RETENTION_SECONDS: f64 = 91.0 * 86_400.0;
+/// How long claims and execution records were kept until issue 18: 91 days, seconds (now
+/// `Config::claim_ttl`, from the queues' retention: the bench's runs use the template's).
+pub const ISSUE_12_RETENTION_SECONDS: f64 = 91.0 * 86_400.0;
 /// A billing month: 730 hours, in seconds.
 pub const MONTH_SECONDS: f64 = 730.0 * 3_600.0;
 /// A GB of storage, bytes.
@@ -106,6 +107,22 @@ impl Transaction {
             + string_bytes("input", self.input_bytes)
             + number_bytes("messages", self.key_bytes.len() as u64)
             + number_bytes("expires_at", self.expires_at_epoch_s)
+    }
+
+    /// The size of the record once its execution's start is confirmed: `pk`, `kind`, `state`
+    /// `started`, `expires_at` (`ClaimStore::confirm`).
+    pub fn trimmed_record_bytes(&self) -> usize {
+        let pk = "execution#".len() + self.scope_bytes + 1 + self.name_bytes;
+        string_bytes("pk", pk)
+            + string_bytes("kind", "execution".len())
+            + string_bytes("state", "started".len())
+            + number_bytes("expires_at", self.expires_at_epoch_s)
+    }
+
+    /// The write request units of the confirmation's UpdateItem: the larger of the record's
+    /// sizes before and after, as DynamoDB bills an update.
+    pub fn confirm_write_units(&self) -> u64 {
+        write_units(self.record_bytes().max(self.trimmed_record_bytes()), false)
     }
 
     /// The write request units of the transaction: every claim and the record, transactional.
@@ -185,8 +202,10 @@ pub struct Usage {
     pub lambda_requests: f64,
     /// Lambda duration, GB-seconds (billed duration × memory).
     pub lambda_gb_seconds: f64,
-    /// Bytes kept in the table for [`RETENTION_SECONDS`].
+    /// Bytes kept in the table for `retention_seconds`.
     pub stored_bytes: f64,
+    /// How long claims and records are kept, seconds.
+    pub retention_seconds: f64,
 }
 
 /// One line of a bill per million messages.
@@ -202,15 +221,15 @@ pub struct Line {
     pub usd: f64,
 }
 
-/// GB-months of storage that one message's `stored_bytes`, kept [`RETENTION_SECONDS`], bills.
-pub fn gb_months(stored_bytes: f64) -> f64 {
-    stored_bytes / GB_BYTES * RETENTION_SECONDS / MONTH_SECONDS
+/// GB-months of storage that one message's `stored_bytes`, kept `retention_seconds`, bills.
+pub fn gb_months(stored_bytes: f64, retention_seconds: f64) -> f64 {
+    stored_bytes / GB_BYTES * retention_seconds / MONTH_SECONDS
 }
 
 /// The table's size in steady state when messages arrive at `per_second` on average and each
-/// keeps `stored_bytes` for [`RETENTION_SECONDS`], in GB.
-pub fn steady_table_gb(stored_bytes: f64, per_second: f64) -> f64 {
-    stored_bytes * per_second * RETENTION_SECONDS / GB_BYTES
+/// keeps `stored_bytes` for `retention_seconds`, in GB.
+pub fn steady_table_gb(stored_bytes: f64, per_second: f64, retention_seconds: f64) -> f64 {
+    stored_bytes * per_second * retention_seconds / GB_BYTES
 }
 
 /// The bill per million messages of a Standard workflow (Step Functions bills transitions,
@@ -237,10 +256,10 @@ pub fn per_million(usage: &Usage) -> Vec<Line> {
             usd: usage.read_units * m * price::DYNAMODB_RRU_USD,
         },
         Line {
-            item: "DynamoDB storage (91 days)",
-            quantity: gb_months(usage.stored_bytes) * m,
+            item: "DynamoDB storage",
+            quantity: gb_months(usage.stored_bytes, usage.retention_seconds) * m,
             unit: "GB-months",
-            usd: gb_months(usage.stored_bytes) * m * price::DYNAMODB_GB_MONTH_USD,
+            usd: gb_months(usage.stored_bytes, usage.retention_seconds) * m * price::DYNAMODB_GB_MONTH_USD,
         },
         Line {
             item: "Lambda requests",
@@ -367,6 +386,21 @@ mod tests {
     }
 
     #[test]
+    fn a_confirmed_record_keeps_its_key_state_and_expiry() {
+        let t = Transaction {
+            scope_bytes: 13,
+            name_bytes: 49,
+            key_bytes: vec![36; 10],
+            input_bytes: 10_640,
+            expires_at_epoch_s: 1_797_000_000,
+        };
+        // pk 2 + 73, kind 4 + 9, state 5 + 7, expires_at 10 + 2 (1797, trailing zeros dropped) + 1.
+        assert_eq!(t.trimmed_record_bytes(), 75 + 13 + 12 + 13);
+        // The update bills the record as it was: 10.8 KB, 11 units (not transactional).
+        assert_eq!(t.confirm_write_units(), 11);
+    }
+
+    #[test]
     fn a_million_messages_bill_each_unit_at_its_price() {
         let usage = Usage {
             executions: 0.1,
@@ -376,6 +410,7 @@ mod tests {
             lambda_requests: 0.01,
             lambda_gb_seconds: 0.001,
             stored_bytes: 500.0,
+            retention_seconds: ISSUE_12_RETENTION_SECONDS,
         };
         let bill = per_million(&usage);
         let usd = |item: &str| bill.iter().find(|l| l.item.starts_with(item)).unwrap().usd;
@@ -391,7 +426,8 @@ mod tests {
             (storage - 0.25 * 500e6 / GB_BYTES * 2184.0 / 730.0).abs() < 1e-9,
             "{storage}"
         );
-        assert!((steady_table_gb(500.0, 100.0) - 500.0 * 100.0 * 91.0 * 86_400.0 / GB_BYTES).abs() < 1e-9);
+        let steady = steady_table_gb(500.0, 100.0, ISSUE_12_RETENTION_SECONDS);
+        assert!((steady - 500.0 * 100.0 * 91.0 * 86_400.0 / GB_BYTES).abs() < 1e-9);
     }
 
     #[test]

@@ -5,11 +5,16 @@ use sfn_pacer::config::VARIABLES;
 
 /// The variable names in the first column of the README's "## Configuration" table.
 fn readme_variables() -> Vec<String> {
+    section_variables("\n## Configuration")
+}
+
+/// The variable names in the first column of the tables of the README section `heading`.
+fn section_variables(heading: &str) -> Vec<String> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     let section = readme
-        .split("\n## Configuration")
+        .split(heading)
         .nth(1)
-        .expect("a Configuration section");
+        .unwrap_or_else(|| panic!("a section {heading:?}"));
     let section = section.split("\n## ").next().unwrap();
     section
         .lines()
@@ -51,4 +56,13 @@ fn the_readme_has_exactly_two_set_up_commands_near_the_top() {
         ci.lines().any(|l| l.trim() == "make test"),
         ".ci/run must call the README's test command"
     );
+}
+
+#[test]
+fn the_readme_documents_exactly_the_variables_the_quota_sync_reads() {
+    let mut documented = section_variables("\n## The account's quota");
+    documented.sort();
+    let mut read: Vec<String> = quota_sync::config::VARIABLES.iter().map(|v| v.to_string()).collect();
+    read.sort();
+    assert_eq!(documented, read);
 }

@@ -129,7 +129,27 @@ impl Template {
     }
 
     fn function(&self) -> Result<&Value, String> {
-        Ok(self.only("AWS::Serverless::Function")?.1)
+        Ok(self.starter()?.1)
+    }
+
+    /// The starter: the one function with an SQS event (the quota sync has a schedule).
+    fn starter(&self) -> Result<(&String, &Value), String> {
+        let starters: Vec<_> = self
+            .resources_of_type("AWS::Serverless::Function")
+            .into_iter()
+            .filter(|(_, f)| {
+                f["Properties"]["Events"]
+                    .as_object()
+                    .is_some_and(|events| events.values().any(|e| e["Type"] == "SQS"))
+            })
+            .collect();
+        match starters.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(format!(
+                "expected one function with an SQS event, found {}",
+                starters.len()
+            )),
+        }
     }
 
     /// The function's single SQS event (the event source mapping).
@@ -577,7 +597,12 @@ fn strings(value: &Value, out: &mut Vec<String>) {
 /// policies: from an explicit `Role: !GetAtt R.Arn`, or from the function's inline `Policies`.
 /// Evaluated with the template's parameters: a statement under a false condition is left out.
 fn function_policies(t: &Template) -> Result<(Vec<Value>, Vec<Value>), String> {
-    let props = t.evaluate(&t.function()?["Properties"])?.unwrap_or_default();
+    policies_of(t, t.function()?)
+}
+
+/// The policy statements and managed policies of `function`'s role (see [`function_policies`]).
+fn policies_of(t: &Template, function: &Value) -> Result<(Vec<Value>, Vec<Value>), String> {
+    let props = t.evaluate(&function["Properties"])?.unwrap_or_default();
     let mut statements = Vec::new();
     let mut managed = Vec::new();
     let mut documents = Vec::new();
@@ -791,6 +816,10 @@ const BUDGET_KEYS: &[&str] = &["quota#*"];
 /// GetItem. Sorted, as the check compares them.
 const CLAIM_ACTIONS: &[&str] = &["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem"];
 const CLAIM_KEYS: &[&str] = &["claim#*", "execution#*"];
+/// Once its start is confirmed, an execution's record is trimmed to "started" (UpdateItem), on
+/// execution records only.
+const STARTED_RECORD_ACTIONS: &[&str] = &["dynamodb:UpdateItem"];
+const STARTED_RECORD_KEYS: &[&str] = &["execution#*"];
 
 /// Whether the function claims messages in the table: batches (MessagesPerExecution > 1) of a
 /// Standard workflow, coordinated. Decided from the parameters, not from the template's conditions.
@@ -978,6 +1007,7 @@ fn check_coordination(t: &Template) -> Result<(), String> {
     let mut expected = vec![("budget", COORDINATION_ACTIONS, BUDGET_KEYS)];
     if claims_expected(t)? {
         expected.push(("claims", CLAIM_ACTIONS, CLAIM_KEYS));
+        expected.push(("started records", STARTED_RECORD_ACTIONS, STARTED_RECORD_KEYS));
     }
     if dynamo.len() != expected.len() {
         return Err(format!(
@@ -1005,7 +1035,7 @@ fn check_coordination(t: &Template) -> Result<(), String> {
 
 /// Coordinated, an alarm on the function's `Fallbacks` (any in 5 minutes) notifies the topic.
 fn check_fallbacks_alarm(t: &Template) -> Result<(), String> {
-    let (function, _) = t.only("AWS::Serverless::Function")?;
+    let (function, _) = t.starter()?;
     let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
     let on_fallbacks: Vec<_> = alarms
         .iter()
@@ -3171,4 +3201,421 @@ fn batch_definition_check_rejects_other_paths_unbounded_maps_and_broken_graphs()
     let mut batch = read_definition(BATCH_DEFINITION).unwrap();
     batch["States"]["Orphan"] = serde_json::json!({"Type": "Succeed"});
     assert!(check_batch_definition(&batch, &single).is_err());
+}
+
+// ------------------------------------------------------------ the account's quota (issue 18)
+
+/// The quota sync's actions: Service Quotas and CloudWatch reads, and the budget item's.
+const QUOTA_SYNC_ACTIONS: &[&str] = &[
+    "cloudwatch:GetMetricData",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "servicequotas:GetServiceQuota",
+    "servicequotas:ListAWSDefaultServiceQuotas",
+    "servicequotas:ListServiceQuotas",
+];
+/// The actions that support no resource-level permissions: only these may name `"*"`.
+const NO_RESOURCE_LEVEL: &[&str] = &[
+    "cloudwatch:GetMetricData",
+    "servicequotas:ListAWSDefaultServiceQuotas",
+    "servicequotas:ListServiceQuotas",
+];
+
+fn actions_of(statement: &Value) -> Vec<String> {
+    let mut actions = Vec::new();
+    strings(&statement["Action"], &mut actions);
+    actions.sort();
+    actions
+}
+
+/// The scheduled quota sync exists exactly when `QuotaSyncSchedule` is set (and coordinated; a
+/// rule rejects a schedule without a table): one function on that schedule, told the starter's
+/// table, key and workflow type and `QuotaSyncShare`, whose role allows exactly
+/// [`QUOTA_SYNC_ACTIONS`]: `"*"` only for the actions without resource-level permissions,
+/// `GetServiceQuota` on Step Functions' quotas only, the item actions on the budget items only.
+fn check_quota_sync(t: &Template) -> Result<(), String> {
+    let schedule = text(t.params.get("QuotaSyncSchedule").unwrap_or(&Value::from("")));
+    let coordinated = text(t.params.get("CoordinationTable").unwrap_or(&Value::Null)) != "None";
+    let (starter_id, starter) = t.starter()?;
+    let others: Vec<(String, Value)> = t
+        .deployed_of_type("AWS::Serverless::Function")?
+        .into_iter()
+        .filter(|(name, _)| name != starter_id)
+        .collect();
+    if schedule.is_empty() || !coordinated {
+        if let Some((name, _)) = others.first() {
+            return Err(format!("function {name} is deployed without QuotaSyncSchedule"));
+        }
+        if !schedule.is_empty() && check_rules(t).is_ok() {
+            return Err("no rule rejects QuotaSyncSchedule without a coordination table".into());
+        }
+        return Ok(());
+    }
+    let [(name, sync)] = others.as_slice() else {
+        return Err(format!("expected one quota sync function, found {}", others.len()));
+    };
+    let props = &sync["Properties"];
+    let events: Vec<&Value> = props["Events"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, e)| e)
+        .collect();
+    let on_schedule = serde_json::json!({"Ref": "QuotaSyncSchedule"});
+    if events.len() != 1 || events[0]["Type"] != "Schedule" || events[0]["Properties"]["Schedule"] != on_schedule {
+        return Err(format!(
+            "function {name} does not run on QuotaSyncSchedule alone: {events:?}"
+        ));
+    }
+    let variables = props["Environment"]["Variables"]
+        .as_object()
+        .ok_or("the sync has no environment")?;
+    for variable in variables.keys() {
+        if !quota_sync::config::VARIABLES.contains(&variable.as_str()) {
+            return Err(format!("environment variable {variable} is not read by the quota sync"));
+        }
+    }
+    let starter_env = &t.evaluate(&starter["Properties"])?.unwrap_or_default()["Environment"]["Variables"];
+    for shared in ["COORDINATION_TABLE", "QUOTA_KEY", "WORKFLOW_TYPE", "METRICS_NAMESPACE"] {
+        let evaluated = t.evaluate(props)?.unwrap_or_default();
+        if evaluated["Environment"]["Variables"].get(shared) != starter_env.get(shared) {
+            return Err(format!("the sync's {shared} is not the starter's"));
+        }
+    }
+    if variables.get("QUOTA_SHARE") != Some(&serde_json::json!({"Ref": "QuotaSyncShare"})) {
+        return Err("QUOTA_SHARE is not QuotaSyncShare".into());
+    }
+    let (statements, managed) = policies_of(t, sync)?;
+    let mut allowed: Vec<String> = statements.iter().flat_map(actions_of).collect();
+    allowed.sort();
+    if allowed != QUOTA_SYNC_ACTIONS {
+        return Err(format!(
+            "the sync's role allows {allowed:?}, not {QUOTA_SYNC_ACTIONS:?}"
+        ));
+    }
+    let (budget_statements, _) = function_policies(t)?;
+    let budget = budget_statements
+        .iter()
+        .find(|s| leading_keys(s) == BUDGET_KEYS)
+        .ok_or("the starter has no budget statement")?;
+    for statement in &statements {
+        let actions = actions_of(statement);
+        if statement.get("NotAction").is_some() || statement.get("NotResource").is_some() {
+            return Err(format!("statement {statement} uses NotAction or NotResource"));
+        }
+        let mut resources = Vec::new();
+        strings(&statement["Resource"], &mut resources);
+        if resources.iter().any(|r| r == "*") && !actions.iter().all(|a| NO_RESOURCE_LEVEL.contains(&a.as_str())) {
+            return Err(format!(
+                "statement {} allows {actions:?} on every resource",
+                statement["Sid"]
+            ));
+        }
+        if actions.iter().any(|a| a == "servicequotas:GetServiceQuota")
+            && !(actions.len() == 1
+                && resources.len() == 1
+                && resources[0].ends_with(":servicequotas:${AWS::Region}:${AWS::AccountId}:states/*"))
+        {
+            return Err(format!(
+                "GetServiceQuota is not limited to Step Functions' quotas: {resources:?}"
+            ));
+        }
+        if actions.iter().any(|a| a.starts_with("dynamodb:")) {
+            let arn = match budget["Resource"].get("Fn::Sub").and_then(Value::as_str) {
+                Some(sub) => Value::from(t.substitute(sub)),
+                None => budget["Resource"].clone(),
+            };
+            check_table_statement(t, "sync's budget", statement, COORDINATION_ACTIONS, BUDGET_KEYS, &arn)?;
+        }
+    }
+    for policy in &managed {
+        let mut found = Vec::new();
+        strings(policy, &mut found);
+        if !found
+            .iter()
+            .any(|s| ALLOWED_MANAGED_POLICIES.iter().any(|a| s.ends_with(a)))
+        {
+            return Err(format!("managed policy {policy} is not one of the logs/X-Ray basics"));
+        }
+    }
+    Ok(())
+}
+
+/// The quota proximity alarms: the account's `AWS/States` `ConsumedCapacity` as a percentage of
+/// `ProvisionedRefillRate` (metric math over 1-minute averages), above `QuotaProximityPercent`
+/// in every one of `QuotaProximityMinutes` datapoints; for StartExecution always, for state
+/// transitions exactly when batch executions run on Standard. Each says what to do and notifies.
+fn check_quota_proximity(t: &Template) -> Result<(), String> {
+    let batching = t.number(t.params.get("MessagesPerExecution").unwrap_or(&Value::from(1)))? > 1.0;
+    let standard = text(t.params.get("WorkflowType").unwrap_or(&Value::Null)) == "STANDARD";
+    let mut wanted = vec![("APIName", "StartExecution")];
+    if batching && standard {
+        wanted.push(("ServiceMetric", "StateTransition"));
+    }
+    let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
+    let proximity: Vec<&(String, Value)> = alarms
+        .iter()
+        .filter(|(_, a)| alarm_metrics(a).iter().any(|m| m["MetricName"] == "ConsumedCapacity"))
+        .collect();
+    if proximity.len() != wanted.len() {
+        return Err(format!(
+            "expected {} quota proximity alarm(s) ({wanted:?}), found {}",
+            wanted.len(),
+            proximity.len()
+        ));
+    }
+    for (dimension, value) in wanted {
+        let dimensions = serde_json::json!([{"Name": dimension, "Value": value}]);
+        let (name, alarm) = proximity
+            .iter()
+            .map(|(n, a)| (n, a))
+            .find(|(_, a)| alarm_metrics(a).iter().all(|m| m["Dimensions"] == dimensions))
+            .ok_or_else(|| format!("no quota proximity alarm on {dimension}={value} alone"))?;
+        let props = &alarm["Properties"];
+        let queries = props["Metrics"].as_array().ok_or("no metric math")?;
+        let id_of = |metric: &str| {
+            queries
+                .iter()
+                .find(|q| {
+                    let stat = &q["MetricStat"];
+                    stat["Metric"]["Namespace"] == "AWS/States"
+                        && stat["Metric"]["MetricName"] == metric
+                        && stat["Stat"] == "Average"
+                        && t.number(&stat["Period"]).ok() == Some(60.0)
+                        && q["ReturnData"] == false
+                })
+                .and_then(|q| q["Id"].as_str())
+        };
+        let (Some(consumed), Some(refill)) = (id_of("ConsumedCapacity"), id_of("ProvisionedRefillRate")) else {
+            return Err(format!(
+                "alarm {name} lacks 1-minute averages of ConsumedCapacity and ProvisionedRefillRate"
+            ));
+        };
+        let returned: Vec<&Value> = queries.iter().filter(|q| q["ReturnData"] == true).collect();
+        let expression = format!("100 * {consumed} / {refill}");
+        if returned.len() != 1 || returned[0]["Expression"] != expression.as_str() {
+            return Err(format!("alarm {name} does not alarm on {expression:?} alone"));
+        }
+        let refs = |key: &str, param: &str| props[key] == serde_json::json!({"Ref": param});
+        if !refs("Threshold", "QuotaProximityPercent")
+            || !refs("EvaluationPeriods", "QuotaProximityMinutes")
+            || !refs("DatapointsToAlarm", "QuotaProximityMinutes")
+            || props["ComparisonOperator"] != "GreaterThanThreshold"
+            || props["TreatMissingData"] != "notBreaching"
+        {
+            return Err(format!(
+                "alarm {name} does not fire above QuotaProximityPercent for QuotaProximityMinutes minutes"
+            ));
+        }
+        let mut description = Vec::new();
+        strings(&props["AlarmDescription"], &mut description);
+        if !description.concat().contains("docs/deploy.md") {
+            return Err(format!("alarm {name} does not point to what to do (docs/deploy.md)"));
+        }
+        check_notifies(t, name, props)?;
+    }
+    Ok(())
+}
+
+/// The dashboard graphs the account's consumption against each quota, and the synced quota.
+fn check_quota_widgets(t: &Template) -> Result<(), String> {
+    check_dashboard_metrics(t, &[])?;
+    let (_, dashboard) = t.only("AWS::CloudWatch::Dashboard")?;
+    let body = dashboard["Properties"]["DashboardBody"].to_string();
+    for row in [
+        r#"[\"AWS/States\", \"ConsumedCapacity\", \"APIName\", \"StartExecution\""#,
+        r#"[\"AWS/States\", \"ConsumedCapacity\", \"ServiceMetric\", \"StateTransition\""#,
+        r#"[\".\", \"ProvisionedRefillRate\", \".\", \".\""#,
+        r#"\"QuotaRate\", \"QuotaKey\", \"${BudgetKey}\""#,
+    ] {
+        if !body.contains(row) {
+            return Err(format!("the dashboard does not graph {row}"));
+        }
+    }
+    Ok(())
+}
+
+/// The function is told the queues' retention (how long claims are kept), as the queues have it.
+fn check_retention(t: &Template) -> Result<(), String> {
+    let variables = &t.function()?["Properties"]["Environment"]["Variables"];
+    let work = t.work_queue()?;
+    let dlq_name = logical_id(&work["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).ok_or("no DLQ")?;
+    for (variable, queue) in [
+        ("QUEUE_RETENTION_SECONDS", work),
+        ("DLQ_RETENTION_SECONDS", &t.resources()[dlq_name]),
+    ] {
+        let told = t.number(
+            variables
+                .get(variable)
+                .ok_or_else(|| format!("{variable} is not set"))?,
+        )?;
+        let kept = t.number(&queue["Properties"]["MessageRetentionPeriod"])?;
+        if told != kept {
+            return Err(format!("{variable} is {told}, the queue keeps messages {kept} s"));
+        }
+    }
+    Ok(())
+}
+
+fn scheduled() -> Template {
+    Template::load().with("QuotaSyncSchedule", "rate(1 hour)".into())
+}
+
+#[test]
+fn quota_sync_is_off_by_default_and_least_privilege_when_scheduled() {
+    for t in [
+        Template::load(),
+        scheduled(),
+        scheduled().with("CoordinationTable", "shared-budget".into()),
+        scheduled().with("QuotaKey", "team-a".into()),
+        scheduled().with("WorkflowType", "EXPRESS".into()),
+    ] {
+        check_quota_sync(&t).unwrap_or_else(|e| panic!("{:?}: {e}", t.params["QuotaSyncSchedule"]));
+        check_rules(&t).unwrap();
+    }
+    assert_eq!(
+        Template::load()
+            .deployed_of_type("AWS::Serverless::Function")
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        scheduled().deployed_of_type("AWS::Serverless::Function").unwrap().len(),
+        2
+    );
+    let none = scheduled().with("CoordinationTable", "None".into());
+    assert!(check_rules(&none)
+        .unwrap_err()
+        .contains("QuotaSyncSchedule needs coordinated mode"));
+}
+
+fn sync_statement<'a>(d: &'a mut Value, sid: &str) -> &'a mut Value {
+    d["Resources"]["QuotaSyncRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["Sid"] == sid)
+        .unwrap()
+}
+
+#[test]
+fn quota_sync_check_rejects_wider_privilege_and_miswiring() {
+    let broken = |edit: fn(&mut Value)| {
+        let t = edited(edit).with("QuotaSyncSchedule", "rate(1 hour)".into());
+        check_quota_sync(&t).unwrap_err()
+    };
+    let e = broken(|d| sync_statement(d, "ListQuotas")["Action"] = serde_json::json!(["servicequotas:*"]));
+    assert!(e.contains("allows"), "{e}");
+    let e = broken(|d| sync_statement(d, "ReadQuota")["Resource"] = "*".into());
+    assert!(e.contains("every resource"), "{e}");
+    let e = broken(|d| {
+        sync_statement(d, "BudgetItem")
+            .as_object_mut()
+            .unwrap()
+            .remove("Condition");
+    });
+    assert!(e.contains("condition"), "{e}");
+    let e = broken(|d| {
+        d["Resources"]["QuotaSyncFunction"]["Properties"]["Events"]["Schedule"]["Properties"]["Schedule"] =
+            "rate(1 minute)".into()
+    });
+    assert!(e.contains("QuotaSyncSchedule"), "{e}");
+    let e = broken(|d| {
+        d["Resources"]["QuotaSyncFunction"]["Properties"]["Environment"]["Variables"]["WORKFLOW_TYPE"] =
+            "standard".into()
+    });
+    assert!(e.contains("WORKFLOW_TYPE"), "{e}");
+    let e = broken(|d| {
+        d["Resources"]["QuotaSyncFunction"]["Properties"]["Environment"]["Variables"]["STATE_MACHINE_ARN"] = "x".into()
+    });
+    assert!(e.contains("not read by the quota sync"), "{e}");
+    assert!(check_quota_sync(&edited(|d| {
+        d["Resources"]["QuotaSyncFunction"]
+            .as_object_mut()
+            .unwrap()
+            .remove("Condition");
+    }))
+    .unwrap_err()
+    .contains("deployed without QuotaSyncSchedule"));
+    let no_rule = edited(|d| {
+        d["Rules"].as_object_mut().unwrap().remove("QuotaSync");
+    })
+    .with("QuotaSyncSchedule", "rate(1 hour)".into())
+    .with("CoordinationTable", "None".into());
+    assert!(check_quota_sync(&no_rule).unwrap_err().contains("no rule rejects"));
+}
+
+#[test]
+fn quota_proximity_alarms_watch_consumption_against_the_refill() {
+    for t in [
+        Template::load(),
+        Template::load().with("MessagesPerExecution", 10.into()),
+        Template::load()
+            .with("MessagesPerExecution", 10.into())
+            .with("WorkflowType", "EXPRESS".into()),
+        Template::load().with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into()),
+    ] {
+        check_quota_proximity(&t).unwrap_or_else(|e| panic!("{}: {e}", batch_mode(&t)));
+    }
+    check_quota_widgets(&Template::load()).unwrap();
+}
+
+#[test]
+fn quota_proximity_check_rejects_fixed_thresholds_other_math_and_missing_alarms() {
+    fn alarm(d: &mut Value) -> &mut Value {
+        &mut d["Resources"]["StartExecutionQuotaProximityAlarm"]["Properties"]
+    }
+    let broken = |edit: fn(&mut Value)| check_quota_proximity(&edited(edit)).unwrap_err();
+    assert!(broken(|d| alarm(d)["Threshold"] = 80.into()).contains("QuotaProximityPercent"));
+    assert!(broken(|d| alarm(d)["EvaluationPeriods"] = 1.into()).contains("QuotaProximityPercent"));
+    assert!(broken(|d| alarm(d)["Metrics"][2]["Expression"] = "consumed".into()).contains("alone"));
+    assert!(broken(|d| alarm(d)["Metrics"][1]["MetricStat"]["Period"] = 300.into()).contains("1-minute"));
+    assert!(broken(
+        |d| alarm(d)["AlarmDescription"] = "sfn-pacer: StartExecution is close to its quota, do something".into()
+    )
+    .contains("docs/deploy.md"));
+    let without_transitions = edited(|d| {
+        d["Resources"]
+            .as_object_mut()
+            .unwrap()
+            .remove("StateTransitionQuotaProximityAlarm");
+    })
+    .with("MessagesPerExecution", 10.into());
+    assert!(check_quota_proximity(&without_transitions)
+        .unwrap_err()
+        .contains("StateTransition"));
+    let always = edited(|d| {
+        d["Resources"]["StateTransitionQuotaProximityAlarm"]
+            .as_object_mut()
+            .unwrap()
+            .remove("Condition");
+    });
+    assert!(check_quota_proximity(&always).unwrap_err().contains("expected 1"));
+    let widgets = edited(|d| {
+        let body = d["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+            .as_str()
+            .unwrap();
+        d["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0] =
+            body.replace("\"QuotaRate\"", "\"QuotaBurst\"").into();
+    });
+    assert!(check_quota_widgets(&widgets).unwrap_err().contains("QuotaRate"));
+}
+
+#[test]
+fn the_function_is_told_the_queues_retention() {
+    check_retention(&Template::load()).unwrap();
+    check_retention(&Template::load().with("QueueRetentionSeconds", 86_400.into())).unwrap();
+    let t = edited(|d| d["Resources"]["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] = 604_800.into());
+    assert!(check_retention(&t).unwrap_err().contains("DLQ_RETENTION_SECONDS"));
+    let t = edited(|d| {
+        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
+            .as_object_mut()
+            .unwrap()
+            .remove("QUEUE_RETENTION_SECONDS");
+    });
+    assert!(check_retention(&t)
+        .unwrap_err()
+        .contains("QUEUE_RETENTION_SECONDS is not set"));
 }
