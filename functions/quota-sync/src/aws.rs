@@ -64,18 +64,15 @@ fn listed(quota: &aws_sdk_servicequotas::types::ServiceQuota) -> Option<ServiceQ
 #[async_trait]
 impl ServiceQuotas for SdkServiceQuotas {
     async fn list_applied(&self, service_code: &str) -> Result<Vec<ServiceQuota>, SourceError> {
-        let mut out = Vec::new();
-        let mut token = None;
-        for _ in 0..MAX_PAGES {
+        all_pages(|token| async move {
             let request = self.client.list_service_quotas().service_code(service_code);
             let page = request.set_next_token(token).send().await.map_err(source_error)?;
-            out.extend(page.quotas().iter().filter_map(listed));
-            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+            Ok((
+                page.quotas().iter().filter_map(listed).collect(),
+                next(page.next_token()),
+            ))
+        })
+        .await
     }
 
     async fn get_applied(&self, service_code: &str, quota_code: &str) -> Result<Option<f64>, SourceError> {
@@ -92,19 +89,41 @@ impl ServiceQuotas for SdkServiceQuotas {
     }
 
     async fn list_defaults(&self, service_code: &str) -> Result<Vec<ServiceQuota>, SourceError> {
-        let mut out = Vec::new();
-        let mut token = None;
-        for _ in 0..MAX_PAGES {
+        all_pages(|token| async move {
             let request = self.client.list_aws_default_service_quotas().service_code(service_code);
             let page = request.set_next_token(token).send().await.map_err(source_error)?;
-            out.extend(page.quotas().iter().filter_map(listed));
-            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+            Ok((
+                page.quotas().iter().filter_map(listed).collect(),
+                next(page.next_token()),
+            ))
+        })
+        .await
     }
+}
+
+/// A page's `NextToken`, `None` at the end.
+fn next(token: Option<&str>) -> Option<String> {
+    token.filter(|t| !t.is_empty()).map(str::to_string)
+}
+
+/// Every page of a listing, [`MAX_PAGES`] at most: `page` sends the request with a token and
+/// returns its quotas and the next token.
+async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<ServiceQuota>, SourceError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<ServiceQuota>, Option<String>), SourceError>>,
+{
+    let mut out = Vec::new();
+    let mut token = None;
+    for _ in 0..MAX_PAGES {
+        let (quotas, next) = page(token).await?;
+        out.extend(quotas);
+        token = next;
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// CloudWatch through `aws-sdk-cloudwatch` (standard retries, bounded calls).

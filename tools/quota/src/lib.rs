@@ -254,22 +254,13 @@ pub fn render_sync_text(
         workflow_name(workflow_type)
     );
     let mut line = |name: &str, value: String| out.push_str(&format!("  {name:<16}{value}\n"));
-    line(
-        "bucket",
-        format!(
-            "{} starts, from {}",
-            number(quota.bucket.value),
-            quota.bucket.source.describe()
-        ),
-    );
-    line(
-        "refill",
-        format!(
-            "{} starts/s, from {}",
-            number(quota.refill.value),
-            quota.refill.source.describe()
-        ),
-    );
+    for (name, reading, unit) in [
+        ("bucket", &quota.bucket, "starts"),
+        ("refill", &quota.refill, "starts/s"),
+    ] {
+        let from = reading.source.describe();
+        line(name, format!("{} {unit}, from {from}", number(reading.value)));
+    }
     for note in &quota.notes {
         line("not found", note.clone());
     }

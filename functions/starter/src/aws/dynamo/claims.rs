@@ -209,17 +209,9 @@ impl ClaimStore for DynamoStore {
     }
 
     async fn recorded(&self, scope: &str, execution: &str) -> Result<Option<String>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(&execution_pk(scope, execution)))
-            .consistent_read(true)
-            .projection_expression("#input")
-            .expression_attribute_names("#input", "input")
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok(out.item().and_then(|item| text(item, "input")))
+        Ok(match self.record(scope, execution).await? {
+            Some(Record::Pending(input)) => Some(input),
+            _ => None,
+        })
     }
 }
