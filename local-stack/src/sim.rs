@@ -570,6 +570,8 @@ mod tests {
             attributes: BTreeMap::new(),
             group_id: None,
             deduplication_id: None,
+            trace_header: None,
+            delay_seconds: 0,
         };
         assert!(q.send_dead_letter("dlq", &letter).await.is_err());
         assert!(q.dlq().is_empty());

@@ -1,4 +1,5 @@
-//! The Lambda binary: config and clients are built once, then the runtime calls the handler.
+//! The Lambda binary: config and clients are built once, then the runtime calls the dispatcher
+//! (SQS batches, and the cap's status change and scheduled events).
 
 use std::sync::Arc;
 
@@ -24,10 +25,12 @@ async fn main() -> Result<(), Error> {
     let queue = Arc::new(SqsQueue::new(&sdk_config, timeout));
     let claim_check = config.claim_check_bucket.is_some();
     let starter = match config.coordination_table.clone() {
-        // One table: the shared budget, and the per-message claims of batch mode.
+        // One table: the shared budget, the per-message claims of batch mode, the cap's slots.
         Some(table) => {
             let store = Arc::new(DynamoStore::new(&sdk_config, &table, timeout));
-            Starter::coordinated(config, sfn, queue, store.clone()).with_claims(store)
+            Starter::coordinated(config, sfn.clone(), queue, store.clone())
+                .with_claims(store.clone())
+                .with_cap(store.clone(), sfn, store)
         }
         None => Starter::new(config, sfn, queue),
     };
@@ -37,7 +40,7 @@ async fn main() -> Result<(), Error> {
     };
     let starter = &starter;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        starter.handle(event).await
+        starter.dispatch(event).await
     }))
     .await
 }

@@ -17,7 +17,7 @@ use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, Clai
 use crate::start::table::StoreError;
 
 /// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (it does so under load).
-const READ_ROUNDS: usize = 3;
+pub(super) const READ_ROUNDS: usize = 3;
 
 /// A Put of `item` on condition that no item has its `pk`.
 fn put_if_absent(table: &str, item: Item) -> Result<TransactWriteItem, StoreError> {
@@ -72,7 +72,7 @@ fn refused(e: &TransactWriteItemsError) -> bool {
 
 /// A transaction cancelled for capacity or a conflict with another transaction (not applied,
 /// worth retrying), by its cancellation reasons; `None` for any other error.
-fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
+pub(super) fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
     let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e else {
         return None;
     };
@@ -88,7 +88,7 @@ fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
     }
 }
 
-fn text(item: &Item, name: &str) -> Option<String> {
+pub(super) fn text(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
