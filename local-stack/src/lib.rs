@@ -7,10 +7,13 @@
 //! - [`sim`]: an in-memory SQS queue with SQS's semantics, for runs of thousands of messages;
 //! - [`esm`]: the event source mapping loop (gather, invoke, delete the acknowledged), over SQS
 //!   or [`sim`], invoking the function over HTTP or in-process;
-//! - [`fake_sfn`]: a Step Functions endpoint with the quota's token bucket and injected faults.
+//! - [`fake_sfn`]: a Step Functions endpoint with the quota's token bucket and injected faults;
+//! - [`events`]: EventBridge's events for the function (status changes of executions the local
+//!   stack ends, a schedule's tick).
 
 pub mod cli;
 pub mod esm;
+pub mod events;
 pub mod fake_sfn;
 pub mod moto;
 pub mod paths;

@@ -37,6 +37,30 @@ pub fn sdk_config_loader() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client())
 }
 
+/// The starter with the SDK adapters, as the Lambda runs it (built once per execution environment):
+/// StartExecution and DescribeExecution, SQS; with `COORDINATION_TABLE`, one table for the shared
+/// budget, the claims of batch mode and the cap's slots; with `CLAIM_CHECK_BUCKET`, S3.
+pub fn starter(config: crate::Config, sdk_config: &aws_config::SdkConfig) -> crate::Starter {
+    use std::sync::Arc;
+    let timeout = config.call_timeout;
+    let sfn = Arc::new(SfnStarter::new(sdk_config, timeout));
+    let queue = Arc::new(SqsQueue::new(sdk_config, timeout));
+    let claim_check = config.claim_check_bucket.is_some();
+    let starter = match config.coordination_table.clone() {
+        Some(table) => {
+            let store = Arc::new(dynamo::DynamoStore::new(sdk_config, &table, timeout));
+            crate::Starter::coordinated(config, sfn.clone(), queue, store.clone())
+                .with_claims(store.clone())
+                .with_cap(store.clone(), sfn, store)
+        }
+        None => crate::Starter::new(config, sfn, queue),
+    };
+    match claim_check {
+        true => starter.with_claim_check(Arc::new(S3Objects::new(sdk_config, timeout))),
+        false => starter,
+    }
+}
+
 /// StartExecution through `aws-sdk-sfn`, one attempt per call: the SDK's retries are off,
 /// because the pacer owns throttling and retries.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use crate::start::clock::EpochClock;
 use crate::start::table::{bounded, StoreError};
 
 /// A view without room is read again after this long, when a take needs a slot.
-pub const REFRESH: Duration = Duration::from_secs(1);
+pub const REFRESH: Duration = Duration::from_millis(200);
 /// At most this many writes per take.
 pub const TAKE_TRIES: usize = 4;
 /// A starter runs a reclaim sweep at most this often, when it finds the cap full.
@@ -353,7 +353,8 @@ impl Cap {
         Some(shard)
     }
 
-    fn unreserve(&self, shard: u32) {
+    /// Notes in the view a slot that `shard` no longer holds (given back or released).
+    pub(super) fn unreserve(&self, shard: u32) {
         if let Some(s) = lock(&self.cache)
             .view
             .as_mut()

@@ -669,4 +669,4 @@ pub trait RunningStore: Send + Sync {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -241,7 +241,12 @@ impl Cap {
             Fate::Leave { .. } => return Ok(None),
         };
         match bounded(self.call_timeout(), latest, self.store().write(self.key(), &write)).await? {
-            Written::Applied(_) => Ok(Some(released)),
+            Written::Applied(_) => {
+                if released {
+                    self.unreserve(holder.shard);
+                }
+                Ok(Some(released))
+            }
             Written::Refused(_) => Ok(None),
         }
     }

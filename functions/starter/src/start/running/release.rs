@@ -130,16 +130,20 @@ impl Cap {
             return Ok(Released::Duplicate);
         };
         let now_ms = self.clock().now_ms();
+        let shard = h.shard;
         let write = Write::Release {
             busy_ms: change.stop_ms.unwrap_or(now_ms).saturating_sub(h.taken_at_ms),
             scope: h.scope,
             name: h.name,
-            shard: h.shard,
+            shard,
             attempt: change.redrive_count,
             released_at_ms: now_ms,
         };
         match bounded(self.call_timeout(), latest, self.store().write(self.key(), &write)).await? {
-            Written::Applied(_) => Ok(Released::Freed),
+            Written::Applied(_) => {
+                self.unreserve(shard);
+                Ok(Released::Freed)
+            }
             Written::Refused(_) => Ok(Released::Duplicate),
         }
     }

@@ -64,38 +64,53 @@ async fn counted(store: &MemoryStore) -> u64 {
     store.view(KEY).await.unwrap().map_or(0, |v| v.held())
 }
 
-fn event(name: &str, status: &str, redrive_count: u32) -> StatusChange {
-    let value = json!({
+/// A status change event of the execution `name` of `state_machine_arn`, as EventBridge sends it
+/// (started at `T0_MS`, stopped 5 s later unless RUNNING).
+pub(crate) fn status_change(
+    state_machine_arn: &str,
+    name: &str,
+    status: &str,
+    redrive_count: u32,
+) -> serde_json::Value {
+    json!({
+        "version": "0",
         "source": "aws.states",
         "detail-type": "Step Functions Execution Status Change",
+        "resources": [execution_arn(state_machine_arn, name)],
         "detail": {
-            "executionArn": execution_arn(ARN, name),
-            "stateMachineArn": ARN,
+            "executionArn": execution_arn(state_machine_arn, name),
+            "stateMachineArn": state_machine_arn,
             "name": name,
             "status": status,
             "startDate": T0_MS,
             "stopDate": if status == "RUNNING" { serde_json::Value::Null } else { json!(T0_MS + 5_000) },
             "redriveCount": redrive_count,
         }
-    });
-    StatusChange::from_event(&value).unwrap()
+    })
+}
+
+fn event(name: &str, status: &str, redrive_count: u32) -> StatusChange {
+    StatusChange::from_event(&status_change(ARN, name, status, redrive_count)).unwrap()
 }
 
 /// Step Functions as DescribeExecution sees it: executions by ARN (absent: does not exist).
 #[derive(Default)]
-struct FakeDescriber {
+pub(crate) struct FakeDescriber {
     executions: Mutex<HashMap<String, Described>>,
     calls: Mutex<u64>,
 }
 
 impl FakeDescriber {
     fn set(&self, name: &str, described: Described) {
+        self.set_arn(&execution_arn(ARN, name), described);
+    }
+    pub(crate) fn set_arn(&self, execution_arn: &str, described: Described) {
         self.executions
             .lock()
             .unwrap()
-            .insert(execution_arn(ARN, name), described);
+            .insert(execution_arn.to_string(), described);
     }
-    fn calls(&self) -> u64 {
+    pub(crate) fn calls(&self) -> u64 {
         *self.calls.lock().unwrap()
     }
 }
