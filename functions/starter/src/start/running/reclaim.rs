@@ -5,8 +5,8 @@
 //!   and cannot be described: the slot is released.
 //! - Standard: DescribeExecution (paced under its own quota, see [`crate::handler`]):
 //!   - RUNNING: the next check comes after the slot's age again (at least
-//!     `RUNNING_EXPIRY_SECONDS`, at most [`MAX_CHECK_INTERVAL`]): a year-long execution costs
-//!     about `log2(year / expiry)` calls, then one a day;
+//!     `RUNNING_EXPIRY_SECONDS`, at most [`MAX_CHECK_INTERVAL`]): a long execution costs about
+//!     `log2(day / expiry)` calls in its first day, then one a day;
 //!   - ended: released, counted as reclaimed (its event was lost, or is late: then it frees
 //!     nothing);
 //!   - `ExecutionDoesNotExist`: the start never happened (a crash between the take and the call,
