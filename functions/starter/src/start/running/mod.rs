@@ -652,6 +652,42 @@ pub fn rebalance(view: &CapView) -> Option<Write> {
     })
 }
 
+/// Tries at an operator's change of the cap, each after a concurrent change refused it.
+const CHANGE_ATTEMPTS: usize = 5;
+
+/// The operator's change of the cap `key` in `store` to `cap` slots (what `sfn-pacer-quota` runs):
+/// creates the cap if it does not exist; else freezes its shards with the new cap and, when the
+/// slots held fit it, rebalances them at once (otherwise the first instance that reads the cap
+/// once enough executions have ended does). Nothing running is stopped. Returns the cap after it.
+pub async fn change_cap(store: &dyn RunningStore, key: &str, cap: u64) -> Result<CapView, StoreError> {
+    for _ in 0..CHANGE_ATTEMPTS {
+        let write = match store.view(key).await? {
+            None => seed(cap),
+            Some(view) => set_cap(&view.settings, cap),
+        };
+        if let Written::Refused(_) = store.write(key, &write).await? {
+            continue;
+        }
+        let view = store
+            .view(key)
+            .await?
+            .ok_or_else(|| StoreError::unknown("the cap's settings vanished"))?;
+        return match rebalance(&view) {
+            Some(write) => {
+                store.write(key, &write).await?;
+                store
+                    .view(key)
+                    .await?
+                    .ok_or_else(|| StoreError::unknown("the cap's settings vanished"))
+            }
+            None => Ok(view),
+        };
+    }
+    Err(StoreError::unknown(
+        "the cap kept changing under this change: try again",
+    ))
+}
+
 /// The cap's storage, behind a narrow trait (the DynamoDB adapter is in [`crate::aws::dynamo`]).
 #[async_trait]
 pub trait RunningStore: Send + Sync {

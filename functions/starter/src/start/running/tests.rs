@@ -404,9 +404,8 @@ async fn lowering_the_cap_below_the_slots_held_stops_new_starts_until_enough_end
     for i in 0..10 {
         assert!(matches!(take(&cap, &format!("e-{i}")).await, Taken::Now(_)));
     }
-    let settings = store.view(KEY).await.unwrap().unwrap().settings;
-    let written = store.write(KEY, &set_cap(&settings, 4)).await.unwrap();
-    assert_eq!(written, Written::Applied(None));
+    let changed = change_cap(store.as_ref(), KEY, 4).await.unwrap();
+    assert!(changed.settings.rebalance, "10 held over a cap of 4: frozen");
     // Nothing is killed: every execution keeps its slot.
     assert_eq!((held(&store), counted(&store).await), (10, 10));
     let latest = later();
@@ -437,7 +436,9 @@ async fn raising_the_cap_adds_shards_and_every_slot_can_be_taken() {
         assert!(matches!(take(&cap, &format!("e-{i}")).await, Taken::Now(_)));
     }
     let settings = store.view(KEY).await.unwrap().unwrap().settings;
-    store.write(KEY, &set_cap(&settings, 100)).await.unwrap();
+    let changed = change_cap(store.as_ref(), KEY, 100).await.unwrap();
+    assert!(!changed.settings.rebalance, "10 held fit 100: rebalanced at once");
+    assert_eq!(changed.room(), 90);
     tokio::time::advance(super::cap::REFRESH).await;
     let mut taken = 10;
     for i in 10..200 {
@@ -453,6 +454,13 @@ async fn raising_the_cap_adds_shards_and_every_slot_can_be_taken() {
         store.write(KEY, &set_cap(&settings, 5)).await.unwrap(),
         Written::Refused(_)
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_creates_a_cap_that_does_not_exist_yet() {
+    let store = MemoryStore::new();
+    let view = change_cap(&store, "new", 50).await.unwrap();
+    assert_eq!((view.settings.cap, view.settings.shards, view.room()), (50, 4, 50));
 }
 
 #[tokio::test(start_paused = true)]
