@@ -26,11 +26,10 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 
-use super::claims::{cancelled, text, READ_ROUNDS};
+use super::claims::{cancelled, text};
 use super::{names, s, store_error, DynamoStore, Item as Attributes};
 use crate::start::running::{
     due_index_key, due_key, holder_pk, line_pk, settings_pk, shard_pk, CapView, Found, Holder, HolderState, Line,
@@ -525,54 +524,6 @@ impl DynamoStore {
             .map_err(|e| store_error(&e))?;
         Ok(out.item().filter(|i| !i.is_empty()).cloned())
     }
-
-    /// The items of `pks` (at most 100), by `pk`, strongly consistent.
-    async fn batch_get(&self, pks: &[String]) -> Result<HashMap<String, Attributes>, StoreError> {
-        let mut wanted: Vec<Attributes> = pks
-            .iter()
-            .map(|pk| HashMap::from([("pk".to_string(), s(pk))]))
-            .collect();
-        let mut out = HashMap::new();
-        for _ in 0..READ_ROUNDS {
-            if wanted.is_empty() {
-                return Ok(out);
-            }
-            let read = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut wanted)))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| StoreError::permanent(e.to_string()))?;
-            let answer = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, read)
-                .send()
-                .await
-                .map_err(|e| store_error(&e))?;
-            for item in answer
-                .responses()
-                .and_then(|r| r.get(&self.table))
-                .into_iter()
-                .flatten()
-            {
-                if let Some(pk) = text(item, "pk") {
-                    out.insert(pk, item.clone());
-                }
-            }
-            wanted = answer
-                .unprocessed_keys()
-                .and_then(|u| u.get(&self.table))
-                .map(|k| k.keys().to_vec())
-                .unwrap_or_default();
-        }
-        match wanted.is_empty() {
-            true => Ok(out),
-            false => Err(StoreError::throttled(format!(
-                "{} items of the cap left unread by BatchGetItem",
-                wanted.len()
-            ))),
-        }
-    }
 }
 
 #[async_trait]
@@ -591,7 +542,7 @@ impl RunningStore for DynamoStore {
         };
         let mut pks: Vec<String> = (0..settings.shards).map(|i| shard_pk(key, i)).collect();
         pks.push(line_pk(key));
-        let items = self.batch_get(&pks).await?;
+        let items = self.batch_get(&pks, &[]).await?;
         let shards = (0..settings.shards)
             .map(|i| items.get(&shard_pk(key, i)).and_then(shard_from).unwrap_or_default())
             .collect();
