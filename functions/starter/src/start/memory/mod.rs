@@ -228,7 +228,9 @@ impl MemoryStore {
     pub(crate) async fn call<T>(&self, writes: &[ItemWrite], apply: impl FnOnce() -> T) -> Result<T, StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let (latency, fault, slow_delay) = self.draw();
-        tokio::time::sleep(latency / 2).await;
+        // A zero wait is no wait: tokio's timer would round it up to its next millisecond, which on
+        // a paused clock adds a millisecond of simulated time to every call.
+        pause(latency / 2).await;
         if let Some(message) = lock(&self.failure).clone() {
             return Err(StoreError::unknown(message));
         }
@@ -248,7 +250,7 @@ impl MemoryStore {
             Some(Fault::Slow) => slow_delay,
             _ => Duration::ZERO,
         };
-        tokio::time::sleep(latency / 2 + late).await;
+        pause(latency / 2 + late).await;
         match fault {
             Some(Fault::Lost) => Err(StoreError::unknown("connection reset: the answer was lost (applied)")),
             _ => Ok(out),
@@ -320,6 +322,13 @@ impl MemoryStore {
 
     fn count(&self, what: &'static str) {
         *lock(&self.counts).injected.entry(what).or_default() += 1;
+    }
+}
+
+/// Sleeps for `wait`, if there is any to sleep.
+async fn pause(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -465,25 +465,35 @@ async fn a_change_creates_a_cap_that_does_not_exist_yet() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cap_at_the_quotas_full_rate_stays_under_half_an_items_write_limit() {
-    // 300 starts and 300 ends a second for 3 s, a cap of 300 (executions of about a second).
-    let (store, cap) = setup(300);
-    let latest = later();
-    let mut running = std::collections::VecDeque::new();
-    for n in 0..3_000 {
-        tokio::time::advance(Duration::from_micros(3_333)).await;
-        if let Taken::Now(slot) = take(&cap, &format!("e-{n}")).await {
-            running.push_back(slot.name);
+    // 300 starts and 300 ends a second for 10 s: with a cap of 300 (executions of about a second,
+    // 19 shards), and of 33 (the smallest cap 300 starts/s stay under half the limit with: 3
+    // shards, executions of about 0.1 s).
+    for cap_size in [300u32, 33] {
+        let (store, cap) = setup(cap_size);
+        let latest = later();
+        let mut running = std::collections::VecDeque::new();
+        let mut started = 0;
+        for n in 0..3_000 {
+            tokio::time::advance(Duration::from_micros(3_333)).await;
+            if let Taken::Now(slot) = take(&cap, &format!("e-{n}")).await {
+                running.push_back(slot.name);
+                started += 1;
+            }
+            if running.len() as u32 >= cap_size - 3 {
+                let name = running.pop_front().unwrap();
+                cap.on_status_change(&event(&name, "SUCCEEDED", 0), latest)
+                    .await
+                    .unwrap();
+            }
         }
-        if running.len() >= 290 {
-            let name = running.pop_front().unwrap();
-            cap.on_status_change(&event(&name, "SUCCEEDED", 0), latest)
-                .await
-                .unwrap();
-        }
+        assert!(started >= 2_900, "{started} of 3,000 started");
+        assert_eq!(store.injected().get("item-throttled"), None);
+        let (item, units) = store.busiest_item().unwrap();
+        assert!(
+            units <= 500,
+            "cap {cap_size}: {item} took {units} write units in a second"
+        );
     }
-    assert_eq!(store.injected().get("item-throttled"), None);
-    let (item, units) = store.busiest_item().unwrap();
-    assert!(units <= 500, "{item}: {units} write units in a second");
 }
 
 #[test]
