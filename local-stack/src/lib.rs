@@ -8,10 +8,13 @@
 //! - [`esm`]: the event source mapping loop (gather, invoke, delete the acknowledged), over SQS
 //!   or [`sim`], invoking the function over HTTP or in-process;
 //! - [`fake_sfn`]: a Step Functions endpoint with the quota's token bucket and injected faults;
-//! - [`fake_quotas`]: Service Quotas and CloudWatch `GetMetricData`, which moto lacks.
+//! - [`fake_quotas`]: Service Quotas and CloudWatch `GetMetricData`, which moto lacks;
+//! - [`events`]: EventBridge's events for the function (status changes of executions the local
+//!   stack ends, a schedule's tick).
 
 pub mod cli;
 pub mod esm;
+pub mod events;
 pub mod fake_quotas;
 pub mod fake_sfn;
 pub mod moto;

@@ -411,26 +411,45 @@ pub async fn create_state_machine(sfn: &aws_sdk_sfn::Client, name: &str) -> Resu
     Ok(bounded("CreateStateMachine", request.send()).await?.state_machine_arn)
 }
 
-/// Creates the coordination table of the shared budget (string partition key `pk`, on demand),
-/// as the template does, and returns its name.
+/// Creates the coordination table (string partition key `pk`, on demand), as the template does,
+/// with the cap's sparse index of held slots (`due-index`: `due` S, `check_at` N, all attributes),
+/// and returns its name.
 pub async fn create_coordination_table(sdk_config: &aws_config::SdkConfig, name: &str) -> Result<String, String> {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+        ScalarAttributeType,
+    };
+    use sfn_pacer::start::running::DUE_INDEX;
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk_config);
-    let attribute = AttributeDefinition::builder()
-        .attribute_name("pk")
-        .attribute_type(ScalarAttributeType::S)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let key = KeySchemaElement::builder()
-        .attribute_name("pk")
-        .key_type(KeyType::Hash)
+    let attribute = |name: &str, kind: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let due = GlobalSecondaryIndex::builder()
+        .index_name(DUE_INDEX)
+        .key_schema(key("due", KeyType::Hash)?)
+        .key_schema(key("check_at", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
         .build()
         .map_err(|e| e.to_string())?;
     let request = dynamodb
         .create_table()
         .table_name(name)
-        .attribute_definitions(attribute)
-        .key_schema(key)
+        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("due", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("check_at", ScalarAttributeType::N)?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .global_secondary_indexes(due)
         .billing_mode(BillingMode::PayPerRequest);
     bounded("CreateTable", request.send()).await?;
     Ok(name.to_string())
@@ -458,6 +477,15 @@ pub struct Listed {
 
 /// Every execution of a state machine, by ListExecutions.
 pub async fn list_executions(sfn: &aws_sdk_sfn::Client, state_machine_arn: &str) -> Result<Vec<Listed>, String> {
+    list_executions_in(sfn, state_machine_arn, None).await
+}
+
+/// The executions of a state machine in `status` (`None`: all), by ListExecutions.
+pub async fn list_executions_in(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    status: Option<aws_sdk_sfn::types::ExecutionStatus>,
+) -> Result<Vec<Listed>, String> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     // Bounded: 10,000 pages of 1,000 is more than any local run starts.
@@ -465,6 +493,7 @@ pub async fn list_executions(sfn: &aws_sdk_sfn::Client, state_machine_arn: &str)
         let request = sfn
             .list_executions()
             .state_machine_arn(state_machine_arn)
+            .set_status_filter(status.clone())
             .max_results(1000)
             .set_next_token(token.take());
         let page = bounded("ListExecutions", request.send()).await?;

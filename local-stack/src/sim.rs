@@ -15,7 +15,9 @@
 //!
 //! - a FIFO queue (its name ends in `.fifo`) delivers each message group in order, and no
 //!   later message of a group while an earlier one is in flight;
-//! - a dead letter over SQS's 1 MiB limit is refused, as SQS refuses it.
+//! - a dead letter over SQS's 1 MiB limit is refused, as SQS refuses it;
+//! - a message the function re-sends to the queue (waiting at the cap) is a new message, with its
+//!   attributes and `DelaySeconds` (its `sent_at` is the re-send's).
 //!
 //! What it leaves out: delay queues, FIFO deduplication and the 10-message limit of a FIFO
 //! receive batch, and the latency of SQS calls (every call is instant).
@@ -25,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_lambda_events::event::sqs::SqsMessageAttribute;
 use sfn_pacer::close::dead_letter::{AttributeValue, DeadLetter, MAX_MESSAGE_BYTES};
 use sfn_pacer::close::queue::{Queue, QueueError};
 use sfn_pacer::Starter;
@@ -67,6 +70,8 @@ struct SimMessage {
     /// FIFO: the message group.
     group: Option<String>,
     body: String,
+    /// Message attributes (a re-sent message's).
+    attributes: HashMap<String, SqsMessageAttribute>,
     receive_count: u32,
     visible_at: Instant,
     sent_at: Instant,
@@ -147,15 +152,21 @@ impl SimQueue {
 
     /// Enqueues a message; returns its id (`msg-000000001`, …, in send order).
     pub fn send(&self, body: impl Into<String>) -> String {
-        self.send_message(None, body.into())
+        self.send_message(None, body.into(), HashMap::new(), Duration::ZERO)
     }
 
     /// Enqueues a message of the FIFO message group `group`; returns its id.
     pub fn send_to_group(&self, group: &str, body: impl Into<String>) -> String {
-        self.send_message(Some(group.to_string()), body.into())
+        self.send_message(Some(group.to_string()), body.into(), HashMap::new(), Duration::ZERO)
     }
 
-    fn send_message(&self, group: Option<String>, body: String) -> String {
+    fn send_message(
+        &self,
+        group: Option<String>,
+        body: String,
+        attributes: HashMap<String, SqsMessageAttribute>,
+        delay: Duration,
+    ) -> String {
         let mut s = self.lock();
         s.next_id += 1;
         let id = format!("msg-{:09}", s.next_id);
@@ -164,8 +175,9 @@ impl SimQueue {
             id: id.clone(),
             group,
             body,
+            attributes,
             receive_count: 0,
-            visible_at: now,
+            visible_at: now + delay,
             sent_at: now,
             receipt: None,
         };
@@ -283,6 +295,7 @@ fn record(m: &SimMessage, receipt: String) -> ReceivedMessage {
     r.message_id = Some(m.id.clone());
     r.receipt_handle = Some(receipt);
     r.body = Some(m.body.clone());
+    r.message_attributes = m.attributes.clone();
     r.attributes
         .insert("ApproximateReceiveCount".into(), m.receive_count.to_string());
     r.attributes.insert("SentTimestamp".into(), "0".into());
@@ -338,6 +351,22 @@ impl esm::Queue for SimQueue {
     }
 }
 
+/// A letter's attribute as a received message carries it.
+fn received_attribute(value: &AttributeValue) -> SqsMessageAttribute {
+    let mut out = SqsMessageAttribute::default();
+    match value {
+        AttributeValue::String(v, t) | AttributeValue::Number(v, t) => {
+            out.string_value = Some(v.clone());
+            out.data_type = Some(t.clone());
+        }
+        AttributeValue::Binary(v, t) => {
+            out.binary_value = Some(crate::esm::event::base64_data(v));
+            out.data_type = Some(t.clone());
+        }
+    }
+    out
+}
+
 fn text(letter: &DeadLetter, name: &str) -> String {
     match letter.attributes.get(name) {
         Some(AttributeValue::String(v, _) | AttributeValue::Number(v, _)) => v.clone(),
@@ -377,6 +406,28 @@ impl Queue for SimQueue {
         };
         self.lock().dlq.push(entry);
         Ok(())
+    }
+
+    async fn send_messages(&self, queue_arn: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        letters
+            .iter()
+            .map(|letter| {
+                if queue_arn != self.arn {
+                    return Err(QueueError(format!("no queue {queue_arn}")));
+                }
+                if letter.size() > MAX_MESSAGE_BYTES {
+                    return Err(QueueError(format!("InvalidParameterValue: {} bytes", letter.size())));
+                }
+                let attributes = letter
+                    .attributes
+                    .iter()
+                    .map(|(name, value)| (name.clone(), received_attribute(value)))
+                    .collect();
+                let delay = Duration::from_secs(letter.delay_seconds.into());
+                self.send_message(letter.group_id.clone(), letter.body.clone(), attributes, delay);
+                Ok(())
+            })
+            .collect()
     }
 }
 
@@ -562,6 +613,29 @@ mod tests {
         assert_eq!(ids, [a1.as_str(), a2.as_str()], "in order");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_re_sent_message_comes_back_after_its_delay_with_its_attributes() {
+        let q = SimQueue::new("q", 5, Duration::from_secs(30));
+        let letter = DeadLetter {
+            body: "{}".into(),
+            attributes: BTreeMap::from([(
+                "sfn-pacer.message-id".to_string(),
+                AttributeValue::String("first".into(), "String".into()),
+            )]),
+            group_id: None,
+            deduplication_id: None,
+            trace_header: None,
+            delay_seconds: 3,
+        };
+        assert_eq!(q.send_messages(q.arn(), &[letter]).await, vec![Ok(())]);
+        assert!(q.receive(10).is_empty(), "delayed");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let back = q.receive(10);
+        assert_eq!(back.len(), 1);
+        let attribute = &back[0].message_attributes["sfn-pacer.message-id"];
+        assert_eq!(attribute.string_value.as_deref(), Some("first"));
+    }
+
     #[tokio::test]
     async fn a_dead_letter_over_the_limit_is_refused() {
         let q = SimQueue::new("q", 5, Duration::from_secs(30));
@@ -570,6 +644,8 @@ mod tests {
             attributes: BTreeMap::new(),
             group_id: None,
             deduplication_id: None,
+            trace_header: None,
+            delay_seconds: 0,
         };
         assert!(q.send_dead_letter("dlq", &letter).await.is_err());
         assert!(q.dlq().is_empty());

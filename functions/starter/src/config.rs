@@ -31,6 +31,10 @@ pub const VARIABLES: &[&str] = &[
     "MESSAGES_PER_EXECUTION",
     "QUEUE_RETENTION_SECONDS",
     "DLQ_RETENTION_SECONDS",
+    "MAX_RUNNING_EXECUTIONS",
+    "RUNNING_KEY",
+    "RUNNING_EXPIRY_SECONDS",
+    "MAX_RECEIVE_COUNT",
 ];
 
 /// The most messages one execution carries (`MESSAGES_PER_EXECUTION`): a DynamoDB
@@ -131,6 +135,34 @@ pub struct Config {
     /// `DLQ_RETENTION_SECONDS`: the dead-letter queue's MessageRetentionPeriod (60 s to 14
     /// days; default 14 days).
     pub dlq_retention: Duration,
+    /// The cap on running executions (`MAX_RUNNING_EXECUTIONS` and its settings); `None`: no
+    /// cap. When set, `coordination_table` is set (the cap lives there).
+    pub running: Option<RunningCap>,
+    /// `MAX_RECEIVE_COUNT`: the source queue's `maxReceiveCount`. A message waiting at the cap is
+    /// re-sent before its last receive, so that waiting alone never moves it to the DLQ.
+    pub max_receive_count: u32,
+}
+
+/// The most `MAX_RUNNING_EXECUTIONS` accepts.
+pub const MAX_RUNNING_EXECUTIONS: u32 = 1_000_000;
+/// The longest Express execution, and so the longest `RUNNING_EXPIRY_SECONDS` on Express: 5 minutes.
+pub const EXPRESS_MAX_DURATION: Duration = Duration::from_secs(300);
+/// The longest `RUNNING_EXPIRY_SECONDS` on Standard: a day (the first check of a slot; later checks
+/// come at doubling intervals, also at most a day apart).
+pub const MAX_RUNNING_EXPIRY: Duration = Duration::from_secs(86_400);
+
+/// The cap on running executions (see [`crate::start::running`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningCap {
+    /// `MAX_RUNNING_EXECUTIONS`: the cap, 1 to [`MAX_RUNNING_EXECUTIONS`]. It seeds the cap's item
+    /// when the item does not exist yet; after that the item is the source of truth.
+    pub max_running: u32,
+    /// `RUNNING_KEY`: the cap's key in the coordination table; every deployment naming the same
+    /// table and key shares one cap. Default: the state machine's name.
+    pub key: String,
+    /// `RUNNING_EXPIRY_SECONDS`: when a slot is first checked (Standard: DescribeExecution; Express:
+    /// released, as the execution cannot run longer). Default 300 s, at most 300 s on Express.
+    pub expiry: Duration,
 }
 
 /// SQS's bounds of a queue's MessageRetentionPeriod, in seconds: 60 s to 14 days.
@@ -303,6 +335,8 @@ impl Config {
                 "none cannot be combined with MESSAGES_PER_EXECUTION above 1 on Standard: claims need named executions",
             ));
         }
+        let running = parse_running_cap(&r, &state_machine_arn, workflow_type, coordination_table.is_some())?;
+        let max_receive_count = parse_max_receive_count(&r)?;
         Ok(Config {
             state_machine_arn,
             starts_per_second: r.positive_f64("STARTS_PER_SECOND", 150.0)?,
@@ -327,6 +361,8 @@ impl Config {
             messages_per_execution,
             queue_retention: retention(&r, "QUEUE_RETENTION_SECONDS")?,
             dlq_retention: retention(&r, "DLQ_RETENTION_SECONDS")?,
+            running,
+            max_receive_count,
         })
     }
 
@@ -437,6 +473,80 @@ fn retention<F: Fn(&str) -> Option<String>>(r: &Reader<F>, variable: &'static st
         ));
     }
     Ok(Duration::from_secs(seconds))
+}
+
+/// `MAX_RUNNING_EXECUTIONS` and its settings; `None` when it is unset (no cap). The cap lives in
+/// the coordination table, so it needs `COORDINATION_TABLE`.
+fn parse_running_cap<F: Fn(&str) -> Option<String>>(
+    r: &Reader<F>,
+    state_machine_arn: &str,
+    workflow_type: WorkflowType,
+    has_table: bool,
+) -> Result<Option<RunningCap>, ConfigError> {
+    const EXPIRY: &str = "RUNNING_EXPIRY_SECONDS";
+    let longest = match workflow_type {
+        WorkflowType::Standard => MAX_RUNNING_EXPIRY,
+        WorkflowType::Express => EXPRESS_MAX_DURATION,
+    };
+    let expiry = Duration::from_secs(r.positive_u64(EXPIRY, EXPRESS_MAX_DURATION.as_secs())?);
+    if expiry > longest {
+        let why = match workflow_type {
+            WorkflowType::Standard => "a day",
+            WorkflowType::Express => "an Express execution's longest duration",
+        };
+        return Err(err(
+            EXPIRY,
+            format!(
+                "must be at most {} ({why}), got {}",
+                longest.as_secs(),
+                expiry.as_secs()
+            ),
+        ));
+    }
+    let key = r
+        .get("RUNNING_KEY")
+        .unwrap_or_else(|| crate::start::claim::scope(state_machine_arn).to_string());
+    if key.len() > 200 || key.chars().any(char::is_control) {
+        return Err(err(
+            "RUNNING_KEY",
+            "must be at most 200 characters, without control characters",
+        ));
+    }
+    let Some(raw) = r.get("MAX_RUNNING_EXECUTIONS") else {
+        return Ok(None);
+    };
+    let max_running: u32 = raw
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_RUNNING_EXECUTIONS).contains(n))
+        .ok_or_else(|| {
+            err(
+                "MAX_RUNNING_EXECUTIONS",
+                format!("expected a whole number from 1 to {MAX_RUNNING_EXECUTIONS}, got {raw:?}"),
+            )
+        })?;
+    if !has_table {
+        return Err(err(
+            "MAX_RUNNING_EXECUTIONS",
+            "needs COORDINATION_TABLE (the cap's slots are kept there)",
+        ));
+    }
+    Ok(Some(RunningCap {
+        max_running,
+        key,
+        expiry,
+    }))
+}
+
+/// `MAX_RECEIVE_COUNT`: 1 to 1,000 as SQS allows; default 5 (the least AWS recommends for Lambda
+/// consumers: a message is then re-sent, if it must wait longer, on its 4th receive at the latest).
+fn parse_max_receive_count<F: Fn(&str) -> Option<String>>(r: &Reader<F>) -> Result<u32, ConfigError> {
+    const VARIABLE: &str = "MAX_RECEIVE_COUNT";
+    let n = r.positive_u64(VARIABLE, 5)?;
+    if n > 1_000 {
+        return Err(err(VARIABLE, format!("must be at most 1000 (SQS's limit), got {n}")));
+    }
+    Ok(n as u32)
 }
 
 fn parse_input_mode(raw: Option<String>) -> Result<InputMode, ConfigError> {
@@ -702,6 +812,64 @@ mod tests {
                 assert_eq!(e.variable, variable, "{bad}");
                 assert!(!e.to_string().contains('\n'));
             }
+        }
+    }
+
+    #[test]
+    fn the_cap_is_off_by_default_and_needs_the_table() {
+        let c = load(&[("STATE_MACHINE_ARN", ARN)]).unwrap();
+        assert_eq!(c.running, None);
+        assert_eq!(c.max_receive_count, 5);
+        let e = load(&[("STATE_MACHINE_ARN", ARN), ("MAX_RUNNING_EXECUTIONS", "20")]).unwrap_err();
+        assert_eq!(e.variable, "MAX_RUNNING_EXECUTIONS");
+        assert!(e.reason.contains("COORDINATION_TABLE"), "{e}");
+        let table = ("COORDINATION_TABLE", "sfn-pacer");
+        let c = load(&[("STATE_MACHINE_ARN", ARN), table, ("MAX_RUNNING_EXECUTIONS", "20")]).unwrap();
+        assert_eq!(
+            c.running,
+            Some(RunningCap {
+                max_running: 20,
+                key: "demo".into(),
+                expiry: Duration::from_secs(300),
+            }),
+            "the key defaults to the state machine's name"
+        );
+        let c = load(&[
+            ("STATE_MACHINE_ARN", ARN),
+            table,
+            ("MAX_RUNNING_EXECUTIONS", "1000000"),
+            ("RUNNING_KEY", "database-a"),
+            ("RUNNING_EXPIRY_SECONDS", "3600"),
+            ("MAX_RECEIVE_COUNT", "10"),
+        ])
+        .unwrap();
+        let cap = c.running.unwrap();
+        assert_eq!((cap.max_running, cap.key.as_str()), (1_000_000, "database-a"));
+        assert_eq!((cap.expiry, c.max_receive_count), (Duration::from_secs(3600), 10));
+    }
+
+    #[test]
+    fn bad_cap_settings_name_their_variable() {
+        let table = ("COORDINATION_TABLE", "sfn-pacer");
+        let long_key = "k".repeat(201);
+        for (variable, value, more) in [
+            ("MAX_RUNNING_EXECUTIONS", "0", None),
+            ("MAX_RUNNING_EXECUTIONS", "1000001", None),
+            ("MAX_RUNNING_EXECUTIONS", "ten", None),
+            ("RUNNING_KEY", long_key.as_str(), None),
+            ("RUNNING_EXPIRY_SECONDS", "0", None),
+            ("RUNNING_EXPIRY_SECONDS", "86401", None),
+            ("RUNNING_EXPIRY_SECONDS", "301", Some(("WORKFLOW_TYPE", "express"))),
+            ("MAX_RECEIVE_COUNT", "0", None),
+            ("MAX_RECEIVE_COUNT", "1001", None),
+        ] {
+            let mut pairs = vec![("STATE_MACHINE_ARN", ARN), table, ("MAX_RUNNING_EXECUTIONS", "5")];
+            pairs.extend(more);
+            pairs.push((variable, value));
+            let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let e = Config::from_lookup(|k| map.get(k).cloned()).unwrap_err();
+            assert_eq!(e.variable, variable, "{variable}={value}: {e}");
+            assert!(!e.to_string().contains('\n'));
         }
     }
 }

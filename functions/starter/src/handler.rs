@@ -10,6 +10,8 @@
 //!   starts before every message it carries is claimed for it ([`crate::start::claim`]);
 //! - FIFO: within a message group, one start at a time and in order; after a failure, the
 //!   rest of the group is reported without being tried. Groups run concurrently.
+//! - with the cap (`MAX_RUNNING_EXECUTIONS`): no call starts without its execution's running
+//!   slot, taken right before it ([`cap_phase`]); a unit that finds none waits at the cap.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +61,8 @@ pub struct Starter {
     objects: Option<Arc<dyn ObjectStore>>,
     /// The per-message claims of batch mode on Standard (the coordination table).
     claims: Option<Arc<dyn ClaimStore>>,
+    /// The cap on running executions (`MAX_RUNNING_EXECUTIONS`), if any.
+    running: Option<Running>,
 }
 
 /// Records that start one execution: one message (several records when they share its name),
@@ -182,6 +186,7 @@ impl Starter {
             pacing,
             objects: None,
             claims: None,
+            running: None,
         }
     }
 
@@ -223,6 +228,7 @@ impl Starter {
             pacing: Pacing::Shared(Box::new(shared)),
             objects: None,
             claims: None,
+            running: None,
         }
     }
 
@@ -290,12 +296,17 @@ impl Starter {
             pending: AtomicU64::new(0),
             holding: AtomicU64::new(0),
         };
-        let units = match self.config.batching() {
+        let mut units = match self.config.batching() {
             true => invocation.batch(units, fifo).await,
             false => units,
         };
+        if self.running.is_some() && !fifo {
+            // Messages that come back to the cap's line try first.
+            units.sort_by_key(|u| !messages[u.members[0]].is_comeback());
+        }
         invocation.pending.store(units.len() as u64, Ordering::Relaxed);
         let settled = invocation.start_all(units, fifo).await;
+        invocation.sweep_if_full(&settled).await;
         self.close_pacing(times.hard_deadline).await;
         let closing = Closing {
             queue: self.queue.as_ref(),
@@ -303,13 +314,17 @@ impl Starter {
             config: &self.config,
             messages: &messages,
             hard_deadline: times.hard_deadline,
+            cap: self.running.as_ref().map(Running::cap),
         };
         let closed = closing.close(settled).await;
         let tally = &invocation.tally;
         tally.add_many(Count::DeadLettered, closed.dead_lettered);
         tally.add_many(Count::Deferred, closed.deferred);
+        tally.add_many(Count::WaitingForSlot, closed.waiting);
+        tally.add_many(Count::Resent, closed.resent);
         let response = respond(&messages, &closed.dispositions);
         let mut report = tally.report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
+        report.running = self.running.as_ref().and_then(|r| r.cap().running());
         self.add_pacing_counts(&mut report).await;
         Ok(Outcome {
             response,
@@ -455,13 +470,16 @@ impl Invocation<'_> {
     /// merged.
     async fn process_unit(&self, unit: &Unit) -> Settled {
         let settled = match &unit.work {
-            Work::Start(plan) => {
-                let settled: Settled = self.start(plan, unit.carried).await.into();
-                if matches!(settled, Settled::Done(_)) {
-                    self.confirm_started(plan).await;
+            Work::Start(plan) => match self.waits_in_line(unit) {
+                Some(waits) => waits.into(),
+                None => {
+                    let settled: Settled = self.start(plan, unit.carried).await.into();
+                    if matches!(settled, Settled::Done(_)) {
+                        self.confirm_started(plan).await;
+                    }
+                    settled
                 }
-                settled
-            }
+            },
             Work::Settled(settled) => settled.clone(),
         };
         self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -489,6 +507,8 @@ impl Invocation<'_> {
         };
         let name = plan.name.as_deref().unwrap_or("(AWS-assigned)");
         let mut unconfirmed = false;
+        // This invocation holds the execution's running slot from an attempt whose answer was lost.
+        let mut kept = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -516,10 +536,25 @@ impl Invocation<'_> {
                 self.tally.add_pacing_delay(slot.wait);
                 sleep(slot.wait).await;
             }
+            let running = match self.gate(plan.name.as_deref(), kept).await {
+                Gate::Go(running) => running,
+                Gate::Stop(settled) => {
+                    self.holding.fetch_sub(1, Ordering::Relaxed);
+                    pacing.put_back(slot).await;
+                    return settled;
+                }
+            };
             let result = timeout(self.call_timeout, self.starter.sfn.start_execution(&request))
                 .await
                 .unwrap_or(Err(StartError::Timeout));
             self.holding.fetch_sub(1, Ordering::Relaxed);
+            if let (Err(error), Some(running)) = (&result, running) {
+                // Surely not started: the slot goes back at once; else the execution may run.
+                match classify(error) == Class::Retryable && maybe_applied(error) {
+                    true => kept = true,
+                    false => self.give_back(running).await,
+                }
+            }
             let error = match result {
                 Ok(started) => {
                     pacing.on_success(slot).await;
@@ -564,15 +599,7 @@ impl Invocation<'_> {
                 }
                 Class::Retryable => {
                     // The request may have been applied even though the answer was lost.
-                    unconfirmed |= matches!(
-                        error,
-                        StartError::Timeout
-                            | StartError::Transport(_)
-                            | StartError::Service {
-                                status: Some(500..),
-                                ..
-                            }
-                    );
+                    unconfirmed |= maybe_applied(&error);
                     tracing::warn!(name, attempt, error = %error, "StartExecution failed; will retry");
                 }
             }
@@ -668,6 +695,19 @@ impl Invocation<'_> {
     }
 }
 
+/// Whether a failed StartExecution may still have started its execution (no answer, or a 5xx).
+fn maybe_applied(error: &StartError) -> bool {
+    matches!(
+        error,
+        StartError::Timeout
+            | StartError::Transport(_)
+            | StartError::Service {
+                status: Some(500..),
+                ..
+            }
+    )
+}
+
 /// Records merged into one execution (same name) whose payloads differ: only the first
 /// one's input starts. Step Functions would refuse the others' input under that name anyway
 /// (`ExecutionAlreadyExists`); the warning makes it visible.
@@ -709,6 +749,11 @@ pub fn respond(messages: &[Message], dispositions: &[Disposition]) -> SqsBatchRe
 
 #[path = "handler_batch.rs"]
 mod batch_phase;
+
+#[path = "handler_cap.rs"]
+mod cap_phase;
+use cap_phase::Gate;
+pub use cap_phase::Running;
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]

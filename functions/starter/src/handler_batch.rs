@@ -45,8 +45,10 @@ impl Invocation<'_> {
         out
     }
 
+    /// Whether executions are named (with the cap, also with `EXECUTION_NAME=none`: a slot's holder
+    /// is its execution's name).
     fn named(&self) -> bool {
-        self.config().name_source != crate::config::NameSource::None
+        self.config().name_source != crate::config::NameSource::None || self.config().running.is_some()
     }
 
     /// One message of a group: its records (merged by name), key, item and FIFO group.

@@ -88,6 +88,8 @@ struct FakeQueue {
     latency: Duration,
     visibility: Mutex<Vec<(String, u32)>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
+    /// Messages re-sent to their queue (its ARN, the letter).
+    resent: Mutex<Vec<(String, DeadLetter)>>,
     /// Entries per batch call, in call order.
     batches: Mutex<Vec<usize>>,
 }
@@ -146,6 +148,22 @@ impl Queue for FakeQueue {
             out.push(self.send_dead_letter(dlq_url, letter).await);
         }
         out
+    }
+    async fn send_messages(&self, queue_arn: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        assert!(letters.len() <= 10, "SendMessageBatch takes at most 10 entries");
+        assert!(letters
+            .iter()
+            .all(|l| l.size() <= MAX_MESSAGE_BYTES && l.delay_seconds <= 900));
+        self.batches.lock().unwrap().push(letters.len());
+        sleep(self.latency).await;
+        let mut resent = self.resent.lock().unwrap();
+        letters
+            .iter()
+            .map(|l| {
+                resent.push((queue_arn.to_string(), l.clone()));
+                Ok(())
+            })
+            .collect()
     }
 }
 
@@ -1134,3 +1152,6 @@ mod claim_check {
 
 #[path = "handler_batch_tests.rs"]
 mod batch;
+
+#[path = "handler_cap_tests.rs"]
+mod cap;

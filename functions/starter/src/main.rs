@@ -1,11 +1,8 @@
-//! The Lambda binary: config and clients are built once, then the runtime calls the handler.
-
-use std::sync::Arc;
+//! The Lambda binary: config and clients are built once, then the runtime calls the dispatcher
+//! (SQS batches, and the cap's status change and scheduled events).
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use sfn_pacer::aws::dynamo::DynamoStore;
-use sfn_pacer::aws::{S3Objects, SfnStarter, SqsQueue};
-use sfn_pacer::{Config, Starter};
+use sfn_pacer::Config;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -19,25 +16,9 @@ async fn main() -> Result<(), Error> {
         }
     };
     let sdk_config = sfn_pacer::aws::sdk_config_loader().load().await;
-    let timeout = config.call_timeout;
-    let sfn = Arc::new(SfnStarter::new(&sdk_config, timeout));
-    let queue = Arc::new(SqsQueue::new(&sdk_config, timeout));
-    let claim_check = config.claim_check_bucket.is_some();
-    let starter = match config.coordination_table.clone() {
-        // One table: the shared budget, and the per-message claims of batch mode.
-        Some(table) => {
-            let store = Arc::new(DynamoStore::new(&sdk_config, &table, timeout));
-            Starter::coordinated(config, sfn, queue, store.clone()).with_claims(store)
-        }
-        None => Starter::new(config, sfn, queue),
-    };
-    let starter = match claim_check {
-        true => starter.with_claim_check(Arc::new(S3Objects::new(&sdk_config, timeout))),
-        false => starter,
-    };
-    let starter = &starter;
+    let starter = &sfn_pacer::aws::starter(config, &sdk_config);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        starter.handle(event).await
+        starter.dispatch(event).await
     }))
     .await
 }

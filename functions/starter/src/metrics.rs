@@ -25,6 +25,12 @@ pub struct Tally {
     claims_written: AtomicU64,
     claims_found: AtomicU64,
     pacing_delay_micros: AtomicU64,
+    waiting_for_slot: AtomicU64,
+    resent: AtomicU64,
+    slots_released: AtomicU64,
+    slots_reclaimed: AtomicU64,
+    release_events: AtomicU64,
+    duplicate_release_events: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -52,6 +58,18 @@ pub enum Count {
     ClaimWritten,
     /// A message found already claimed by an earlier delivery.
     ClaimFound,
+    /// A message deferred for want of a running slot (`MAX_RUNNING_EXECUTIONS`).
+    WaitingForSlot,
+    /// A waiting message re-sent to its queue (before its last receive), then acknowledged.
+    Resent,
+    /// A running slot released by its execution's status change event.
+    SlotsReleased,
+    /// A running slot released by the reclaim (expired; its execution ended, or never started).
+    SlotsReclaimed,
+    /// A status change event received.
+    ReleaseEvents,
+    /// A status change event that freed nothing (a duplicate, late, or no slot held).
+    DuplicateReleaseEvents,
 }
 
 impl Tally {
@@ -68,6 +86,12 @@ impl Tally {
             Count::Executions => &self.executions,
             Count::ClaimWritten => &self.claims_written,
             Count::ClaimFound => &self.claims_found,
+            Count::WaitingForSlot => &self.waiting_for_slot,
+            Count::Resent => &self.resent,
+            Count::SlotsReleased => &self.slots_released,
+            Count::SlotsReclaimed => &self.slots_reclaimed,
+            Count::ReleaseEvents => &self.release_events,
+            Count::DuplicateReleaseEvents => &self.duplicate_release_events,
         }
     }
 
@@ -106,6 +130,13 @@ impl Tally {
             executions: get(&self.executions),
             claims_written: get(&self.claims_written),
             claims_found: get(&self.claims_found),
+            waiting_for_slot: get(&self.waiting_for_slot),
+            resent: get(&self.resent),
+            slots_released: get(&self.slots_released),
+            slots_reclaimed: get(&self.slots_reclaimed),
+            release_events: get(&self.release_events),
+            duplicate_release_events: get(&self.duplicate_release_events),
+            running: None,
             lease_calls: 0,
             fallbacks: 0,
             shared_rate_per_second: 0.0,
@@ -150,6 +181,20 @@ pub struct Report {
     /// Batch mode on Standard: messages found claimed by an earlier delivery (their recorded
     /// execution is started again, a no-op when it exists).
     pub claims_found: u64,
+    /// The cap: messages deferred for want of a running slot.
+    pub waiting_for_slot: u64,
+    /// The cap: waiting messages re-sent to their queue before their last receive.
+    pub resent: u64,
+    /// The cap: slots released by status change events.
+    pub slots_released: u64,
+    /// The cap: slots released by the reclaim (expired, ended, never started).
+    pub slots_reclaimed: u64,
+    /// The cap: status change events received.
+    pub release_events: u64,
+    /// The cap: status change events that freed nothing.
+    pub duplicate_release_events: u64,
+    /// The cap: running slots held, all instances together, as this instance last saw them.
+    pub running: Option<u64>,
     /// Coordinated mode: calls to the coordination table.
     pub lease_calls: u64,
     /// Coordinated mode: starts paced by the static split because the table could not be used.
@@ -167,12 +212,12 @@ pub struct Report {
 impl Report {
     /// The counts by EMF name, in the order the EMF document declares them.
     pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        COUNTS.iter().map(move |(name, get, _)| (*name, get(self)))
+        count_metrics().map(move |(name, get, _)| (*name, get(self)))
     }
 
-    /// Adds `other`'s counts to these (the durations and the rate are left as they are).
+    /// Adds `other`'s counts to these (the durations, the rate and `running` are left as they are).
     pub fn add_counts(&mut self, other: &Report) {
-        for (_, get, set) in COUNTS {
+        for (_, get, set) in count_metrics() {
             set(self, get(self).saturating_add(get(other)));
         }
     }
@@ -195,6 +240,9 @@ impl Report {
             claims_found = self.claims_found,
             lease_calls = self.lease_calls,
             fallbacks = self.fallbacks,
+            waiting_for_slot = self.waiting_for_slot,
+            resent = self.resent,
+            slots_reclaimed = self.slots_reclaimed,
             pacing_delay_ms = self.pacing_delay_ms.round() as u64,
             elapsed_ms = self.elapsed_ms.round() as u64,
             effective_rate = format!("{:.1}/s", self.effective_rate_per_second),
@@ -206,9 +254,13 @@ impl Report {
     pub fn emf(&self, namespace: &str, function_name: &str, timestamp_ms: u64) -> Value {
         let mut root = Map::new();
         let mut declared = Vec::new();
-        for (name, get, _) in COUNTS {
+        for (name, get, _) in count_metrics() {
             declared.push(json!({"Name": name, "Unit": "Count"}));
-            root.insert(name.into(), json!(get(self)));
+            root.insert((*name).into(), json!(get(self)));
+        }
+        if let Some(running) = self.running {
+            declared.push(json!({"Name": "Running", "Unit": "Count"}));
+            root.insert("Running".into(), json!(running));
         }
         for (name, unit, value) in [
             ("PacingDelay", "Milliseconds", self.pacing_delay_ms),
@@ -244,9 +296,10 @@ impl Report {
     pub fn from_emf(doc: &Value) -> Option<Report> {
         doc.get("_aws")?.get("CloudWatchMetrics")?;
         let mut report = Report::default();
-        for (name, _, set) in COUNTS {
-            set(&mut report, doc.get(name).and_then(Value::as_u64).unwrap_or(0));
+        for (name, _, set) in count_metrics() {
+            set(&mut report, doc.get(*name).and_then(Value::as_u64).unwrap_or(0));
         }
+        report.running = doc.get("Running").and_then(Value::as_u64);
         let float = |name: &str| doc.get(name).and_then(Value::as_f64).unwrap_or(0.0);
         report.pacing_delay_ms = float("PacingDelay");
         report.elapsed_ms = float("BatchDuration");
@@ -281,6 +334,25 @@ const COUNTS: [CountMetric; 15] = [
     ("ClaimsWritten", |r| r.claims_written, |r, v| r.claims_written = v),
     ("ClaimsFound", |r| r.claims_found, |r, v| r.claims_found = v),
 ];
+
+/// The cap's count metrics (`MAX_RUNNING_EXECUTIONS`), declared after [`COUNTS`].
+const CAP_COUNTS: [CountMetric; 6] = [
+    ("WaitingForSlot", |r| r.waiting_for_slot, |r, v| r.waiting_for_slot = v),
+    ("Resent", |r| r.resent, |r, v| r.resent = v),
+    ("SlotsReleased", |r| r.slots_released, |r, v| r.slots_released = v),
+    ("SlotsReclaimed", |r| r.slots_reclaimed, |r, v| r.slots_reclaimed = v),
+    ("ReleaseEvents", |r| r.release_events, |r, v| r.release_events = v),
+    (
+        "DuplicateReleaseEvents",
+        |r| r.duplicate_release_events,
+        |r, v| r.duplicate_release_events = v,
+    ),
+];
+
+/// Every count metric, in the order the EMF document declares them.
+fn count_metrics() -> impl Iterator<Item = &'static CountMetric> {
+    COUNTS.iter().chain(CAP_COUNTS.iter())
+}
 
 #[cfg(test)]
 mod tests {
@@ -378,6 +450,11 @@ mod tests {
             "MessagesPerExecution",
             "ClaimsWritten",
             "ClaimsFound",
+            "WaitingForSlot",
+            "SlotsReleased",
+            "SlotsReclaimed",
+            "ReleaseEvents",
+            "DuplicateReleaseEvents",
         ] {
             assert!(names.contains(&expected), "{expected} missing");
         }
@@ -409,6 +486,13 @@ mod tests {
             executions: 2,
             claims_written: 6,
             claims_found: 1,
+            waiting_for_slot: 8,
+            resent: 2,
+            slots_released: 5,
+            slots_reclaimed: 1,
+            release_events: 7,
+            duplicate_release_events: 2,
+            running: Some(20),
             lease_calls: 4,
             fallbacks: 2,
             shared_rate_per_second: 150.0,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, MessageAttributeValue,
-    SendMessageBatchRequestEntry,
+    MessageSystemAttributeNameForSends, MessageSystemAttributeValue, SendMessageBatchRequestEntry,
 };
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -16,6 +16,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use crate::close::dead_letter::{AttributeValue, DeadLetter};
 use crate::close::queue::{Queue, QueueError, VisibilityChange};
 use crate::plan::claim_check::{ObjectError, ObjectStore};
+use crate::start::running::describe::{DescribeError, DescribeExecution, Described};
 use crate::start::{StartError, StartExecution, StartRequest, Started};
 
 /// The one HTTPS client of every SDK client in the workspace: hyper 1 + rustls with *ring*.
@@ -34,6 +35,30 @@ pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient 
 /// function, tools, tests). Region, credentials and endpoints come from the environment as usual.
 pub fn sdk_config_loader() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client())
+}
+
+/// The starter with the SDK adapters, as the Lambda runs it (built once per execution environment):
+/// StartExecution and DescribeExecution, SQS; with `COORDINATION_TABLE`, one table for the shared
+/// budget, the claims of batch mode and the cap's slots; with `CLAIM_CHECK_BUCKET`, S3.
+pub fn starter(config: crate::Config, sdk_config: &aws_config::SdkConfig) -> crate::Starter {
+    use std::sync::Arc;
+    let timeout = config.call_timeout;
+    let sfn = Arc::new(SfnStarter::new(sdk_config, timeout));
+    let queue = Arc::new(SqsQueue::new(sdk_config, timeout));
+    let claim_check = config.claim_check_bucket.is_some();
+    let starter = match config.coordination_table.clone() {
+        Some(table) => {
+            let store = Arc::new(dynamo::DynamoStore::new(sdk_config, &table, timeout));
+            crate::Starter::coordinated(config, sfn.clone(), queue, store.clone())
+                .with_claims(store.clone())
+                .with_cap(store.clone(), sfn, store)
+        }
+        None => crate::Starter::new(config, sfn, queue),
+    };
+    match claim_check {
+        true => starter.with_claim_check(Arc::new(S3Objects::new(sdk_config, timeout))),
+        false => starter,
+    }
 }
 
 /// StartExecution through `aws-sdk-sfn`, one attempt per call: the SDK's retries are off,
@@ -103,6 +128,55 @@ impl StartExecution for SfnStarter {
             .map_err(start_error)?;
         Ok(Started {
             execution_arn: output.execution_arn,
+        })
+    }
+}
+
+/// DescribeExecution through the same client (one attempt, bounded by the call timeout): what the
+/// cap's reclaim asks about a Standard execution.
+#[async_trait]
+impl DescribeExecution for SfnStarter {
+    async fn describe_execution(&self, execution_arn: &str) -> Result<Described, DescribeError> {
+        use aws_sdk_sfn::operation::describe_execution::DescribeExecutionError;
+        use aws_sdk_sfn::types::ExecutionStatus;
+        let answer = self
+            .client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await;
+        let out = match answer {
+            Ok(out) => out,
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(DescribeExecutionError::ExecutionDoesNotExist(_))
+                ) =>
+            {
+                return Ok(Described::NotFound)
+            }
+            Err(e) => {
+                let message = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+                let throttled = e
+                    .as_service_error()
+                    .and_then(|s| s.code())
+                    .is_some_and(|code| code.contains("Throttl"));
+                return Err(match throttled {
+                    true => DescribeError::Throttled(message),
+                    false => DescribeError::Failed(message),
+                });
+            }
+        };
+        let redrive_count = out.redrive_count.map_or(0, |n| u32::try_from(n).unwrap_or(0));
+        Ok(match out.status {
+            ExecutionStatus::Running => Described::Running { redrive_count },
+            _ => Described::Ended {
+                redrive_count,
+                stop_ms: out
+                    .stop_date
+                    .and_then(|d| d.to_millis().ok())
+                    .and_then(|ms| u64::try_from(ms).ok()),
+            },
         })
     }
 }
@@ -229,9 +303,49 @@ fn dead_letter_entry(i: usize, letter: &DeadLetter) -> Result<SendMessageBatchRe
     for (name, value) in &letter.attributes {
         entry = entry.message_attributes(name, attribute_value(value)?);
     }
+    if letter.delay_seconds > 0 {
+        entry = entry.delay_seconds(i32::try_from(letter.delay_seconds).unwrap_or(i32::MAX));
+    }
+    if let Some(header) = &letter.trace_header {
+        let value = MessageSystemAttributeValue::builder()
+            .data_type("String")
+            .string_value(header)
+            .build()
+            .map_err(|e| QueueError(format!("AWSTraceHeader: {e}")))?;
+        entry = entry.message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, value);
+    }
     entry
         .build()
         .map_err(|e| QueueError(format!("SendMessageBatch entry: {e}")))
+}
+
+impl SqsQueue {
+    /// One `SendMessageBatch` of `letters` to the queue at `url`; `what` names it in errors.
+    async fn send_batch(&self, url: &str, letters: &[DeadLetter], what: &str) -> Vec<Result<(), QueueError>> {
+        let entries: Result<Vec<_>, _> = letters
+            .iter()
+            .enumerate()
+            .map(|(i, l)| dead_letter_entry(i, l))
+            .collect();
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => return all_failed(letters.len(), e),
+        };
+        let sent = self
+            .client
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => entry_results(letters.len(), out.failed()),
+            Err(e) => all_failed(
+                letters.len(),
+                QueueError(format!("SendMessageBatch to {what}: {}", sdk_message(&e))),
+            ),
+        }
+    }
 }
 
 #[async_trait]
@@ -296,28 +410,13 @@ impl Queue for SqsQueue {
     }
 
     async fn send_dead_letters(&self, dlq_url: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
-        let entries: Result<Vec<_>, _> = letters
-            .iter()
-            .enumerate()
-            .map(|(i, l)| dead_letter_entry(i, l))
-            .collect();
-        let entries = match entries {
-            Ok(entries) => entries,
-            Err(e) => return all_failed(letters.len(), e),
-        };
-        let sent = self
-            .client
-            .send_message_batch()
-            .queue_url(dlq_url)
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        match sent {
-            Ok(out) => entry_results(letters.len(), out.failed()),
-            Err(e) => all_failed(
-                letters.len(),
-                QueueError(format!("SendMessageBatch to the DLQ: {}", sdk_message(&e))),
-            ),
+        self.send_batch(dlq_url, letters, "the DLQ").await
+    }
+
+    async fn send_messages(&self, queue_arn: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        match queue_url(queue_arn) {
+            Ok(url) => self.send_batch(&url, letters, "the source queue").await,
+            Err(e) => all_failed(letters.len(), e),
         }
     }
 }

@@ -1,12 +1,16 @@
-//! Dead letters: what the function sends to the DLQ for a message that can never start.
+//! Dead letters: what the function sends to the DLQ for a message that can never start; and the
+//! same letter re-sent to a message's own queue while it waits at the cap ([`resend_letter`]).
 //!
 //! The body is unchanged. Message attributes carry why (see [`ATTR_PREFIX`]); the
-//! message's own attributes follow while SQS's limit of 10 attributes allows.
+//! message's own attributes follow while SQS's limit of 10 attributes allows. A re-sent message
+//! keeps all of them, its identity and its trace header, or is not re-sent.
 
 use std::collections::BTreeMap;
 
 use crate::plan::claim_check::Pointer;
-use crate::plan::event::{is_fifo_arn, Message, MESSAGE_ID_ATTRIBUTE};
+use aws_lambda_events::event::sqs::SqsMessageAttribute;
+
+use crate::plan::event::{is_fifo_arn, Message, DUE_AT_ATTRIBUTE, MESSAGE_ID_ATTRIBUTE};
 use crate::plan::name::execution_name;
 use crate::plan::Rejection;
 
@@ -22,6 +26,8 @@ pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
 pub const MAX_BATCH_ENTRIES: usize = 10;
 /// `SendMessageBatch`: at most this many bytes per call, all entries together (1 MiB).
 pub const MAX_BATCH_BYTES: usize = 1_048_576;
+/// The longest `DelaySeconds` SQS accepts: 15 minutes.
+pub const MAX_DELAY_SECONDS: u32 = 900;
 
 /// One message attribute value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +40,7 @@ pub enum AttributeValue {
     Binary(Vec<u8>, String),
 }
 
-/// A message for the DLQ.
+/// A message the function sends: to the DLQ, or back to its own queue ([`resend_letter`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// The original body, unchanged.
@@ -45,6 +51,10 @@ pub struct DeadLetter {
     pub group_id: Option<String>,
     /// FIFO DLQs: the deduplication id, derived from the message id.
     pub deduplication_id: Option<String>,
+    /// The producer's X-Ray trace header, sent on as the system attribute `AWSTraceHeader`.
+    pub trace_header: Option<String>,
+    /// `DelaySeconds` (0 to [`MAX_DELAY_SECONDS`]; standard queues only).
+    pub delay_seconds: u32,
 }
 
 impl DeadLetter {
@@ -105,25 +115,11 @@ pub fn dead_letter(message: &Message, rejection: &Rejection, dlq_url: &str) -> D
         format!("{ATTR_PREFIX}source-queue"),
         string(message.source_arn.as_deref().unwrap_or("unknown")),
     );
-    let mut originals: Vec<_> = message.message_attributes.iter().collect();
-    originals.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, value) in originals {
-        if attributes.len() >= MAX_ATTRIBUTES || name.starts_with(ATTR_PREFIX) {
-            continue;
+    for (name, value) in originals(message) {
+        if attributes.len() >= MAX_ATTRIBUTES {
+            break;
         }
-        let data_type = value.data_type.clone().unwrap_or_else(|| "String".to_string());
-        let converted = if let Some(text) = &value.string_value {
-            if data_type.starts_with("Number") {
-                AttributeValue::Number(text.clone(), data_type)
-            } else {
-                AttributeValue::String(text.clone(), data_type)
-            }
-        } else if let Some(bytes) = &value.binary_value {
-            AttributeValue::Binary(bytes.0.clone(), data_type)
-        } else {
-            continue;
-        };
-        attributes.insert(name.clone(), converted);
+        attributes.insert(name, value);
     }
     let fifo = is_fifo_url(dlq_url);
     DeadLetter {
@@ -135,7 +131,61 @@ pub fn dead_letter(message: &Message, rejection: &Rejection, dlq_url: &str) -> D
         } else {
             None
         },
+        trace_header: message.trace_header().map(str::to_string),
+        delay_seconds: 0,
     }
+}
+
+/// The message's own attributes (not this function's), by name, as SQS takes them back.
+fn originals(message: &Message) -> Vec<(String, AttributeValue)> {
+    let mut out: Vec<(String, AttributeValue)> = message
+        .message_attributes
+        .iter()
+        .filter(|(name, _)| !name.starts_with(ATTR_PREFIX))
+        .filter_map(|(name, value)| Some((name.clone(), converted(value)?)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// An attribute as received, as SQS takes it back (`None`: it has no value).
+fn converted(value: &SqsMessageAttribute) -> Option<AttributeValue> {
+    let data_type = value.data_type.clone().unwrap_or_else(|| "String".to_string());
+    if let Some(text) = &value.string_value {
+        Some(match data_type.starts_with("Number") {
+            true => AttributeValue::Number(text.clone(), data_type),
+            false => AttributeValue::String(text.clone(), data_type),
+        })
+    } else {
+        value
+            .binary_value
+            .as_ref()
+            .map(|bytes| AttributeValue::Binary(bytes.0.clone(), data_type))
+    }
+}
+
+/// The message re-sent to its own (standard) queue to wait longer at the cap, `delay_seconds`
+/// from now (at most [`MAX_DELAY_SECONDS`]): its body, every one of its own attributes, its
+/// identity (`sfn-pacer.message-id`: the execution name keeps following it, as a redriven dead
+/// letter's does), when it is due (`sfn-pacer.due-at`, ms since the epoch) and its trace header.
+/// `None` when that does not fit SQS's limits (10 attributes, 1 MiB): then it is not re-sent.
+pub fn resend_letter(message: &Message, due_at_ms: u64, delay_seconds: u32) -> Option<DeadLetter> {
+    let string = |v: &str| AttributeValue::String(v.to_string(), "String".to_string());
+    let mut attributes: BTreeMap<String, AttributeValue> = originals(message).into_iter().collect();
+    attributes.insert(MESSAGE_ID_ATTRIBUTE.to_string(), string(message.original_id()));
+    attributes.insert(
+        DUE_AT_ATTRIBUTE.to_string(),
+        AttributeValue::Number(due_at_ms.to_string(), "Number".to_string()),
+    );
+    let letter = DeadLetter {
+        body: message.body.clone(),
+        attributes,
+        group_id: None,
+        deduplication_id: None,
+        trace_header: message.trace_header().map(str::to_string),
+        delay_seconds: delay_seconds.min(MAX_DELAY_SECONDS),
+    };
+    (letter.attributes.len() <= MAX_ATTRIBUTES && letter.size() <= MAX_MESSAGE_BYTES).then_some(letter)
 }
 
 /// Whether a queue URL (or ARN) names a FIFO queue.
@@ -218,6 +268,41 @@ mod tests {
         let letter = dead_letter(&m, &Rejection::new("X", "y"), "https://q/dlq.fifo");
         assert_eq!(letter.group_id.as_deref(), Some("g-1"));
         assert_eq!(letter.deduplication_id.as_deref(), Some("id-1"));
+    }
+
+    #[test]
+    fn a_resent_message_keeps_its_identity_attributes_and_trace() {
+        let mut m = message();
+        m.body = "{}".into();
+        m.attributes.insert("AWSTraceHeader".into(), "Root=1-abc".into());
+        let attr =
+            |v: &str| serde_json::from_value(serde_json::json!({"stringValue": v, "dataType": "String"})).unwrap();
+        m.message_attributes.insert("OrderId".into(), attr("o-7"));
+        let letter = resend_letter(&m, 1_800_000_000_000, 2_000).unwrap();
+        assert_eq!(letter.body, "{}");
+        assert_eq!(letter.delay_seconds, MAX_DELAY_SECONDS, "SQS delays at most 15 minutes");
+        assert_eq!(letter.trace_header.as_deref(), Some("Root=1-abc"));
+        assert_eq!(
+            letter.attributes["OrderId"],
+            AttributeValue::String("o-7".into(), "String".into())
+        );
+        assert_eq!(
+            letter.attributes[MESSAGE_ID_ATTRIBUTE],
+            AttributeValue::String("id-1".into(), "String".into())
+        );
+        // Re-sent again, it keeps the first id, not its new one.
+        m.id = "id-2".into();
+        m.message_attributes.insert(MESSAGE_ID_ATTRIBUTE.into(), attr("id-1"));
+        let again = resend_letter(&m, 1_800_000_000_000, 5).unwrap();
+        assert_eq!(
+            again.attributes[MESSAGE_ID_ATTRIBUTE],
+            AttributeValue::String("id-1".into(), "String".into())
+        );
+        // Nine attributes of its own leave no room for the two it needs: not re-sent.
+        for i in 0..8 {
+            m.message_attributes.insert(format!("a{i}"), attr("v"));
+        }
+        assert!(resend_letter(&m, 1, 5).is_none());
     }
 
     #[test]

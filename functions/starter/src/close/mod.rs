@@ -11,11 +11,14 @@
 //!   when its instance expects the next slot ([`Comeback::At`], at once in full flow); one
 //!   that failed gets the jittered backoff on its receive count; in a FIFO group every
 //!   reported message gets the group's backoff (SQS delivers no later message of a group
-//!   while an earlier one is in flight).
+//!   while an earlier one is in flight);
+//! - a message that waits at the cap comes back when it is due in the waiting line, or, before
+//!   its last receive, is re-sent to its queue with its identity kept ([`waiting`]).
 
 pub mod backoff;
 pub mod dead_letter;
 pub mod queue;
+pub mod waiting;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -29,6 +32,7 @@ use crate::config::Config;
 use crate::plan::claim_check::{check_in, ObjectStore, DEAD_LETTER_PREFIX};
 use crate::plan::event::Message;
 use crate::plan::Rejection;
+use crate::start::running::cap::Cap;
 
 /// No call starts with less than this left before the hard deadline.
 pub const MIN_CALL_TIME: Duration = Duration::from_millis(20);
@@ -42,6 +46,9 @@ pub enum Disposition {
     Duplicate,
     /// It can never start and was sent to the DLQ. Acknowledged.
     DeadLettered,
+    /// It waits at the cap and was re-sent to its queue (a new message, its identity kept).
+    /// Acknowledged.
+    Resent,
     /// Not started: listed in `batchItemFailures`, to be delivered again. The reason is for logs.
     Retry(String),
 }
@@ -73,6 +80,9 @@ pub enum Comeback {
     /// nearest second from the close phase, so that a starved instance does not spend the
     /// message's receives (`maxReceiveCount`) in a tight loop.
     At(Instant),
+    /// It waits for a running slot (the cap): when it is due in the waiting line (`None`: the
+    /// close phase puts it in line), at least a second from now, at most 12 hours.
+    AtCap(Option<Instant>),
 }
 
 /// What the close phase did.
@@ -84,6 +94,10 @@ pub struct Closed {
     pub dead_lettered: u64,
     /// Reported messages that were never tried (made visible again at once when time allowed).
     pub deferred: u64,
+    /// Messages that wait at the cap (re-sent ones too).
+    pub waiting: u64,
+    /// Waiting messages re-sent to their queue.
+    pub resent: u64,
 }
 
 /// The close phase of one invocation.
@@ -98,6 +112,8 @@ pub struct Closing<'a> {
     pub messages: &'a [Message],
     /// Every call of this phase ends before this.
     pub hard_deadline: Instant,
+    /// The cap on running executions, whose waiting line the messages that wait join.
+    pub cap: Option<&'a Cap>,
 }
 
 impl Closing<'_> {
@@ -110,11 +126,19 @@ impl Closing<'_> {
         };
         let mut comebacks: HashMap<usize, Comeback> = HashMap::new();
         let mut rejected = Vec::new();
+        let mut waiting = Vec::new();
         for (members, settled) in units {
             let disposition = match settled {
                 Settled::Done(done) => done,
                 Settled::Reject(rejection) => {
                     rejected.push((members, rejection));
+                    continue;
+                }
+                Settled::Retry {
+                    reason,
+                    comeback: Comeback::AtCap(due),
+                } if self.cap.is_some() => {
+                    waiting.push((members, due, reason));
                     continue;
                 }
                 Settled::Retry { reason, comeback } => {
@@ -136,6 +160,9 @@ impl Closing<'_> {
             for i in members {
                 closed.dispositions[i] = disposition.clone();
             }
+        }
+        if let Some(cap) = self.cap {
+            self.wait(cap, waiting, &mut closed, &mut comebacks).await;
         }
         self.change_visibility(&closed.dispositions, &comebacks).await;
         closed
@@ -189,7 +216,7 @@ impl Closing<'_> {
         }
         for batch in batches(&letters) {
             let entries: Vec<DeadLetter> = batch.iter().map(|(_, l)| l.clone()).collect();
-            let results = self.send(dlq_url, &entries).await;
+            let results = self.send(To::Dlq(dlq_url), &entries).await;
             for (((u, m), _), result) in batch.iter().zip(results) {
                 let rejection = &rejected[*u].1;
                 match result {
@@ -239,11 +266,15 @@ impl Closing<'_> {
     }
 
     /// One `SendMessageBatch`, if there is time; a call that fails as a whole fails each entry.
-    async fn send(&self, dlq_url: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+    async fn send(&self, to: To<'_>, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
         let Some(limit) = self.time_left() else {
-            return vec![Err(QueueError("no time left to dead-letter".into())); letters.len()];
+            return vec![Err(QueueError("no time left to send".into())); letters.len()];
         };
-        match timeout(limit, self.queue.send_dead_letters(dlq_url, letters)).await {
+        let sent = match to {
+            To::Dlq(url) => self.queue.send_dead_letters(url, letters),
+            To::Queue(arn) => self.queue.send_messages(arn, letters),
+        };
+        match timeout(limit, sent).await {
             Ok(results) => results,
             Err(_) => vec![
                 Err(QueueError(format!(
@@ -289,6 +320,15 @@ impl Closing<'_> {
     }
 }
 
+/// Where a `SendMessageBatch` goes.
+#[derive(Debug, Clone, Copy)]
+enum To<'a> {
+    /// The DLQ, by URL.
+    Dlq(&'a str),
+    /// A source queue, by ARN (a re-sent message).
+    Queue(&'a str),
+}
+
 /// The visibility timeout (seconds) at `now` of every reported message (by record index):
 /// the jittered backoff for the tried ([`Comeback::Backoff`]), the deferral for the untried
 /// (0 when none is given); in a FIFO group with a tried message, the group's backoff for
@@ -323,6 +363,9 @@ pub fn visibility_plan(
                 (Some(&group), _) => group,
                 (None, Some(Comeback::Backoff)) => backoff(m),
                 (None, Some(Comeback::At(at))) => deferral_seconds(at.saturating_duration_since(now), config.retry_max),
+                (None, Some(Comeback::AtCap(due))) => {
+                    waiting::wait_seconds(due.map(|d| d.saturating_duration_since(now)))
+                }
                 (None, Some(Comeback::Now) | None) => 0,
             };
             (i, seconds)
@@ -382,6 +425,8 @@ mod tests {
                 attributes: Map::new(),
                 group_id: None,
                 deduplication_id: None,
+                trace_header: None,
+                delay_seconds: 0,
             },
         )
     }

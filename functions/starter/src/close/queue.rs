@@ -54,4 +54,12 @@ pub trait Queue: Send + Sync {
         }
         results
     }
+
+    /// Sends at most 10 messages (at most 1 MiB together) to the queue `queue_arn`: messages re-sent
+    /// to their own queue to wait at the cap; one result per message. A queue that cannot re-send
+    /// fails each (the messages then wait by their visibility alone).
+    async fn send_messages(&self, queue_arn: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        let error = QueueError(format!("this queue client cannot send to {queue_arn}"));
+        vec![Err(error); letters.len()]
+    }
 }

@@ -12,6 +12,10 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessageAttribute};
 /// queue gets a new id, and the execution name keeps following this one.
 pub const MESSAGE_ID_ATTRIBUTE: &str = "sfn-pacer.message-id";
 
+/// The attribute of a message re-sent to its queue to wait at the cap: when it is due, ms since
+/// the epoch (a re-send's delay is at most 15 minutes; a longer wait continues on its return).
+pub const DUE_AT_ATTRIBUTE: &str = "sfn-pacer.due-at";
+
 /// One SQS record, as the rest of the pipeline sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Message {
@@ -52,6 +56,35 @@ impl Message {
     /// Whether the source queue is a FIFO queue (its ARN ends in `.fifo`).
     pub fn from_fifo_queue(&self) -> bool {
         self.source_arn.as_deref().is_some_and(is_fifo_arn)
+    }
+
+    /// The message id the name follows: the original one a dead letter or a re-sent message
+    /// carries ([`MESSAGE_ID_ATTRIBUTE`]), else the message's own.
+    pub fn original_id(&self) -> &str {
+        self.message_attributes
+            .get(MESSAGE_ID_ATTRIBUTE)
+            .and_then(|a| a.string_value.as_deref())
+            .filter(|id| !id.is_empty())
+            .unwrap_or(&self.id)
+    }
+
+    /// When a message re-sent to wait at the cap is due ([`DUE_AT_ATTRIBUTE`]), ms since the epoch.
+    pub fn due_at_ms(&self) -> Option<u64> {
+        self.message_attributes
+            .get(DUE_AT_ATTRIBUTE)
+            .and_then(|a| a.string_value.as_deref())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Whether the message comes back (it was received before, or re-sent while it waited): a
+    /// message in the waiting line, due, rather than a fresh one.
+    pub fn is_comeback(&self) -> bool {
+        self.receive_count() > 1 || self.due_at_ms().is_some()
+    }
+
+    /// The producer's X-Ray trace header (`AWSTraceHeader`), as received.
+    pub fn trace_header(&self) -> Option<&str> {
+        self.attributes.get("AWSTraceHeader").map(String::as_str)
     }
 }
 

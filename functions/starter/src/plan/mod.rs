@@ -10,8 +10,8 @@ use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
 use crate::config::{Config, InputMode, NameSource};
-use crate::plan::event::{Message, MESSAGE_ID_ATTRIBUTE};
-use crate::plan::name::execution_name;
+use crate::plan::event::Message;
+use crate::plan::name::{execution_name, random_name};
 
 /// The largest execution input Step Functions accepts, in UTF-8 bytes.
 pub const MAX_INPUT_BYTES: usize = 262_144;
@@ -35,11 +35,11 @@ pub const MAX_TRACE_HEADER_CHARS: usize = 256;
 /// The record's trace header, if it is one StartExecution accepts (a malformed one is
 /// dropped: a trace is not worth failing a start for).
 fn trace_header(message: &Message) -> Option<String> {
-    let header = message.attributes.get("AWSTraceHeader")?;
+    let header = message.trace_header()?;
     let valid = !header.is_empty()
         && header.len() <= MAX_TRACE_HEADER_CHARS
         && header.chars().all(|c| c.is_ascii_graphic() || c == ' ');
-    valid.then(|| header.clone())
+    valid.then(|| header.to_string())
 }
 
 /// Why a message can never start, whatever the retries: a permanent failure.
@@ -64,6 +64,8 @@ impl Rejection {
 /// Plans the execution for `message`, or rejects it permanently.
 pub fn plan(message: &Message, config: &Config) -> Result<Plan, Rejection> {
     let name = match &config.name_source {
+        // The cap's holder needs the name before the answer: the one AWS would pick, chosen here.
+        NameSource::None if config.running.is_some() => Some(random_name()),
         NameSource::None => None,
         source => {
             let key = name_key(message, source)?;
@@ -78,21 +80,10 @@ pub fn plan(message: &Message, config: &Config) -> Result<Plan, Rejection> {
     })
 }
 
-/// The message id the name follows: the original one a dead letter carries
-/// ([`MESSAGE_ID_ATTRIBUTE`]) when it was redriven back to the queue, else the message's own.
-fn original_message_id(message: &Message) -> String {
-    message
-        .message_attributes
-        .get(MESSAGE_ID_ATTRIBUTE)
-        .and_then(|a| a.string_value.clone())
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| message.id.clone())
-}
-
 /// The raw key the name is derived from.
 fn name_key(message: &Message, source: &NameSource) -> Result<Vec<u8>, Rejection> {
     match source {
-        NameSource::MessageId | NameSource::None => Ok(original_message_id(message).into_bytes()),
+        NameSource::MessageId | NameSource::None => Ok(message.original_id().as_bytes().to_vec()),
         NameSource::Attribute(attribute) => {
             let value = message
                 .message_attributes
@@ -171,6 +162,7 @@ fn check_size(input: String, config: &Config) -> Result<String, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::event::MESSAGE_ID_ATTRIBUTE;
     use aws_lambda_events::event::sqs::SqsMessageAttribute;
 
     fn config(pairs: &[(&str, &str)]) -> Config {

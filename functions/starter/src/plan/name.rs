@@ -59,6 +59,11 @@ pub fn execution_name(key: &[u8]) -> Option<String> {
     }
 }
 
+/// A random execution name, as AWS picks one when StartExecution gets none: a version 4 UUID.
+pub fn random_name() -> String {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +139,13 @@ mod tests {
             .collect::<String>()[..20]
             .to_string();
         assert_eq!(a, format!("a_b-{expected}"));
+    }
+
+    #[test]
+    fn random_names_are_valid_and_differ() {
+        let (a, b) = (random_name(), random_name());
+        assert!(is_valid_name(&a) && a.len() == 36, "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 pub mod budget;
 pub mod claim;
 pub mod classify;
+pub mod clock;
 pub mod memory;
 pub mod pace;
 pub mod pacing;
+pub mod running;
 pub mod table;
 
 use async_trait::async_trait;

@@ -80,6 +80,30 @@ impl StoreError {
     }
 }
 
+/// A table call bounded by `call_timeout` and by `latest`: an error of kind
+/// [`StoreErrorKind::Deadline`] when no answer comes in time (or no time is left).
+pub async fn bounded<T>(
+    call_timeout: std::time::Duration,
+    latest: tokio::time::Instant,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let limit = latest
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(call_timeout);
+    if limit.is_zero() {
+        return Err(StoreError::deadline(
+            "no time left for a call to the coordination table",
+        ));
+    }
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::deadline(format!(
+            "no answer from the coordination table within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
 use super::{s, store_error, DynamoStore, Item};
 use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite, Record};
@@ -21,9 +21,6 @@ use crate::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, Clai
 /// A confirmed record's `state`.
 const STARTED: &str = "started";
 use crate::start::table::StoreError;
-
-/// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (it does so under load).
-const READ_ROUNDS: usize = 3;
 
 /// A Put of `item` on condition that no item has its `pk`.
 fn put_if_absent(table: &str, item: Item) -> Result<TransactWriteItem, StoreError> {
@@ -78,7 +75,7 @@ fn refused(e: &TransactWriteItemsError) -> bool {
 
 /// A transaction cancelled for capacity or a conflict with another transaction (not applied,
 /// worth retrying), by its cancellation reasons; `None` for any other error.
-fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
+pub(super) fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
     let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e else {
         return None;
     };
@@ -94,7 +91,7 @@ fn cancelled(e: Option<&TransactWriteItemsError>) -> Option<StoreError> {
     }
 }
 
-fn text(item: &Item, name: &str) -> Option<String> {
+pub(super) fn text(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
@@ -117,49 +114,12 @@ impl ClaimStore for DynamoStore {
 
     async fn claimed(&self, scope: &str, keys: &[String]) -> Result<HashMap<String, String>, StoreError> {
         let by_pk: HashMap<String, &String> = keys.iter().map(|k| (claim_pk(scope, k), k)).collect();
-        let mut wanted: Vec<Item> = by_pk
-            .keys()
-            .map(|pk| HashMap::from([("pk".to_string(), s(pk))]))
-            .collect();
-        let mut claimed = HashMap::new();
-        for _ in 0..READ_ROUNDS {
-            if wanted.is_empty() {
-                return Ok(claimed);
-            }
-            let read = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut wanted)))
-                .consistent_read(true)
-                .projection_expression("#pk, #execution")
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#execution", "execution")
-                .build()
-                .map_err(|e| StoreError::permanent(e.to_string()))?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, read)
-                .send()
-                .await
-                .map_err(|e| store_error(&e))?;
-            for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
-                let key = text(item, "pk").and_then(|pk| by_pk.get(&pk).copied());
-                if let (Some(key), Some(execution)) = (key, text(item, "execution")) {
-                    claimed.insert(key.clone(), execution);
-                }
-            }
-            wanted = out
-                .unprocessed_keys()
-                .and_then(|u| u.get(&self.table))
-                .map(|k| k.keys().to_vec())
-                .unwrap_or_default();
-        }
-        match wanted.is_empty() {
-            true => Ok(claimed),
-            false => Err(StoreError::throttled(format!(
-                "{} claims left unread by BatchGetItem",
-                wanted.len()
-            ))),
-        }
+        let pks: Vec<String> = by_pk.keys().cloned().collect();
+        let items = self.batch_get(&pks, &["pk", "execution"]).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(pk, item)| Some((by_pk.get(&pk).copied()?.clone(), text(&item, "execution")?)))
+            .collect())
     }
 
     async fn record(&self, scope: &str, execution: &str) -> Result<Option<Record>, StoreError> {

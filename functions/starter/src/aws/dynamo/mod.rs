@@ -7,6 +7,7 @@
 //! per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
 
 mod claims;
+mod running;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -24,6 +25,9 @@ use crate::start::budget::{BudgetState, Shape, Store, Update, Written};
 use crate::start::table::StoreError;
 
 type Item = HashMap<String, AttributeValue>;
+
+/// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed.
+const READ_ROUNDS: usize = 3;
 
 /// An SDK error with its whole chain of causes, as a [`StoreError`] of the kind its code or
 /// failure says: capacity codes are throttles; 5xx codes, timeouts and broken connections leave
@@ -83,6 +87,62 @@ impl DynamoStore {
         DynamoStore {
             client: aws_sdk_dynamodb::Client::from_conf(config),
             table: table.to_string(),
+        }
+    }
+
+    /// The items of `pks` (at most 100), by `pk`, strongly consistent: only the attributes of
+    /// `projection` (with `pk`) when it is not empty. Keys DynamoDB leaves unprocessed (it does so
+    /// under load) are read again, [`READ_ROUNDS`] times at most.
+    async fn batch_get(&self, pks: &[String], projection: &[&str]) -> Result<HashMap<String, Item>, StoreError> {
+        let mut wanted: Vec<Item> = pks
+            .iter()
+            .map(|pk| HashMap::from([("pk".to_string(), s(pk))]))
+            .collect();
+        let mut out = HashMap::new();
+        for _ in 0..READ_ROUNDS {
+            if wanted.is_empty() {
+                return Ok(out);
+            }
+            let mut read = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut wanted)))
+                .consistent_read(true);
+            if !projection.is_empty() {
+                let names: Vec<String> = projection.iter().map(|n| format!("#{n}")).collect();
+                read = read.projection_expression(names.join(", "));
+                for name in projection {
+                    read = read.expression_attribute_names(format!("#{name}"), *name);
+                }
+            }
+            let read = read.build().map_err(|e| StoreError::permanent(e.to_string()))?;
+            let answer = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, read)
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            for item in answer
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                if let Some(AttributeValue::S(pk)) = item.get("pk") {
+                    out.insert(pk.clone(), item.clone());
+                }
+            }
+            wanted = answer
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+        }
+        match wanted.is_empty() {
+            true => Ok(out),
+            false => Err(StoreError::throttled(format!(
+                "{} items left unread by BatchGetItem",
+                wanted.len()
+            ))),
         }
     }
 

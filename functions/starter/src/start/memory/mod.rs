@@ -1,6 +1,7 @@
 //! An in-process coordination table with DynamoDB's semantics, for unit tests, the chaos test
 //! and the benchmarks: one table that every store of the function lives in (the budget,
-//! [`budget`]; the per-message claims, [`claims`]), as in DynamoDB.
+//! [`budget`]; the per-message claims, [`claims`]; the cap on running executions, [`running`]),
+//! as in DynamoDB.
 //!
 //! What it models:
 //! - each write is atomic and conditional; a transaction is all or nothing (calls are
@@ -16,11 +17,14 @@
 //!
 //! What it leaves out: read capacity (3,000 read units per item per second: the function reads
 //! far less), a network between callers (a call is applied halfway through its latency),
-//! DynamoDB's adaptive capacity and partition splits, and TTL deletion (expired items stay:
-//! DynamoDB's TTL deletes them up to days late anyway).
+//! DynamoDB's adaptive capacity and partition splits, TTL deletion (expired items stay:
+//! DynamoDB's TTL deletes them up to days late anyway), and the write capacity of a global
+//! secondary index's partitions (the cap's index spreads its writes over 16 of them), whose
+//! queries it answers at once (DynamoDB's are eventually consistent).
 
 pub mod budget;
 pub mod claims;
+pub mod running;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +119,7 @@ pub struct MemoryStore {
     pub(crate) budgets: Mutex<HashMap<String, BudgetState>>,
     pub(crate) claims: Mutex<HashMap<String, ClaimItem>>,
     pub(crate) claim_writes: AtomicU64,
+    pub(crate) running: Mutex<HashMap<String, crate::start::running::Item>>,
     faults: Mutex<TableFaults>,
     failure: Mutex<Option<String>>,
     rng: Mutex<StdRng>,
@@ -142,6 +147,7 @@ impl MemoryStore {
             budgets: Mutex::default(),
             claims: Mutex::default(),
             claim_writes: AtomicU64::new(0),
+            running: Mutex::default(),
             faults: Mutex::new(TableFaults::default()),
             failure: Mutex::new(None),
             rng: Mutex::new(StdRng::from_os_rng()),
@@ -222,7 +228,9 @@ impl MemoryStore {
     pub(crate) async fn call<T>(&self, writes: &[ItemWrite], apply: impl FnOnce() -> T) -> Result<T, StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let (latency, fault, slow_delay) = self.draw();
-        tokio::time::sleep(latency / 2).await;
+        // A zero wait is no wait: tokio's timer would round it up to its next millisecond, which on
+        // a paused clock adds a millisecond of simulated time to every call.
+        pause(latency / 2).await;
         if let Some(message) = lock(&self.failure).clone() {
             return Err(StoreError::unknown(message));
         }
@@ -242,7 +250,7 @@ impl MemoryStore {
             Some(Fault::Slow) => slow_delay,
             _ => Duration::ZERO,
         };
-        tokio::time::sleep(latency / 2 + late).await;
+        pause(latency / 2 + late).await;
         match fault {
             Some(Fault::Lost) => Err(StoreError::unknown("connection reset: the answer was lost (applied)")),
             _ => Ok(out),
@@ -314,6 +322,13 @@ impl MemoryStore {
 
     fn count(&self, what: &'static str) {
         *lock(&self.counts).injected.entry(what).or_default() += 1;
+    }
+}
+
+/// Sleeps for `wait`, if there is any to sleep.
+async fn pause(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 

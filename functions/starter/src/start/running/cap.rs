@@ -1,0 +1,415 @@
+//! One instance's side of the cap: it takes a slot right before a StartExecution call, gives back a
+//! slot its call surely did not use, puts messages in the waiting line, and keeps a view of the cap
+//! (settings, shards, line) to pick shards with room and to estimate the completion rate.
+//!
+//! Invariants:
+//! - a take writes only to a shard the instance believes has room; while none has, a take is
+//!   refused without a call, and the view is read again at most every [`REFRESH`];
+//! - a take refused on its shard updates the view from the refusal (the shard as it is) and tries
+//!   another shard, at most [`TAKE_TRIES`] writes per take;
+//! - every table call is bounded by the call timeout and the caller's `latest`;
+//! - concurrent takes of one instance spread over shards: a take counts its slot in the view
+//!   before its write, and corrects it from the answer.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::line::{self, Rate};
+use super::{execution_arn, rebalance, seed, CapView, Found, Holder, HolderState, Line, RunningStore, Write, Written};
+use crate::config::{Config, RunningCap, WorkflowType};
+use crate::start::claim::scope;
+use crate::start::clock::EpochClock;
+use crate::start::table::{bounded, StoreError};
+
+/// A view without room is read again after this long, when a take needs a slot.
+pub const REFRESH: Duration = Duration::from_millis(200);
+/// At most this many writes per take.
+pub const TAKE_TRIES: usize = 4;
+/// A starter runs a reclaim sweep at most this often, when it finds the cap full.
+pub const STARTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A slot taken by this instance, to keep or give back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The execution's name.
+    pub name: String,
+    /// Its shard.
+    pub shard: u32,
+    /// When it was taken, ms since the epoch (the holder's `taken_at`).
+    pub taken_at_ms: u64,
+}
+
+/// What a take came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// Taken by this call.
+    Now(Slot),
+    /// The execution already holds a slot (an earlier or concurrent delivery took it).
+    Held {
+        /// When that slot was taken, ms since the epoch.
+        taken_at_ms: u64,
+        /// When its check is due, s since the epoch.
+        check_at_s: u64,
+    },
+    /// The execution held a slot and ended (its holder is a tombstone of this attempt).
+    Ended {
+        /// The tombstone's attempt.
+        attempt: u32,
+    },
+    /// No slot is free, as far as this instance knows.
+    Full {
+        /// Slots held, as last seen.
+        held: u64,
+        /// The cap, as last seen.
+        cap: u64,
+    },
+    /// The table could not be used.
+    Failed(StoreError),
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    view: Option<CapView>,
+    read_at: Option<Instant>,
+    rate: Rate,
+}
+
+/// The cap as one instance uses it.
+pub struct Cap {
+    store: Arc<dyn RunningStore>,
+    settings: RunningCap,
+    state_machine_arn: String,
+    express: bool,
+    call_timeout: Duration,
+    clock: EpochClock,
+    cache: Mutex<Cache>,
+    reading: tokio::sync::Mutex<()>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain numbers: a panic while holding the lock cannot leave them inconsistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cap {
+    /// The cap of `config` (its `MAX_RUNNING_EXECUTIONS`, `RUNNING_KEY`, ...) in `store`; `None`
+    /// when the config has no cap.
+    pub fn new(store: Arc<dyn RunningStore>, config: &Config, clock: EpochClock) -> Option<Cap> {
+        Some(Cap {
+            store,
+            settings: config.running.clone()?,
+            state_machine_arn: config.state_machine_arn.clone(),
+            express: config.workflow_type == WorkflowType::Express,
+            call_timeout: config.call_timeout,
+            clock,
+            cache: Mutex::new(Cache::default()),
+            reading: tokio::sync::Mutex::new(()),
+            last_sweep: Mutex::new(None),
+        })
+    }
+
+    /// The cap's key (`RUNNING_KEY`).
+    pub fn key(&self) -> &str {
+        &self.settings.key
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn RunningStore {
+        self.store.as_ref()
+    }
+
+    /// The clock the cap's times are read from.
+    pub fn clock(&self) -> &EpochClock {
+        &self.clock
+    }
+
+    /// `RUNNING_EXPIRY_SECONDS`.
+    pub fn expiry(&self) -> Duration {
+        self.settings.expiry
+    }
+
+    /// The timeout of one table call.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// The view as last seen (`None` before the first read).
+    pub fn seen(&self) -> Option<CapView> {
+        lock(&self.cache).view.clone()
+    }
+
+    /// Slots held, as last seen.
+    pub fn running(&self) -> Option<u64> {
+        lock(&self.cache).view.as_ref().map(CapView::held)
+    }
+
+    /// The completion rate `λ̂`, slots per second (see [`Rate`]).
+    pub fn rate_per_second(&self) -> f64 {
+        let cache = lock(&self.cache);
+        let cap = cache
+            .view
+            .as_ref()
+            .map_or(self.settings.max_running.into(), |v| v.settings.cap);
+        cache.rate.per_second(cap, self.settings.expiry)
+    }
+
+    /// Whether a fresh message (first receive) may try for a slot now, or must join the line.
+    pub fn admits_fresh(&self) -> bool {
+        let rate = self.rate_per_second();
+        let cache = lock(&self.cache);
+        let Some(view) = &cache.view else { return true };
+        line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate)
+    }
+
+    /// Whether this instance should run a sweep now (at most one every [`STARTER_SWEEP_INTERVAL`]);
+    /// if so, the time is noted.
+    pub fn sweep_due(&self) -> bool {
+        let now = Instant::now();
+        let mut last = lock(&self.last_sweep);
+        if last.is_some_and(|at| now < at + STARTER_SWEEP_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Takes a slot for the execution `name` (of `attempt`: 0, or one more than a tombstone's to
+    /// count a new Express execution of that name), unless it would wait past `latest`.
+    pub async fn take(&self, name: &str, attempt: u32, latest: Instant) -> Taken {
+        for _ in 0..TAKE_TRIES {
+            let view = match self.current(latest).await {
+                Ok(view) => view,
+                Err(e) => return Taken::Failed(e),
+            };
+            let Some(shard) = self.reserve() else {
+                return Taken::Full {
+                    held: view.held(),
+                    cap: view.settings.cap,
+                };
+            };
+            let holder = self.holder(name, shard, attempt);
+            let write = Write::Take {
+                holder: holder.clone(),
+                above_cap: false,
+            };
+            match bounded(self.call_timeout, latest, self.store.write(self.key(), &write)).await {
+                Ok(Written::Applied(_)) => {
+                    return Taken::Now(Slot {
+                        name: name.to_string(),
+                        shard,
+                        taken_at_ms: holder.taken_at_ms,
+                    })
+                }
+                Ok(Written::Refused(found)) => {
+                    self.unreserve(shard);
+                    if let Some(taken) = self.note(&found) {
+                        return taken;
+                    }
+                }
+                Err(e) => {
+                    self.unreserve(shard);
+                    return Taken::Failed(e);
+                }
+            }
+        }
+        let view = self.seen();
+        Taken::Full {
+            held: view.as_ref().map_or(0, CapView::held),
+            cap: view.map_or(0, |v| v.settings.cap),
+        }
+    }
+
+    /// Gives back a slot its call surely did not use. A failure leaves the holder to the reclaim
+    /// (its execution does not exist: freed after the grace).
+    pub async fn give_back(&self, slot: &Slot, latest: Instant) -> Result<(), StoreError> {
+        let write = Write::GiveBack {
+            scope: scope(&self.state_machine_arn).to_string(),
+            name: slot.name.clone(),
+            shard: slot.shard,
+            taken_at_ms: slot.taken_at_ms,
+        };
+        match bounded(self.call_timeout, latest, self.store.write(self.key(), &write)).await? {
+            Written::Applied(_) => self.unreserve(slot.shard),
+            Written::Refused(found) => {
+                self.note(&found);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `k` fresh messages in the waiting line (one write, a few if the line moved meanwhile):
+    /// their due times, ms since the epoch, in order. If the table fails, the due times follow
+    /// this instance's view alone.
+    pub async fn join_line(&self, k: usize, latest: Instant) -> Vec<u64> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let rate = self.rate_per_second();
+        let mut seen = self.seen().and_then(|v| v.line);
+        for _ in 0..3 {
+            let now_ms = self.clock.now_ms();
+            let write = Write::Line(line::plan(seen, now_ms, k, rate));
+            match bounded(self.call_timeout, latest, self.store.write(self.key(), &write)).await {
+                Ok(Written::Applied(Some(after))) => {
+                    self.note_line(after);
+                    return line::due_times(after, k, rate);
+                }
+                Ok(Written::Refused(found)) => {
+                    seen = found.iter().find_map(|f| match f {
+                        Found::Line(line) => *line,
+                        _ => None,
+                    });
+                }
+                Ok(Written::Applied(None)) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write the waiting line: due times from this instance's view");
+                    break;
+                }
+            }
+        }
+        let now_ms = self.clock.now_ms();
+        let start = seen.map_or(now_ms, |l| l.tat_ms.max(now_ms));
+        line::due_times(
+            Line {
+                tat_ms: start.saturating_add(line::span_ms(k, rate)),
+            },
+            k,
+            rate,
+        )
+    }
+
+    /// The view: as last seen while it has room or is recent, else read again.
+    async fn current(&self, latest: Instant) -> Result<CapView, StoreError> {
+        if let Some(view) = self.fresh_or_roomy() {
+            return Ok(view);
+        }
+        let _reading = self.reading.lock().await;
+        // Another take may have read it meanwhile.
+        if let Some(view) = self.fresh_or_roomy() {
+            return Ok(view);
+        }
+        self.read(latest).await
+    }
+
+    fn fresh_or_roomy(&self) -> Option<CapView> {
+        let cache = lock(&self.cache);
+        let view = cache.view.as_ref()?;
+        let recent = cache.read_at.is_some_and(|at| at.elapsed() < REFRESH);
+        (recent || view.room() > 0).then(|| view.clone())
+    }
+
+    /// Reads the view (creating the cap from `MAX_RUNNING_EXECUTIONS` if it does not exist yet,
+    /// and ending a freeze whose held slots now fit the cap), and notes it.
+    pub async fn read(&self, latest: Instant) -> Result<CapView, StoreError> {
+        let key = self.key();
+        let found = bounded(self.call_timeout, latest, self.store.view(key)).await?;
+        let mut view = match found {
+            Some(view) => view,
+            None => {
+                let seeded = seed(self.settings.max_running.into());
+                bounded(self.call_timeout, latest, self.store.write(key, &seeded)).await?;
+                bounded(self.call_timeout, latest, self.store.view(key))
+                    .await?
+                    .ok_or_else(|| StoreError::unknown("the cap's settings could not be created"))?
+            }
+        };
+        if let Some(write) = rebalance(&view) {
+            if let Written::Applied(_) = bounded(self.call_timeout, latest, self.store.write(key, &write)).await? {
+                tracing::info!(
+                    cap = view.settings.cap,
+                    held = view.held(),
+                    "the cap's shards are rebalanced"
+                );
+                view = bounded(self.call_timeout, latest, self.store.view(key))
+                    .await?
+                    .unwrap_or(view);
+            }
+        }
+        let mut cache = lock(&self.cache);
+        cache.rate.record(self.clock.now_ms(), &view);
+        cache.view = Some(view.clone());
+        cache.read_at = Some(Instant::now());
+        Ok(view)
+    }
+
+    /// Picks a shard with room in the view, at random, and counts the slot in it.
+    fn reserve(&self) -> Option<u32> {
+        let mut cache = lock(&self.cache);
+        let view = cache.view.as_mut()?;
+        let open: Vec<u32> = (0u32..)
+            .zip(&view.shards)
+            .filter(|(_, s)| s.held < s.cap)
+            .map(|(i, _)| i)
+            .collect();
+        if open.is_empty() {
+            return None;
+        }
+        let shard = open[rand::rng().random_range(0..open.len())];
+        view.shards[shard as usize].held += 1;
+        Some(shard)
+    }
+
+    /// Notes in the view a slot that `shard` no longer holds (given back or released).
+    pub(super) fn unreserve(&self, shard: u32) {
+        if let Some(s) = lock(&self.cache)
+            .view
+            .as_mut()
+            .and_then(|v| v.shards.get_mut(shard as usize))
+        {
+            s.held = s.held.saturating_sub(1);
+        }
+    }
+
+    /// Notes what a refusal found; the take's outcome when it was the holder.
+    fn note(&self, found: &[Found]) -> Option<Taken> {
+        let mut outcome = None;
+        let mut cache = lock(&self.cache);
+        for f in found {
+            match f {
+                Found::Shard(i, Some(shard)) => {
+                    if let Some(s) = cache.view.as_mut().and_then(|v| v.shards.get_mut(*i as usize)) {
+                        *s = *shard;
+                    }
+                }
+                Found::Holder(Some(h)) => {
+                    outcome = Some(match h.state {
+                        HolderState::Held => Taken::Held {
+                            taken_at_ms: h.taken_at_ms,
+                            check_at_s: h.check_at_s,
+                        },
+                        HolderState::Released => Taken::Ended { attempt: h.attempt },
+                    })
+                }
+                _ => {}
+            }
+        }
+        outcome
+    }
+
+    fn note_line(&self, line: Line) {
+        if let Some(view) = lock(&self.cache).view.as_mut() {
+            view.line = Some(line);
+        }
+    }
+
+    /// A held holder for `name` on `shard`, taken now, checked after `RUNNING_EXPIRY_SECONDS`.
+    fn holder(&self, name: &str, shard: u32, attempt: u32) -> Holder {
+        let taken_at_ms = self.clock.now_ms();
+        Holder {
+            scope: scope(&self.state_machine_arn).to_string(),
+            name: name.to_string(),
+            shard,
+            state: HolderState::Held,
+            attempt,
+            execution_arn: execution_arn(&self.state_machine_arn, name),
+            taken_at_ms,
+            check_at_s: taken_at_ms.div_ceil(1000) + self.settings.expiry.as_secs(),
+            express: self.express,
+            released_at_ms: None,
+        }
+    }
+}
