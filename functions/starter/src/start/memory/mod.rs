@@ -75,13 +75,31 @@ impl Default for TableFaults {
     }
 }
 
-/// What happened to a call, drawn before it runs.
+/// What happens to a call besides its latency: drawn from [`TableFaults`], or scripted for the
+/// next calls ([`MemoryStore::inject_next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub enum Fault {
+    /// Applied on time, answered [`TableFaults::slow_delay`] late.
     Slow,
+    /// A 500, not applied.
     Error500,
+    /// Applied, the answer lost.
     Lost,
+    /// A `ThrottlingException`, not applied.
     Throttle,
+}
+
+/// What the budget's writes did ([`MemoryStore::budget_counts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetCounts {
+    /// Reads (GetItem).
+    pub reads: u64,
+    /// Writes applied.
+    pub applied: u64,
+    /// Writes refused by their condition (they consume write units too).
+    pub refused: u64,
+    /// Applied writes that lowered the shared factor (after a throttle).
+    pub decreases: u64,
 }
 
 /// One write a call makes: the item's partition key and the write units it consumes.
@@ -107,6 +125,8 @@ struct Counts {
     units: HashMap<String, HashMap<u64, u64>>,
     /// Faults injected, and writes throttled for the per-item limit.
     injected: HashMap<&'static str, u64>,
+    /// The budget's reads and writes.
+    budget: BudgetCounts,
 }
 
 /// The in-memory table.
@@ -116,6 +136,8 @@ pub struct MemoryStore {
     pub(crate) claims: Mutex<HashMap<String, ClaimItem>>,
     pub(crate) claim_writes: AtomicU64,
     faults: Mutex<TableFaults>,
+    /// Faults of the next calls, in order, before the drawn ones (`None`: no fault).
+    scripted: Mutex<std::collections::VecDeque<Option<Fault>>>,
     failure: Mutex<Option<String>>,
     rng: Mutex<StdRng>,
     capacity: Mutex<HashMap<String, Capacity>>,
@@ -143,6 +165,7 @@ impl MemoryStore {
             claims: Mutex::default(),
             claim_writes: AtomicU64::new(0),
             faults: Mutex::new(TableFaults::default()),
+            scripted: Mutex::default(),
             failure: Mutex::new(None),
             rng: Mutex::new(StdRng::from_os_rng()),
             capacity: Mutex::default(),
@@ -177,6 +200,21 @@ impl MemoryStore {
     /// Changes the latency and faults of the calls that start from now on.
     pub fn set_faults(&self, faults: TableFaults) {
         *lock(&self.faults) = faults;
+    }
+
+    /// The next calls get these faults, in order (`None`: none), whatever [`TableFaults`] draws;
+    /// then the draws resume. A test's way to inject exactly one 500 or one lost answer.
+    pub fn inject_next(&self, faults: &[Option<Fault>]) {
+        lock(&self.scripted).extend(faults.iter().copied());
+    }
+
+    /// What the budget's reads and writes did.
+    pub fn budget_counts(&self) -> BudgetCounts {
+        lock(&self.counts).budget
+    }
+
+    pub(crate) fn count_budget(&self, f: impl FnOnce(&mut BudgetCounts)) {
+        f(&mut lock(&self.counts).budget);
     }
 
     /// From now on every call fails with `message` (`None`: calls succeed again): the table is
@@ -268,6 +306,9 @@ impl MemoryStore {
             if fault.is_none() && draw < edge {
                 fault = Some(which);
             }
+        }
+        if let Some(scripted) = lock(&self.scripted).pop_front() {
+            fault = scripted;
         }
         if let Some(which) = fault {
             self.count(match which {
