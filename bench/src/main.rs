@@ -503,7 +503,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         }
         if shared_probes > 0 {
             for &(instances, batch) in &PROBES {
-                for mode in [shared::Mode::Static, shared::Mode::Shared] {
+                for mode in [shared::Mode::Static, shared::Mode::Shared(shared::Table::Quick)] {
                     overall.set_message(format!("shared 7 {mode}: K = {instances}, batch {batch}"));
                     let p = shared::probe(
                         &runtimes,

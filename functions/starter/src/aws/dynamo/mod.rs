@@ -211,22 +211,6 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
                 (":tat", t(*new_tat)),
             ],
         ),
-        Update::Decrease {
-            version: v,
-            factor,
-            expected_tat,
-            new_tat,
-        } => (
-            "#version = :v AND #tat = :expected".to_string(),
-            "SET #factor = :f, #version = #version + :one, #tat = :tat".to_string(),
-            vec![
-                (":v", version(v)),
-                (":expected", t(*expected_tat)),
-                (":f", n(*factor)),
-                (":one", AttributeValue::N("1".into())),
-                (":tat", t(*new_tat)),
-            ],
-        ),
         Update::SetLimits {
             version: v,
             rate_per_second,
