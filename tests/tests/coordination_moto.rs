@@ -229,9 +229,11 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
     let ask = |now: f64, successes: u64, throttled: Option<u64>| LeaseAsk {
         now,
         want: 8,
+        latest: f64::INFINITY,
         successes,
         throttled,
         debt: 0,
+        spread: 0.01,
     };
     let plan = |state: &BudgetState, ask: LeaseAsk| match state.plan_lease(&ask) {
         LeasePlan::Lease { update, .. } => update,

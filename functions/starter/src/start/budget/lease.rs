@@ -4,9 +4,10 @@
 //! of each step is one rule of [`super::rules`].
 //!
 //! Invariants:
-//! - one table call at a time per instance (the lease lock is held across it, and nothing else
-//!   is); the instance's own state sits behind a plain lock never held across an await, so
-//!   reporting a success, a throttle or a slot put back never waits on the table;
+//! - one table call at a time per instance (the lease lock is held across it, and across the
+//!   wait for room before it); the instance's own state sits behind a plain lock never held
+//!   across an await, so reporting a success, a throttle or a slot put back never waits on the
+//!   table;
 //! - a lease is written only when no leased slot is left, so the queue holds the unused tail of
 //!   the last lease, in release order;
 //! - a slot is used at most [`SLOT_GRACE`] after its release time ([`SharedPacer::ready`]
@@ -60,6 +61,10 @@ struct Local {
     debt: u64,
     /// The contention spread ([`rules::widen`]).
     spread: Duration,
+    /// Refusals and item throttles since the last lease.
+    refusals: u32,
+    /// Whether `cached` is older than this instance's last wait.
+    stale: bool,
     /// Consecutive failed table calls.
     failures: u32,
 }
@@ -77,6 +82,8 @@ impl Default for Local {
             fallback_until: None,
             debt: 0,
             spread: SPREAD_MIN,
+            refusals: 0,
+            stale: false,
             failures: 0,
         }
     }
@@ -205,8 +212,11 @@ impl SharedPacer {
             if let Some(taken) = self.take_local(now, latest) {
                 return taken;
             }
-            // A table call is needed: one at a time.
-            let Ok(guard) = tokio::time::timeout_at(latest, self.lease_lock.lock()).await else {
+            // A table call is needed: one at a time. The task holding the lease lock also
+            // waits for room with it held, so the instance's other tasks wait behind it and
+            // take the slots it leases as soon as they come (each waking up on its own, they
+            // would let them expire).
+            let Ok(_guard) = tokio::time::timeout_at(latest, self.lease_lock.lock()).await else {
                 return None;
             };
             if !self.local().slots.is_empty() {
@@ -215,12 +225,10 @@ impl SharedPacer {
             match self.step(latest, &demand).await {
                 Step::Again => {}
                 Step::NoSlot => return None,
+                Step::Wait(at) if at > latest => return None,
                 Step::Wait(at) => {
-                    drop(guard);
-                    if at > latest {
-                        return None;
-                    }
                     tokio::time::sleep_until(at).await;
+                    self.local().stale = true;
                 }
             }
         }
@@ -258,29 +266,34 @@ impl SharedPacer {
     async fn step(&self, latest: Instant, demand: &impl Fn() -> u64) -> Step {
         let (plan, spread) = {
             let l = self.local();
-            let plan = l.cached.as_ref().map(|state| {
-                state.plan_lease(&LeaseAsk {
-                    now: self.clock.epoch(Instant::now()),
-                    want: demand(),
-                    successes: l.successes,
-                    throttled: l.throttled,
-                    debt: l.debt,
-                })
-            });
-            (plan, l.spread)
+            let ask = self.ask(&l, demand(), Some(latest));
+            (l.cached.as_ref().map(|state| state.plan_lease(&ask)), l.spread)
         };
+        // Contended (refused since the last lease) and back from a wait: read before writing.
+        // A read takes none of the item's write capacity, and a write planned from a view that
+        // old would most likely be refused.
+        let (plan, contended_and_stale) = {
+            let l = self.local();
+            (plan, l.refusals > 0 && l.stale)
+        };
+        let plan = if contended_and_stale { None } else { plan };
         let (update, slots, repaid) = match plan {
             None => {
                 return match self.fetch(latest).await {
-                    Ok(()) => Step::Again,
-                    Err(e) => self.failed(e),
+                    Ok(()) => {
+                        if contended_and_stale {
+                            self.booked_out(&mut self.local());
+                        }
+                        Step::Again
+                    }
+                    Err(e) => self.failed(e, latest),
                 }
             }
             // Asked again once there is room, a little later at random, so that lessees
             // waiting for the same moment do not all write at once.
             Some(LeasePlan::WaitUntil(epoch)) => {
-                let jitter = rules::jitter(spread, unit_random());
-                return Step::Wait(self.clock.instant(epoch).max(Instant::now() + Duration::from_millis(1)) + jitter);
+                let room = self.clock.instant(epoch).max(Instant::now() + Duration::from_millis(1));
+                return Step::Wait(rules::wait_for_room(room, latest, spread, unit_random()));
             }
             Some(LeasePlan::Nothing) => return Step::NoSlot,
             Some(LeasePlan::Lease { update, slots, repaid }) => (update, slots, repaid),
@@ -290,19 +303,21 @@ impl SharedPacer {
                 self.leased(after, slots, repaid);
                 Step::Again
             }
+            // Refused because the budget is booked: contention, a wider spread. Refused
+            // because the item moved on (a stale view: someone leased, or the bucket refilled
+            // past the shape) while there is room: planned again at once, from the item as it is.
             Ok(Written::Refused(current)) => {
                 let mut l = self.local();
-                l.failures = 0;
-                l.spread = rules::widen(l.spread);
                 self.seen(&mut l, current);
-                Step::Wait(Instant::now() + rules::jitter(l.spread, unit_random()))
+                self.booked_out(&mut l);
+                Step::Again
             }
-            Err(e) => self.failed(e),
+            Err(e) => self.failed(e, latest),
         }
     }
 
     /// After a failed table call: no slot, a retry, or the static split ([`rules::after_error`]).
-    fn failed(&self, error: StoreError) -> Step {
+    fn failed(&self, error: StoreError, latest: Instant) -> Step {
         let now = Instant::now();
         let mut l = self.local();
         l.failures += 1;
@@ -312,8 +327,9 @@ impl SharedPacer {
                 Step::NoSlot
             }
             AfterError::Retry if error.kind == StoreErrorKind::Throttled => {
+                l.refusals += 1;
                 l.spread = rules::widen(l.spread);
-                Step::Wait(now + rules::jitter(l.spread, unit_random()))
+                Step::Wait(rules::wait_for_room(now, latest, l.spread, unit_random()))
             }
             AfterError::Retry => Step::Wait(now + rules::retry_backoff(unit_random())),
             AfterError::Fallback => {
@@ -330,8 +346,8 @@ impl SharedPacer {
 
     /// How long until this instance expects its next slot, from what it last saw (no table
     /// call): its next leased slot, the static split while it falls back, or when the cached
-    /// budget lets a lease be written (others may have leased since: an early estimate).
-    /// Zero when a slot is due, or before the first answer.
+    /// budget would release the next slot it leases (others may have leased since: an early
+    /// estimate). Zero when a slot is due, or before the first answer.
     pub async fn free_in(&self) -> Duration {
         let now = Instant::now();
         let l = self.local();
@@ -341,16 +357,12 @@ impl SharedPacer {
         if l.fallback_until.is_some_and(|until| now < until) {
             return self.fallback.free_in(now);
         }
-        let ask = LeaseAsk {
-            now: self.clock.epoch(now),
-            want: 1,
-            successes: l.successes,
-            throttled: None,
-            debt: 0,
-        };
-        match l.cached.as_ref().map(|s| s.plan_lease(&ask)) {
-            Some(LeasePlan::WaitUntil(epoch)) => self.clock.instant(epoch).saturating_duration_since(now),
-            _ => Duration::ZERO,
+        match &l.cached {
+            Some(state) => {
+                let next = state.next_release(self.clock.epoch(now));
+                self.clock.instant(next).saturating_duration_since(now)
+            }
+            None => Duration::ZERO,
         }
     }
 
@@ -447,9 +459,11 @@ impl SharedPacer {
                     let ask = LeaseAsk {
                         now: self.clock.epoch(Instant::now()),
                         want: 0,
+                        latest: f64::INFINITY,
                         successes: 0,
                         throttled: l.throttled,
                         debt: l.debt,
+                        spread: l.spread.as_secs_f64(),
                     };
                     match state.map(|s| s.plan_lease(&ask)) {
                         Some(LeasePlan::Lease { update, repaid, .. }) => (update, 0, repaid),
@@ -490,9 +504,14 @@ impl SharedPacer {
         l.successes = 0;
         l.version = after.version;
         l.last_tat = Some(after.tat);
+        // The last lease's slots that expired can no longer be given back: someone (this
+        // instance) leased since.
+        self.counters.dropped.fetch_add(l.expired, Ordering::Relaxed);
         l.expired = 0;
         l.debt = l.debt.saturating_sub(repaid);
-        l.spread = rules::narrow(l.spread);
+        l.spread = Self::spread_after_lease(&l);
+        l.refusals = 0;
+        l.stale = false;
         l.failures = 0;
         if l.throttled.is_some_and(|v| v < after.version) {
             l.throttled = None;
@@ -502,8 +521,46 @@ impl SharedPacer {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// The item as the table answered it (a refusal's current item, or a read).
+    /// Contention: when the item as just seen is booked past this lessee's horizon, others got
+    /// there first: one more refusal, a wider spread.
+    fn booked_out(&self, l: &mut Local) {
+        let ask = self.ask(l, 1, None);
+        if let Some(LeasePlan::WaitUntil(_)) = l.cached.as_ref().map(|s| s.plan_lease(&ask)) {
+            l.refusals += 1;
+            l.spread = rules::widen(l.spread);
+        }
+    }
+
+    /// What this instance asks of the budget now, for `want` slots released by `latest`.
+    fn ask(&self, l: &Local, want: u64, latest: Option<Instant>) -> LeaseAsk {
+        LeaseAsk {
+            now: self.clock.epoch(Instant::now()),
+            want,
+            latest: latest.map_or(f64::INFINITY, |at| self.clock.epoch(at)),
+            successes: l.successes,
+            throttled: l.throttled,
+            debt: l.debt,
+            spread: Self::spread_after_lease(l).as_secs_f64(),
+        }
+    }
+
+    /// Contention: the spread a lease leaves (and writes in the item): halved when it was got
+    /// at the first try, kept when it took refusals.
+    fn spread_after_lease(l: &Local) -> Duration {
+        match l.refusals {
+            0 => rules::narrow(l.spread),
+            _ => l.spread,
+        }
+    }
+
+    /// The item as the table answered it (a refusal's current item, or a read): the lessee
+    /// starts from the item's contention spread (the last lease's) when it is wider than its own.
     fn seen(&self, l: &mut Local, current: Option<BudgetState>) {
+        l.stale = false;
+        if let Some(state) = &current {
+            let shared = Duration::try_from_secs_f64(state.spread).unwrap_or_default();
+            l.spread = l.spread.max(shared).clamp(SPREAD_MIN, rules::SPREAD_MAX);
+        }
         if let (Some(v), Some(state)) = (l.throttled, &current) {
             if state.version > v {
                 l.throttled = None; // someone else decreased for this throttle

@@ -496,3 +496,55 @@ async fn a_thawed_instance_does_not_see_the_bucket_as_booked_ahead() {
     let slot = a.reserve(far(), || 1).await.unwrap();
     assert_eq!(slot.wait, Duration::ZERO, "not booked ahead by the time frozen");
 }
+
+// ---------------------------------------------------------------- contention (item 8)
+
+#[tokio::test(start_paused = true)]
+async fn lessees_waiting_for_room_learn_the_spread_from_the_item() {
+    let store = Arc::new(MemoryStore::new());
+    let (a, b) = (lessee(&store, 100.0, 10.0), lessee(&store, 100.0, 10.0));
+    let first = a.reserve(far(), || 1).await.unwrap();
+    a.on_success(first).await;
+    // b books the budget past the horizon meanwhile: a's view is stale.
+    let latest = Instant::now() + Duration::from_secs(3);
+    for _ in 0..80 {
+        b.reserve(latest, || 10).await.unwrap();
+    }
+    // a's next lease is refused (or read as booked): contention. It waits, widens, then leases
+    // and writes its spread in the item.
+    a.reserve(far(), || 1).await.unwrap();
+    let written = store.item(KEY).unwrap().spread;
+    assert!(written > rules::SPREAD_MIN.as_secs_f64(), "widened, written: {written}");
+    // A newcomer that finds the budget booked starts from the item's spread, not the least.
+    let c = lessee(&store, 100.0, 10.0);
+    assert_eq!(c.reserve(Instant::now() + Duration::from_millis(30), || 1).await, None);
+    let adopted = c.local().spread.as_secs_f64();
+    assert!(adopted >= written - 1e-4, "{adopted} vs {written}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crowd_of_lessees_keeps_the_items_writes_bounded_and_the_budget_busy() {
+    let (rate, burst) = (100.0, 100.0);
+    let store = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(5), Duration::from_millis(10)));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(take_slots(
+                Arc::new(lessee(&store, rate, burst)),
+                Duration::from_secs(20),
+                5,
+            ))
+        })
+        .collect();
+    let mut starts = 0;
+    for task in tasks {
+        starts += task.await.unwrap().len();
+    }
+    let expected = full(rate, burst).effective_burst() + rate * 20.0;
+    assert!(starts as f64 >= 0.9 * expected, "{starts} of {expected}");
+    // About 20 leases a second are needed; two hundred lessees wait for them. Waiting
+    // lessees read before they write (a read takes none of the item's write capacity), and
+    // spread their tries: the item is never throttled, and takes little on average.
+    assert_eq!(store.injected().get("item-throttled"), None);
+    let units: u64 = store.write_units_by_item().values().sum();
+    assert!(units as f64 / 20.0 <= 100.0, "{units} write units in 20 s");
+}

@@ -89,6 +89,9 @@ pub struct BudgetState {
     pub version: u64,
     /// The theoretical arrival time of the next slot, seconds since the Unix epoch.
     pub tat: f64,
+    /// The contention spread the last lease wrote, seconds ([`rules::widen`]): lessees that
+    /// wait for room start from it, so they learn together how many wait with them.
+    pub spread: f64,
 }
 
 /// A conditional write to the budget item. The store applies it only if its condition holds.
@@ -98,7 +101,7 @@ pub enum Update {
     Create(BudgetState),
     /// Leases slots. Condition: `version = version` and the shape's condition on `tat`.
     /// `factor`: a new factor to write (then `version + 1`): raised by successes, or lowered
-    /// by a throttle (then the bucket is emptied too; the shape is `Exact`).
+    /// by a throttle (then the bucket is emptied too; the shape is `Exact`). `SET spread`.
     Lease {
         /// The version the lease was computed under.
         version: u64,
@@ -106,6 +109,8 @@ pub enum Update {
         shape: Shape,
         /// A raised factor, if the lease carries successes.
         factor: Option<f64>,
+        /// The lessee's contention spread, seconds.
+        spread: f64,
     },
     /// Returns unused slots. Condition: `version = version AND tat = expected_tat`.
     GiveBack {
@@ -186,12 +191,17 @@ pub struct LeaseAsk {
     pub now: f64,
     /// The slots it wants ([`rules::lease_size`] caps them); 0: none, only what it carries.
     pub want: u64,
+    /// The latest a slot may be released and still be used, seconds since the epoch (the
+    /// caller's cutoff; `f64::INFINITY`: none). A lease holds no slot released after it.
+    pub latest: f64,
     /// Successes of the budget's current version since its last lease (they raise the factor).
     pub successes: u64,
     /// The version a throttled slot was leased under, not yet written (a decrease).
     pub throttled: Option<u64>,
     /// Starts made on the static split, to repay to the budget.
     pub debt: u64,
+    /// The lessee's contention spread, seconds (written with the lease).
+    pub spread: f64,
 }
 
 /// What to do to get slots.
@@ -221,6 +231,7 @@ impl BudgetState {
             factor: 1.0,
             version: 1,
             tat: 0.0,
+            spread: 0.0,
         }
     }
 
@@ -266,7 +277,10 @@ impl BudgetState {
         // A decrease is written even when no slot fits (then it leases none).
         let n = match (ask.want, booked) {
             (0, _) | (_, true) => 0,
-            (want, false) => rules::lease_size(want, r),
+            (want, false) => {
+                let from = start.max(self.booked_from(&next, now));
+                rules::lease_size(want, r).min(self.slots_before(&next, from, now, ask.latest))
+            }
         };
         if n == 0 && factor.is_none() && ask.debt == 0 {
             return LeasePlan::Nothing;
@@ -277,6 +291,7 @@ impl BudgetState {
                 version: self.version,
                 shape,
                 factor,
+                spread: tick(ask.spread),
             },
             slots,
             repaid: ask.debt,
@@ -307,6 +322,27 @@ impl BudgetState {
             }
         };
         lease(shape, n)
+    }
+
+    /// When the next slot leased at `now` would be released, seconds since the epoch (no
+    /// earlier than `now`; rate changes a lease may carry aside).
+    pub fn next_release(&self, now: f64) -> f64 {
+        let start = self.tat.max(self.booked_from(self, now));
+        (start + 1.0 / self.effective_rate() - self.tau()).max(now)
+    }
+
+    /// How many slots booked from `start` (at the rate and burst of `next`) are released by
+    /// `latest` (slot `j` at `max(now, start + j/r − τ)`).
+    fn slots_before(&self, next: &BudgetState, start: f64, now: f64, latest: f64) -> u64 {
+        let first_due = start - next.tau();
+        let span = latest - first_due.max(now);
+        if span < 0.0 {
+            return 0;
+        }
+        let behind = (now - first_due).max(0.0);
+        ((span + behind) * next.effective_rate())
+            .floor()
+            .clamp(0.0, u64::MAX as f64) as u64
     }
 
     /// Where a lease at `now` books from at the least: `now + min(MAX_SKEW, τ)`. An instance
@@ -392,7 +428,12 @@ impl BudgetState {
         let mut next = s.clone();
         match update {
             Update::Create(_) => return refused(),
-            Update::Lease { version, shape, factor } => {
+            Update::Lease {
+                version,
+                shape,
+                factor,
+                spread,
+            } => {
                 if *version != s.version {
                     return refused();
                 }
@@ -409,6 +450,7 @@ impl BudgetState {
                     next.factor = *f;
                     next.version += 1;
                 }
+                next.spread = *spread;
             }
             Update::GiveBack {
                 version,

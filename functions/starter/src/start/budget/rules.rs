@@ -8,9 +8,9 @@
 //! | schedule | slot `j` is released at `max(answer, θ_j − τ)`: from when the answer arrives | — |
 //! | grace | a slot is used at most [`SLOT_GRACE`] after its release, else dropped | [`SLOT_GRACE`] |
 //! | table call | starts only with [`MIN_CALL_TIME`] left before the caller's `latest`; an answer cut off by `latest` means "no slot" (defer), not a failure | `min(CALL_TIMEOUT_MS, latest − now)` |
-//! | retry | a throttle or an unknown outcome is tried again, [`LEASE_ATTEMPTS`] times in all, within the time left | [`retry_backoff`] or the contention spread |
-//! | contention | each refusal or item throttle doubles the spread ([`SPREAD_MIN`] … [`SPREAD_MAX`]), each applied lease halves it; a write after one waits `U[0, spread)` more | `U[0, spread)` |
-//! | fallback | after [`LEASE_ATTEMPTS`] transient errors, or one permanent: the static split, from an empty bucket, for [`FALLBACK_RETRY`]; its starts are repaid to the budget by the next lease | [`FALLBACK_RETRY`] |
+//! | retry | an unknown outcome (a 5xx, a lost answer, no answer in time) is tried again, [`LEASE_ATTEMPTS`] times in all, within the time left; a throttle of the table (a hot item: contention) [`THROTTLED_ATTEMPTS`] times | [`retry_backoff`], or the contention spread |
+//! | contention | a lessee waiting for room, or refused, waits `U[0, spread)` more, within the time left ([`wait_for_room`]); each refusal or item throttle doubles its spread ([`SPREAD_MIN`] … [`SPREAD_MAX`]), a lease got at the first try halves it; each lease writes it in the item, and every lessee starts from the item's: so lessees learn together how many wait with them | `U[0, min(spread, time left))` |
+//! | fallback | after those tries, or one permanent error: the static split, from an empty bucket, for [`FALLBACK_RETRY`]; its starts are repaid to the budget by the next lease | [`FALLBACK_RETRY`] |
 //! | throttle | a throttle of a slot of the current version drops the instance's slots and marks a decrease that the next lease (or the give-back) writes: no table call | none |
 //! | give-back | after the close phase, what the last lease left unused, if no one leased since | `min(CALL_TIMEOUT_MS, time left)` |
 //!
@@ -40,14 +40,20 @@ pub const MAX_SKEW: Duration = Duration::from_millis(50);
 /// A table call is not started with less than this left before the caller's `latest`: its
 /// answer would come too late to use.
 pub const MIN_CALL_TIME: Duration = Duration::from_millis(20);
-/// Table calls of one lease (the first and its retries) before the static split is used.
+/// Table calls of one lease (the first and its retries) ending in an unknown outcome before the
+/// static split is used.
 pub const LEASE_ATTEMPTS: u32 = 3;
+/// Table calls of one lease throttled in a row before the static split is used. A throttled
+/// item is contention among lessees: each try waits a doubled spread (about 2.5 s in all), and
+/// falling back at once would put every instance on the static split at once.
+pub const THROTTLED_ATTEMPTS: u32 = 8;
 /// How long the static split is used after the table failed, before the table is tried again.
 pub const FALLBACK_RETRY: Duration = Duration::from_secs(1);
 /// The contention spread: the least and the most a write waits at random after a refusal.
 pub const SPREAD_MIN: Duration = Duration::from_millis(10);
-/// See [`SPREAD_MIN`].
-pub const SPREAD_MAX: Duration = Duration::from_secs(2);
+/// See [`SPREAD_MIN`]. A lessee waiting this long tries about once per 2.5 s: a thousand
+/// waiting lessees write about 400 times a second, under the item's 1,000.
+pub const SPREAD_MAX: Duration = Duration::from_millis(2500);
 
 const _: () = assert!(
     SLOT_GRACE.as_millis() + MAX_SKEW.as_millis() < BURST_RESERVE.as_millis(),
@@ -112,7 +118,8 @@ pub fn after_error(kind: StoreErrorKind, failures: u32) -> AfterError {
     match kind {
         StoreErrorKind::Deadline => AfterError::NoSlot,
         StoreErrorKind::Permanent => AfterError::Fallback,
-        StoreErrorKind::Throttled | StoreErrorKind::Unknown if failures < LEASE_ATTEMPTS => AfterError::Retry,
+        StoreErrorKind::Throttled if failures < THROTTLED_ATTEMPTS => AfterError::Retry,
+        StoreErrorKind::Unknown if failures < LEASE_ATTEMPTS => AfterError::Retry,
         StoreErrorKind::Throttled | StoreErrorKind::Unknown => AfterError::Fallback,
     }
 }
@@ -128,7 +135,7 @@ pub fn widen(spread: Duration) -> Duration {
     (spread * 2).clamp(SPREAD_MIN, SPREAD_MAX)
 }
 
-/// Contention: the spread after an applied lease (halved, at least [`SPREAD_MIN`]).
+/// Contention: the spread after a lease got at the first try (halved, at least [`SPREAD_MIN`]).
 pub fn narrow(spread: Duration) -> Duration {
     (spread / 2).clamp(SPREAD_MIN, SPREAD_MAX)
 }
@@ -136,6 +143,15 @@ pub fn narrow(spread: Duration) -> Duration {
 /// Contention: the random wait `U[0, spread)`, `random` in `[0, 1)`.
 pub fn jitter(spread: Duration, random: f64) -> Duration {
     spread.mul_f64(random.clamp(0.0, 1.0))
+}
+
+/// Contention: when a lessee that expects room at `room` writes: `U[0, spread)` later, but
+/// early enough for a call before `latest` (so a lessee with a long spread still tries once in
+/// each invocation, and holds its messages meanwhile instead of handing them back). After
+/// `latest` when `room` is.
+pub fn wait_for_room(room: Instant, latest: Instant, spread: Duration, random: f64) -> Instant {
+    let left = latest.saturating_duration_since(room).saturating_sub(MIN_CALL_TIME);
+    room + jitter(spread.min(left), random)
 }
 
 /// Give-back: the latest instant of the give-back after the close phase, at `now`.
@@ -191,11 +207,11 @@ mod tests {
         assert_eq!(after_error(Deadline, 1), AfterError::NoSlot);
         assert_eq!(after_error(Deadline, 9), AfterError::NoSlot);
         assert_eq!(after_error(Permanent, 1), AfterError::Fallback);
-        for kind in [Throttled, Unknown] {
-            for failures in 1..LEASE_ATTEMPTS {
+        for (kind, attempts) in [(Unknown, LEASE_ATTEMPTS), (Throttled, THROTTLED_ATTEMPTS)] {
+            for failures in 1..attempts {
                 assert_eq!(after_error(kind, failures), AfterError::Retry);
             }
-            assert_eq!(after_error(kind, LEASE_ATTEMPTS), AfterError::Fallback);
+            assert_eq!(after_error(kind, attempts), AfterError::Fallback);
         }
     }
 
@@ -209,6 +225,18 @@ mod tests {
         assert!(jitter(Duration::from_millis(100), 0.999) < Duration::from_millis(100));
         assert_eq!(retry_backoff(0.0), Duration::from_millis(5));
         assert!(retry_backoff(0.999) < Duration::from_millis(25));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_lessee_writes_within_its_spread_and_before_its_latest() {
+        let t0 = Instant::now();
+        let room = t0 + Duration::from_millis(100);
+        let latest = t0 + Duration::from_secs(5);
+        let at = wait_for_room(room, latest, Duration::from_secs(2), 0.5);
+        assert_eq!(at, room + Duration::from_secs(1));
+        let at = wait_for_room(room, latest, Duration::from_secs(30), 0.999);
+        assert!(at <= latest - MIN_CALL_TIME, "{:?}", at - t0);
+        assert!(wait_for_room(latest + Duration::from_millis(1), latest, SPREAD_MAX, 0.5) > latest);
     }
 
     #[tokio::test(start_paused = true)]

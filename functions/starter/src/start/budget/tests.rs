@@ -12,9 +12,11 @@ fn ask(now: f64, want: u64, successes: u64) -> LeaseAsk {
     LeaseAsk {
         now,
         want,
+        latest: f64::INFINITY,
         successes,
         throttled: None,
         debt: 0,
+        spread: 0.0,
     }
 }
 
@@ -242,4 +244,25 @@ fn a_slot_is_released_no_earlier_than_its_leases_answer() {
         let expected = (now + (j + 1) as f64 / 100.0).max(now + 0.05);
         assert!((t - expected).abs() < 2e-4, "slot {j}: {t} vs {expected}");
     }
+}
+
+#[test]
+fn a_lease_holds_no_slot_released_after_the_callers_latest() {
+    let mut state = full(100.0, 100.0);
+    let now = 10.0;
+    // Empty: slot j comes at now + j × 10 ms.
+    state.tat = now + state.tau();
+    let plan = state.plan_lease(&LeaseAsk {
+        latest: now + 0.05,
+        ..ask(now, 30, 0)
+    });
+    let LeasePlan::Lease { slots, .. } = plan else {
+        panic!("{plan:?}")
+    };
+    assert!((4..=5).contains(&slots), "{slots} slots by the latest");
+    let none = state.plan_lease(&LeaseAsk {
+        latest: now + 0.005,
+        ..ask(now, 30, 0)
+    });
+    assert_eq!(none, LeasePlan::Nothing, "no slot before the latest: nothing to write");
 }
