@@ -455,6 +455,8 @@ pub struct Results {
     pub probes: Vec<Probe>,
     /// Batch executions (`MESSAGES_PER_EXECUTION`).
     pub batches: Vec<crate::batch::BatchRun>,
+    /// The `scale` section's runs.
+    pub scale: Vec<crate::scale::ScaleRun>,
 }
 
 pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
@@ -599,6 +601,9 @@ impl Results {
         }
         if !self.shared.is_empty() || !self.probes.is_empty() {
             shared_tables(&mut md, &self.shared, &self.probes);
+        }
+        if !self.scale.is_empty() {
+            crate::scale::markdown(&mut md, &self.scale);
         }
         if !self.batches.is_empty() {
             crate::batch::markdown(&mut md, &self.batches, self.settings.as_ref());
@@ -802,6 +807,7 @@ impl Results {
             "shared": shared_runs,
             "shared_probes": probes,
             "batch": crate::batch::json(&self.batches),
+            "scale": crate::scale::json(&self.scale),
             "sensitivity": sensitivity,
             "machine": self.machine,
             "capacity": self.capacity.as_ref().map(|c| json!({
