@@ -286,9 +286,10 @@ async fn an_existing_execution_counts_as_a_duplicate() {
 
 #[tokio::test(start_paused = true)]
 async fn calls_run_concurrently_at_the_paced_rate() {
-    // 100/s, burst 1, 50 ms per call: 100 messages take about 1 s, not 5 s.
+    // 100/s, burst 1 (10 less the 10 kept in reserve), 50 ms per call: 100 messages take
+    // about 1 s, not 5 s.
     let sfn = FakeSfn::new(Duration::from_millis(50), Box::new(|_, _| None));
-    let c = config(&[("STARTS_PER_SECOND", "100"), ("STARTS_BURST", "1")]);
+    let c = config(&[("STARTS_PER_SECOND", "100"), ("STARTS_BURST", "10")]);
     let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
     let t0 = Instant::now();
     let outcome = starter.process(batch(100), deadline_in(60_000)).await.unwrap();

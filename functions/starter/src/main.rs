@@ -21,6 +21,10 @@ async fn main() -> Result<(), Error> {
     let sdk_config = sfn_pacer::aws::sdk_config_loader().load().await;
     let timeout = config.call_timeout;
     let sfn = Arc::new(SfnStarter::new(&sdk_config, timeout));
+    if let Err(e) = sfn_pacer::config::check_workflow_type(&config, sfn.as_ref()).await {
+        tracing::error!("{e}");
+        std::process::exit(1);
+    }
     let queue = Arc::new(SqsQueue::new(&sdk_config, timeout));
     let claim_check = config.claim_check_bucket.is_some();
     let starter = match config.coordination_table.clone() {
