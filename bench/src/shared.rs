@@ -96,16 +96,7 @@ impl Table {
                 latency_max: TABLE_LATENCY.1,
                 ..TableFaults::default()
             },
-            Table::Faulty => TableFaults {
-                latency_min: Duration::from_millis(10),
-                latency_max: Duration::from_millis(30),
-                slow_probability: 0.03,
-                slow_delay: Duration::from_millis(150),
-                error_500_probability: 0.01,
-                lost_answer_probability: 0.01,
-                throttle_probability: 0.01,
-                ..TableFaults::default()
-            },
+            Table::Faulty => TableFaults::faulty(),
         }
     }
 

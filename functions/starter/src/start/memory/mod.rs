@@ -77,6 +77,24 @@ impl Default for TableFaults {
     }
 }
 
+impl TableFaults {
+    /// A table as a real one can be: 10 – 30 ms per call, 3 % of answers 150 ms late (applied on
+    /// time), 1 % 500s, 1 % lost answers (applied), 1 % throttled; DynamoDB's per-item write
+    /// limit. The unit tests, the chaos test and the benchmarks use it.
+    pub fn faulty() -> TableFaults {
+        TableFaults {
+            latency_min: Duration::from_millis(10),
+            latency_max: Duration::from_millis(30),
+            slow_probability: 0.03,
+            slow_delay: Duration::from_millis(150),
+            error_500_probability: 0.01,
+            lost_answer_probability: 0.01,
+            throttle_probability: 0.01,
+            ..TableFaults::default()
+        }
+    }
+}
+
 /// What happens to a call besides its latency: drawn from [`TableFaults`], or scripted for the
 /// next calls ([`MemoryStore::inject_next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
