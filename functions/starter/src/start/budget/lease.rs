@@ -267,7 +267,13 @@ impl SharedPacer {
         let (plan, spread) = {
             let l = self.local();
             let ask = self.ask(&l, demand(), Some(latest));
-            (l.cached.as_ref().map(|state| state.plan_lease(&ask)), l.spread)
+            // Refused since its last lease: it waits behind others, over its spread. Not: it
+            // asks right when there is room (little jitter), as a lone instance should.
+            let spread = match l.refusals {
+                0 => SPREAD_MIN,
+                _ => l.spread,
+            };
+            (l.cached.as_ref().map(|state| state.plan_lease(&ask)), spread)
         };
         // Contended (refused since the last lease) and back from a wait: read before writing.
         // A read takes none of the item's write capacity, and a write planned from a view that
@@ -525,9 +531,13 @@ impl SharedPacer {
     /// there first: one more refusal, a wider spread.
     fn booked_out(&self, l: &mut Local) {
         let ask = self.ask(l, 1, None);
-        if let Some(LeasePlan::WaitUntil(_)) = l.cached.as_ref().map(|s| s.plan_lease(&ask)) {
-            l.refusals += 1;
-            l.spread = rules::widen(l.spread);
+        match l.cached.as_ref().map(|s| s.plan_lease(&ask)) {
+            Some(LeasePlan::WaitUntil(_)) => {
+                l.refusals += 1;
+                l.spread = rules::widen(l.spread);
+            }
+            // Room when it looked, after a wait: fewer wait than its spread assumed.
+            _ => l.spread = rules::narrow(l.spread),
         }
     }
 
