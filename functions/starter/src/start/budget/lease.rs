@@ -332,7 +332,8 @@ impl SharedPacer {
                 l.failures -= 1;
                 Step::NoSlot
             }
-            AfterError::Retry if error.kind == StoreErrorKind::Throttled => {
+            // Throttled again: the item is hot, many lessees at once (contention).
+            AfterError::Retry if error.kind == StoreErrorKind::Throttled && l.failures > 1 => {
                 l.refusals += 1;
                 l.spread = rules::widen(l.spread);
                 Step::Wait(rules::wait_for_room(now, latest, l.spread, unit_random()))

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::start::budget::rules::{MAX_SKEW, MIN_CALL_TIME};
-use crate::start::budget::{BudgetState, DECREASE_FACTOR};
+use crate::start::budget::{BudgetState, Shape, Update, DECREASE_FACTOR};
 use crate::start::memory::{Fault, MemoryStore, TableFaults};
 use crate::start::pace::{Pacer, Source};
 
@@ -510,16 +510,28 @@ async fn lessees_waiting_for_room_learn_the_spread_from_the_item() {
     for _ in 0..80 {
         b.reserve(latest, || 10).await.unwrap();
     }
-    // a's next lease is refused (or read as booked): contention. It waits, widens, then leases
-    // and writes its spread in the item.
-    a.reserve(far(), || 1).await.unwrap();
-    let written = store.item(KEY).unwrap().spread;
-    assert!(written > rules::SPREAD_MIN.as_secs_f64(), "widened, written: {written}");
-    // A newcomer that finds the budget booked starts from the item's spread, not the least.
+    // a's next lease is refused: the budget is booked out, others got there first. Its spread
+    // widens, and with no room before its latest, it has no slot (and wrote nothing more).
+    assert_eq!(a.reserve(Instant::now() + Duration::from_millis(40), || 1).await, None);
+    assert!(a.local().refusals > 0);
+    assert!(a.local().spread > rules::SPREAD_MIN, "{:?}", a.local().spread);
+    // A lease writes its lessee's spread in the item; a newcomer that finds the budget booked
+    // starts from it, not from the least.
+    let item = store.item(KEY).unwrap();
+    let lease_of_none = Update::Lease {
+        version: item.version,
+        shape: Shape::Exact {
+            expected: item.tat,
+            tat_after: item.tat,
+        },
+        factor: None,
+        spread: 1.0,
+    };
+    store.write(KEY, &lease_of_none).await.unwrap();
+    assert_eq!(store.item(KEY).unwrap().spread, 1.0);
     let c = lessee(&store, 100.0, 10.0);
     assert_eq!(c.reserve(Instant::now() + Duration::from_millis(30), || 1).await, None);
-    let adopted = c.local().spread.as_secs_f64();
-    assert!(adopted >= written - 1e-4, "{adopted} vs {written}");
+    assert_eq!(c.local().spread, Duration::from_secs(1));
 }
 
 #[tokio::test(start_paused = true)]
