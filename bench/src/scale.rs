@@ -113,6 +113,8 @@ pub struct ScaleRun {
     pub item_throttled: u64,
     /// The lessees' counts, summed (fallbacks, dropped slots, table calls' latencies).
     pub counts: LeaseCounts,
+    /// Messages started in each second of the run.
+    pub starts_per_second: Vec<u64>,
     /// Wall time the simulation took, seconds.
     pub wall_seconds: f64,
 }
@@ -201,6 +203,8 @@ struct World {
     throttled: AtomicU64,
     counts: Mutex<LeaseCounts>,
     drained_at: Mutex<Option<Duration>>,
+    /// Starts in each second since `origin`.
+    per_second: Mutex<Vec<u64>>,
     messages: u64,
     seed: u64,
 }
@@ -256,6 +260,7 @@ async fn simulate(plan: &ScalePlan, seed: u64) -> ScaleRun {
         throttled: AtomicU64::new(0),
         counts: Mutex::new(LeaseCounts::default()),
         drained_at: Mutex::new(None),
+        per_second: Mutex::new(Vec::new()),
         messages: plan.messages,
         seed,
     });
@@ -280,6 +285,7 @@ async fn simulate(plan: &ScalePlan, seed: u64) -> ScaleRun {
     let budget_units = units.values().copied().max().unwrap_or(0);
     let injected = store.injected();
     let counts = world.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let starts_per_second = world.per_second.lock().unwrap_or_else(|p| p.into_inner()).clone();
     ScaleRun {
         plan: plan.clone(),
         drain_seconds: drained_at.unwrap_or(plan.max_run).as_secs_f64(),
@@ -299,6 +305,7 @@ async fn simulate(plan: &ScalePlan, seed: u64) -> ScaleRun {
             .sum(),
         item_throttled: injected.get("item-throttled").copied().unwrap_or(0),
         counts,
+        starts_per_second,
         wall_seconds: 0.0,
     }
 }
@@ -399,6 +406,14 @@ async fn start(
             return false;
         }
         pacer.on_success(slot).await;
+        {
+            let mut per_second = world.per_second.lock().unwrap_or_else(|p| p.into_inner());
+            let second = at.as_secs() as usize;
+            if per_second.len() <= second {
+                per_second.resize(second + 1, 0);
+            }
+            per_second[second] += 1;
+        }
         if world.started.fetch_add(1, Ordering::Relaxed) + 1 == world.messages {
             *world.drained_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
         }
@@ -503,6 +518,7 @@ pub fn json(runs: &[ScaleRun]) -> Value {
                 "refused_writes": r.refused, "item_throttled": r.item_throttled, "faults": r.faults,
                 "fallbacks": r.counts.fallbacks, "dropped_slots": r.counts.dropped,
                 "lease_latency_p99_ms": r.latency_p99_ms(), "wall_seconds": r.wall_seconds,
+                "starts_per_second": r.starts_per_second,
             })
         })
         .collect();

@@ -1274,12 +1274,7 @@ fn check_dlq_alarm(t: &Template) -> Result<(), String> {
                 stat["Stat"], stat["Period"]
             ));
         }
-        let returned: Vec<&Value> = props["Metrics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m.get("ReturnData").is_none_or(|r| r == true))
-            .collect();
+        let returned = returned_series(props);
         let [result] = returned.as_slice() else {
             return Err(format!(
                 "alarm {name} returns {} series, not one expression",
@@ -1310,6 +1305,16 @@ fn check_dlq_alarm(t: &Template) -> Result<(), String> {
         1 => Ok(()),
         n => Err(format!("expected one alarm on DLQ arrivals, found {n}")),
     }
+}
+
+/// The series a metric-math alarm returns (its `Metrics` with `ReturnData` true or unset).
+fn returned_series(props: &Value) -> Vec<&Value> {
+    props["Metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("ReturnData").is_none_or(|r| r == true))
+        .collect()
 }
 
 /// With an AlarmTopicArn, the alarm notifies it on ALARM and OK.
@@ -3229,15 +3234,9 @@ fn check_lease_slots_dropped_alarm(t: &Template) -> Result<(), String> {
         }
     }
     let props = &alarm["Properties"];
-    let returned: Vec<&Value> = props["Metrics"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m.get("ReturnData").is_none_or(|r| r == true))
-        .collect();
-    let expression = match returned.as_slice() {
+    let expression = match returned_series(props).as_slice() {
         [one] => one["Expression"].as_str().unwrap_or_default(),
-        _ => return Err(format!("alarm {name} returns {} series, not one share", returned.len())),
+        other => return Err(format!("alarm {name} returns {} series, not one share", other.len())),
     };
     let ids: Vec<String> = metrics.iter().map(|m| text(&m["Id"])).collect();
     if !ids.iter().all(|id| !id.is_empty() && expression.contains(id.as_str())) || !expression.contains('/') {

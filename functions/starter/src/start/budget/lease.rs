@@ -537,8 +537,15 @@ impl SharedPacer {
                 l.refusals += 1;
                 l.spread = rules::widen(l.spread);
             }
-            // Room when it looked, after a wait: fewer wait than its spread assumed.
-            _ => l.spread = rules::narrow(l.spread),
+            // Room when it looked, after a wait: fewer wait than its spread assumed. A budget
+            // left idle (its bucket refilling): no one else is waiting at all.
+            _ => {
+                let idle = l.cached.as_ref().is_some_and(|s| s.level(ask.now) > 0.0);
+                l.spread = match idle {
+                    true => SPREAD_MIN,
+                    false => rules::narrow(l.spread),
+                };
+            }
         }
     }
 

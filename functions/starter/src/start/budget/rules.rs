@@ -9,7 +9,7 @@
 //! | grace | a slot is used at most [`SLOT_GRACE`] after its release, else dropped | [`SLOT_GRACE`] |
 //! | table call | starts only with [`MIN_CALL_TIME`] left before the caller's `latest`; an answer cut off by `latest` means "no slot" (defer), not a failure | `min(CALL_TIMEOUT_MS, latest − now)` |
 //! | retry | an unknown outcome (a 5xx, a lost answer, no answer in time) is tried again, [`LEASE_ATTEMPTS`] times in all, within the time left; a throttle of the table [`THROTTLED_ATTEMPTS`] times, the second and later ones as contention (a hot item) | [`retry_backoff`]; from the second throttle, the contention spread |
-//! | contention | a lessee refused since its last lease waits `U[0, spread)` past the room it expects, within the time left ([`wait_for_room`]; one not refused, `U[0, SPREAD_MIN)`); each refusal or item throttle doubles its spread ([`SPREAD_MIN`] … [`SPREAD_MAX`]), a lease got at the first try halves it; each lease writes it in the item, and every lessee starts from the item's: so lessees learn together how many wait with them | `U[0, min(spread, time left))` |
+//! | contention | a lessee refused since its last lease reads before it writes, and waits `U[0, spread)` past the room it expects, within the time left ([`wait_for_room`]; one not refused, `U[0, SPREAD_MIN)`); finding the budget booked out widens its spread × [`WIDEN`] ([`SPREAD_MIN`] … [`SPREAD_MAX`]), finding room halves it, finding it idle resets it; each lease writes it in the item, and a lessee takes the item's when it is wider: so lessees learn together how many wait with them | `U[0, min(spread, time left))` |
 //! | fallback | after those tries, or one permanent error: the static split, from an empty bucket, for [`FALLBACK_RETRY`]; its starts are repaid to the budget by the next lease | [`FALLBACK_RETRY`] |
 //! | throttle | a throttle of a slot of the current version drops the instance's slots and marks a decrease that the next lease (or the give-back) writes: no table call | none |
 //! | give-back | after the close phase, what the last lease left unused, if no one leased since | `min(CALL_TIMEOUT_MS, time left)` |
@@ -48,7 +48,7 @@ pub const MIN_CALL_TIME: Duration = Duration::from_millis(20);
 /// static split is used.
 pub const LEASE_ATTEMPTS: u32 = 3;
 /// Table calls of one lease throttled in a row before the static split is used. A throttled
-/// item is contention among lessees: each try waits a doubled spread (about 2.5 s in all), and
+/// item is contention among lessees: from the second, each try widens the spread, and
 /// falling back at once would put every instance on the static split at once.
 pub const THROTTLED_ATTEMPTS: u32 = 8;
 /// How long the static split is used after the table failed, before the table is tried again.
@@ -134,12 +134,19 @@ pub fn retry_backoff(random: f64) -> Duration {
     Duration::from_millis(5) + Duration::from_millis(20).mul_f64(random.clamp(0.0, 1.0))
 }
 
-/// Contention: the spread after a refusal or an item throttle (doubled, at most [`SPREAD_MAX`]).
+/// How much the spread widens each time a lessee finds the budget booked out. Gently: a
+/// lessee halves it when it finds room, so the spread settles where about one look in five
+/// finds room; doubling, ten instances would settle on a spread of seconds and leave the
+/// budget idle at the end of a drain, when only a few of them still wait.
+pub const WIDEN: f64 = 1.25;
+
+/// Contention: the spread after a refusal or an item throttle (× [`WIDEN`], at most
+/// [`SPREAD_MAX`]).
 pub fn widen(spread: Duration) -> Duration {
-    (spread * 2).clamp(SPREAD_MIN, SPREAD_MAX)
+    spread.mul_f64(WIDEN).clamp(SPREAD_MIN, SPREAD_MAX)
 }
 
-/// Contention: the spread after a lease got at the first try (halved, at least [`SPREAD_MIN`]).
+/// Contention: the spread after finding room (halved, at least [`SPREAD_MIN`]).
 pub fn narrow(spread: Duration) -> Duration {
     (spread / 2).clamp(SPREAD_MIN, SPREAD_MAX)
 }
@@ -221,9 +228,9 @@ mod tests {
     }
 
     #[test]
-    fn the_spread_doubles_on_contention_and_halves_on_success_within_bounds() {
+    fn the_spread_widens_on_contention_and_halves_on_room_within_bounds() {
         assert_eq!(widen(Duration::ZERO), SPREAD_MIN);
-        assert_eq!(widen(SPREAD_MIN), SPREAD_MIN * 2);
+        assert_eq!(widen(Duration::from_millis(80)), Duration::from_millis(100));
         assert_eq!(widen(SPREAD_MAX), SPREAD_MAX);
         assert_eq!(narrow(SPREAD_MIN), SPREAD_MIN);
         assert_eq!(narrow(Duration::from_millis(80)), Duration::from_millis(40));
