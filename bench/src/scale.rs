@@ -427,9 +427,12 @@ pub fn markdown(md: &mut String, runs: &[ScaleRun]) {
     let _ = writeln!(
         md,
         "Simulated on a paused clock: each instance is the real lessee (`SharedPacer`) against one `MemoryStore` \
-         (1,000 write units/s per item, throttled beyond) and the account's exact bucket; invocations of BatchSize \
-         messages back to back, MAX_IN_FLIGHT {MAX_IN_FLIGHT}, request path {} – {} ms; M = B + 10 r (T* = 10 s). \
-         WU = write units (a refused conditional write takes its unit too).\n",
+         (1,000 write units/s per item, throttled beyond) and the account's exact bucket; the instances arrive \
+         evenly over the first {} s (Lambda adds at most 1,000 environments to a function every 10 s); \
+         invocations of BatchSize messages back to back, MAX_IN_FLIGHT {MAX_IN_FLIGHT}, request path {} – {} ms; \
+         M = B + {IDEAL_SECONDS} r (T* = {IDEAL_SECONDS} s). WU = write units (a refused conditional write takes its \
+         unit too), RU = read units (strongly consistent reads; an item takes 3,000 a second).\n",
+        ARRIVAL.as_secs(),
         REQUEST.0.as_millis(),
         REQUEST.1.as_millis(),
     );

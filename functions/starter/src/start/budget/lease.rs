@@ -65,8 +65,11 @@ struct Local {
     refusals: u32,
     /// Whether `cached` is older than this instance's last wait.
     stale: bool,
-    /// Consecutive failed table calls.
+    /// Consecutive failed table calls (any answer resets it).
     failures: u32,
+    /// Consecutive throttled writes (only a write's answer resets it: a read between them does
+    /// not show the item takes writes again).
+    throttles: u32,
 }
 
 impl Default for Local {
@@ -85,6 +88,7 @@ impl Default for Local {
             refusals: 0,
             stale: false,
             failures: 0,
+            throttles: 0,
         }
     }
 }
@@ -314,6 +318,7 @@ impl SharedPacer {
             // past the shape) while there is room: planned again at once, from the item as it is.
             Ok(Written::Refused(current)) => {
                 let mut l = self.local();
+                l.throttles = 0;
                 self.seen(&mut l, current);
                 self.booked_out(&mut l);
                 Step::Again
@@ -326,14 +331,21 @@ impl SharedPacer {
     fn failed(&self, error: StoreError, latest: Instant) -> Step {
         let now = Instant::now();
         let mut l = self.local();
-        l.failures += 1;
-        match rules::after_error(error.kind, l.failures) {
-            AfterError::NoSlot => {
-                l.failures -= 1;
-                Step::NoSlot
+        let consecutive = match error.kind {
+            StoreErrorKind::Throttled => {
+                l.throttles += 1;
+                l.throttles
             }
+            StoreErrorKind::Deadline => 0,
+            _ => {
+                l.failures += 1;
+                l.failures
+            }
+        };
+        match rules::after_error(error.kind, consecutive) {
+            AfterError::NoSlot => Step::NoSlot,
             // Throttled again: the item is hot, many lessees at once (contention).
-            AfterError::Retry if error.kind == StoreErrorKind::Throttled && l.failures > 1 => {
+            AfterError::Retry if error.kind == StoreErrorKind::Throttled && consecutive > 1 => {
                 l.refusals += 1;
                 l.spread = rules::widen(l.spread);
                 Step::Wait(rules::wait_for_room(now, latest, l.spread, unit_random()))
@@ -341,6 +353,7 @@ impl SharedPacer {
             AfterError::Retry => Step::Wait(now + rules::retry_backoff(unit_random())),
             AfterError::Fallback => {
                 l.failures = 0;
+                l.throttles = 0;
                 l.fallback_until = Some(now + FALLBACK_RETRY);
                 // The static split starts empty: its bucket refilled while unused, and the
                 // other instances keep leasing the whole budget meanwhile.
@@ -516,6 +529,7 @@ impl SharedPacer {
         self.counters.dropped.fetch_add(l.expired, Ordering::Relaxed);
         l.expired = 0;
         l.debt = l.debt.saturating_sub(repaid);
+        l.throttles = 0;
         l.spread = Self::spread_after_lease(&l);
         l.refusals = 0;
         l.stale = false;

@@ -560,3 +560,32 @@ async fn a_crowd_of_lessees_keeps_the_items_writes_bounded_and_the_budget_busy()
     let units: u64 = store.write_units_by_item().values().sum();
     assert!(units as f64 / 20.0 <= 100.0, "{units} write units in 20 s");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_item_that_throttles_every_write_is_backed_off_then_left_for_the_static_split() {
+    let store = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(5), Duration::from_millis(5)));
+    let a = lessee(&store, 100.0, 100.0);
+    let first = a.reserve(far(), || 1).await.unwrap();
+    a.on_success(first).await;
+    // The item takes half a write unit a second: every write is throttled, reads still answer.
+    store.set_faults(TableFaults {
+        latency_min: Duration::from_millis(5),
+        latency_max: Duration::from_millis(5),
+        item_write_units_per_second: Some(0.5),
+        ..TableFaults::default()
+    });
+    a.take_counts();
+    let t0 = Instant::now();
+    let slot = a.reserve(far(), || 1).await.unwrap();
+    assert_eq!(slot.source, Source::Local, "the static split, after the throttles");
+    let counts = a.take_counts();
+    // Throttled writes, each after a wider wait (reads between them do not reset the count).
+    let throttled = store.injected().get("item-throttled").copied().unwrap_or(0);
+    assert_eq!(throttled, u64::from(rules::THROTTLED_ATTEMPTS));
+    assert!(counts.calls <= 2 * throttled + 1, "{} table calls", counts.calls);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(30),
+        "backed off: {:?}",
+        t0.elapsed()
+    );
+}
