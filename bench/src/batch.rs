@@ -5,8 +5,9 @@
 //! Every run drives the real handler through the one mapping loop (`local_stack::esm::run`,
 //! K pollers, one `Starter` each, in-process) against one FakeSfn holding the account's exact
 //! bucket. The starters are coordinated (one shared budget) with claims, both in a `MemoryStore`
-//! with the shared section's 5 – 10 ms per call, behind [`Tables`], which counts each kind of
-//! call and prices each claim transaction as DynamoDB bills it. The invoker is timed, so the
+//! with the shared section's 5 – 10 ms per call (it counts the budget's calls itself); the
+//! claims go through [`Tables`], which counts each kind of claim call and prices each claim
+//! transaction as DynamoDB bills it. The invoker is timed, so the
 //! Lambda duration billed is measured.
 //!
 //! Two loads: a backlog enqueued at once (throughput: is the quota, counted in executions, the
@@ -27,7 +28,6 @@ use local_stack::sim::{DlqEntry, SimQueue};
 use serde_json::{json, Value};
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::metrics::Report;
-use sfn_pacer::start::budget::{BudgetState, Store, Update, Written};
 use sfn_pacer::start::claim::{ClaimRequest, ClaimStore, ClaimWrite, Record};
 use sfn_pacer::start::memory::MemoryStore;
 use sfn_pacer::start::table::StoreError;
@@ -40,7 +40,7 @@ use crate::common::{config, sdk_config, BenchError, RequestDelay, Runtimes, SERV
 use crate::cpu;
 use crate::drain::Settings;
 use crate::report::{opt, pass};
-use crate::shared::{Counted, Ledger, QUOTA_KEY, TABLE_LATENCY};
+use crate::shared::{Counted, QUOTA_KEY, TABLE_LATENCY};
 use crate::stats;
 
 /// The targets of batch executions.
@@ -230,10 +230,8 @@ pub struct TableCounts {
     pub trimmed_bytes: u64,
     /// Every call (`MemoryStore::calls`).
     pub calls: u64,
-    /// Slots leased from the budget, and given back (the shared section's ledger).
-    pub leased: u64,
-    /// See `leased`.
-    pub returned: u64,
+    /// Budget writes refused by their condition (`MemoryStore::budget_counts`).
+    pub refused_budget_writes: u64,
 }
 
 impl TableCounts {
@@ -255,12 +253,10 @@ impl TableCounts {
     }
 }
 
-/// The coordination table as the instances see it: the [`MemoryStore`] (the budget through
-/// the shared section's [`Ledger`], which accounts for leased slots), counting each kind of
-/// call.
+/// The claims as the instances see them: the [`MemoryStore`], counting each kind of claim call
+/// and what it would bill on AWS (the budget's calls the store counts itself).
 struct Tables {
     inner: Arc<MemoryStore>,
-    budget: Ledger,
     counts: Mutex<TableCounts>,
     /// Each written execution's transaction as on AWS, to size its confirmation.
     written: Mutex<HashMap<String, Transaction>>,
@@ -269,19 +265,6 @@ struct Tables {
 impl Tables {
     fn count(&self, f: impl FnOnce(&mut TableCounts)) {
         f(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-}
-
-#[async_trait]
-impl Store for Tables {
-    async fn get(&self, key: &str) -> Result<Option<BudgetState>, StoreError> {
-        self.count(|c| c.budget_reads += 1);
-        self.budget.get(key).await
-    }
-
-    async fn write(&self, key: &str, update: &Update) -> Result<Written, StoreError> {
-        self.count(|c| c.budget_writes += 1);
-        self.budget.write(key, update).await
     }
 }
 
@@ -443,10 +426,10 @@ pub struct BatchRun {
 }
 
 impl BatchRun {
-    /// Leased slots neither used by a call nor given back: quota lost to everyone.
+    /// Leased slots neither used by a call nor given back: quota lost to everyone (the
+    /// lessees' `LeaseSlotsDropped`).
     pub fn unused_slots(&self) -> u64 {
-        let used = self.calls.saturating_sub(self.report.fallbacks);
-        self.table.leased.saturating_sub(self.table.returned + used)
+        self.report.lease_slots_dropped
     }
 
     /// The fastest possible drain of the executions started: `max(0, (E − B) / r)`, seconds.
@@ -586,7 +569,8 @@ async fn starters(
         ));
         let counted = Arc::new(Counted::new(delayed));
         counters.push(counted.clone());
-        let starter = Starter::coordinated(cfg, counted, queue.clone(), tables.clone()).with_claims(tables.clone());
+        let starter =
+            Starter::coordinated(cfg, counted, queue.clone(), tables.inner.clone()).with_claims(tables.clone());
         starters.push(Arc::new(starter));
     }
     Ok((starters, counters))
@@ -672,7 +656,6 @@ async fn run_on(
     let store = Arc::new(MemoryStore::new().with_latency(TABLE_LATENCY.0, TABLE_LATENCY.1));
     let tables = Arc::new(Tables {
         inner: store.clone(),
-        budget: Ledger::new(store.clone()),
         counts: Mutex::new(TableCounts::default()),
         written: Mutex::default(),
     });
@@ -789,8 +772,10 @@ async fn run_on(
     let slots = drain_seconds.ceil() as usize;
     let mut table = tables.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     table.calls = store.calls();
-    table.leased = tables.budget.leased.load(Ordering::Relaxed);
-    table.returned = tables.budget.returned.load(Ordering::Relaxed);
+    let budget = store.budget_counts();
+    table.budget_reads = budget.reads;
+    table.budget_writes = budget.applied + budget.refused;
+    table.refused_budget_writes = budget.refused;
     let report = invoker.inner.totals();
     progress(seen.len() as u64, plan.messages());
     Ok(BatchRun {
@@ -909,22 +894,21 @@ pub fn markdown(md: &mut String, runs: &[BatchRun], settings: Option<&Settings>)
         );
         let _ = writeln!(
             md,
-            "| N | claim transactions | claim items / message | budget reads + writes | lease calls (reports) | leased / given back / unused slots | table calls / message | WRU / message (claims + trims + leases) | RRU / message | bytes kept / message |"
+            "| N | claim transactions | claim items / message | budget reads + writes (refused) | lease calls (reports) | dropped slots | table calls / message | WRU / message (claims + trims + leases) | RRU / message | bytes kept / message |"
         );
         let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &backlogs {
             let per = |v: u64| stats::ratio(v, r.started);
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.3} | {} + {} | {} | {} / {} / {} | {:.3} | {:.3} ({:.3} + {:.3} + {:.3}) | {:.4} | {:.0} |",
+                "| {} | {} | {:.3} | {} + {} ({}) | {} | {} | {:.3} | {:.3} ({:.3} + {:.3} + {:.3}) | {:.4} | {:.0} |",
                 r.plan.per_execution,
                 r.table.transactions,
                 per(r.table.claim_items),
                 r.table.budget_reads,
                 r.table.budget_writes,
+                r.table.refused_budget_writes,
                 r.report.lease_calls,
-                r.table.leased,
-                r.table.returned,
                 r.unused_slots(),
                 per(r.table.calls),
                 per(r.table.write_units()),
@@ -1153,7 +1137,7 @@ fn table_json(t: &TableCounts) -> Value {
         "record_reads": t.record_reads, "record_read_units": t.record_read_units,
         "transaction_write_units": t.transaction_write_units,
         "write_units": t.write_units(), "read_units": t.read_units(),
-        "stored_bytes": t.stored_bytes, "leased_slots": t.leased, "returned_slots": t.returned,
+        "stored_bytes": t.stored_bytes, "refused_budget_writes": t.refused_budget_writes,
         "confirms": t.confirms, "confirm_write_units": t.confirm_write_units, "trimmed_bytes": t.trimmed_bytes,
     })
 }

@@ -10,6 +10,8 @@
 //! - `cost`: handler CPU per message with the network stubbed, and callgrind instructions;
 //! - `shared`: the shared budget (coordinated mode) against the static split: deployments
 //!   sharing the account, instances replaced, a foreign caller, a rate change, table calls;
+//! - `scale`: a thousand busy instances on one budget (Standard and Express, a quick and a
+//!   faulty table, clock skew), simulated on a paused clock against the per-item write limit;
 //! - `batch`: batch executions (`MESSAGES_PER_EXECUTION`): messages per second against the
 //!   refill, the coordination table per message, enqueue → start, the bill per million;
 //! - `sensitivity`: the drain at a fixed BatchSize (the tail of large batches).
@@ -28,6 +30,7 @@ mod cpu;
 mod drain;
 mod pacing;
 mod report;
+mod scale;
 mod shared;
 mod stats;
 
@@ -55,13 +58,23 @@ struct Cli {
     out: PathBuf,
     /// Sections to run, comma-separated: capacity, drain, sensitivity (the drain's sensitivity
     /// to BatchSize), pacing, cost, bootstrap, shared (the shared budget against the static
-    /// split), batch (batch executions, MESSAGES_PER_EXECUTION).
+    /// split), scale (a thousand instances on one budget), batch (batch executions,
+    /// MESSAGES_PER_EXECUTION).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,batch"
+        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,scale,batch"
     )]
     sections: Vec<String>,
+    /// The `scale` section's busy instances.
+    #[arg(long, default_value_t = 1_000)]
+    scale_instances: usize,
+    /// The `scale` section's messages per invocation (BatchSize) at Standard's quota.
+    #[arg(long, default_value_t = 10)]
+    scale_batch: u64,
+    /// The `scale` section's BatchSize at Express's quota (its last run uses `--scale-batch`).
+    #[arg(long, default_value_t = 100)]
+    scale_express_batch: u64,
     /// The `batch` section's MESSAGES_PER_EXECUTION values (1 to 99).
     #[arg(long, value_delimiter = ',', default_value = "1,10,25")]
     messages_per_execution: Vec<usize>,
@@ -350,7 +363,18 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     } else {
         0
     };
+    let scale_plans = if wants("scale") {
+        scale::plans(
+            cli.scale_instances,
+            cli.scale_batch,
+            cli.scale_express_batch,
+            shared::SKEW,
+        )
+    } else {
+        Vec::new()
+    };
     let steps = [
+        scale_plans.len(),
         wants("capacity") as usize,
         drain_runs,
         sensitivity_runs,
@@ -503,7 +527,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         }
         if shared_probes > 0 {
             for &(instances, batch) in &PROBES {
-                for mode in [shared::Mode::Static, shared::Mode::Shared] {
+                for mode in [shared::Mode::Static, shared::Mode::Shared(shared::Table::Quick)] {
                     overall.set_message(format!("shared 7 {mode}: K = {instances}, batch {batch}"));
                     let p = shared::probe(
                         &runtimes,
@@ -529,6 +553,41 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 }
             }
         }
+    }
+    for plan in &scale_plans {
+        let label = format!(
+            "scale: {} × {} at {}/s, BatchSize {}, {}{}",
+            plan.instances,
+            plan.title,
+            plan.quota.1,
+            plan.batch,
+            plan.table,
+            if plan.skew.is_zero() {
+                String::new()
+            } else {
+                format!(", skew ±{} ms", plan.skew.as_millis())
+            }
+        );
+        overall.set_message(label.clone());
+        let r = scale::run(plan, cli.seed)?;
+        note(
+            &overall,
+            format!(
+                "{label}: T = {:.2} s, T*/T {}, throttled {:.2} % ({} / {}), busiest item {} WU/s, table calls/start {:.3}, fallbacks {}, dropped {} ({:.0} s wall)",
+                r.drain_seconds,
+                r.efficiency().map_or("—".to_string(), |e| format!("{e:.3}")),
+                r.throttle_ratio() * 100.0,
+                r.throttled,
+                r.calls,
+                r.busiest_item_units,
+                r.table_calls_per_start(),
+                r.counts.fallbacks,
+                r.counts.dropped,
+                r.wall_seconds,
+            ),
+        );
+        results.scale.push(r);
+        overall.inc(1);
     }
     for plan in &batch_plans {
         run_id += 1;

@@ -10,7 +10,7 @@ use crate::capacity::CapacityResult;
 use crate::cost::{CostResult, InstructionCount, SdkCostResult};
 use crate::drain::{DrainResult, Settings, Strategy};
 use crate::pacing::PacingResult;
-use crate::shared::{self, Mode, Probe, SharedRun};
+use crate::shared::{self, Mode, Probe, SharedRun, Table};
 use crate::stats;
 
 /// The targets of issue 6.
@@ -80,7 +80,7 @@ fn drain_rows(md: &mut String, drains: &[DrainResult]) {
 fn shared_json(r: &SharedRun) -> Value {
     let p = &r.plan;
     json!({
-        "scenario": p.id, "title": p.title, "mode": p.mode.to_string(),
+        "scenario": p.id, "title": p.title, "mode": p.mode.to_string(), "skew_ms": p.skew.as_millis() as u64,
         "burst": p.account.0, "refill_per_second": p.account.1,
         "deployments": p.deployments.iter().map(|d| json!({
             "instances": d.instances, "messages": d.messages, "starts_per_second": d.rate,
@@ -91,8 +91,9 @@ fn shared_json(r: &SharedRun) -> Value {
         "messages": r.messages, "started": r.started, "calls": r.calls, "throttled": r.throttled,
         "throttle_ratio": r.throttle_ratio(), "table_calls": r.table_calls,
         "table_calls_per_start": r.table_calls_per_start(), "fallbacks": r.fallbacks, "redriven": r.redriven,
-        "leased_slots": r.leased, "returned_slots": r.returned, "unused_slots": r.unused(),
-        "refused_writes": r.refused, "decreases": r.decreases,
+        "dropped_slots": r.dropped, "refused_writes": r.refused, "decreases": r.decreases,
+        "table_faults": r.table_faults, "busiest_item_write_units_per_second": r.busiest_item_units,
+        "lease_latency_p99_ms": r.lease_latency_p99_ms,
         "starts_per_second": r.starts_per_second, "throttles_per_second": r.throttles_per_second,
         "replaced": r.replaced.as_ref().map(|x| json!({
             "fresh_at_seconds": x.fresh_at, "throttled_after": x.throttled_after,
@@ -114,22 +115,26 @@ fn shared_tables(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
     let _ = writeln!(md, "## Shared budget (coordinated mode)\n");
     let _ = writeln!(
         md,
-        "Each scenario runs twice against one FakeSfn (the account's exact bucket): **static** (each instance \
+        "Each scenario runs against one FakeSfn (the account's exact bucket): **static** (each instance \
          paces STARTS_PER_SECOND / MAX_CONCURRENCY) and **shared** (every instance of every deployment leases \
-         from one budget item, `QUOTA_KEY` {}, in a `MemoryStore` with {} – {} ms per call). Network, queue and \
-         mapping as in the drain. T = start → the last busy queue empty; T* = max(0, (M − B) / r) of the \
-         account (scenario 5: of what the foreign caller leaves). Throttled and calls are ours only.\n",
+         from one budget item, `QUOTA_KEY` {}, in a `MemoryStore`): with a quick table ({} – {} ms per call), \
+         and with a faulty one (10 – 30 ms, 3 % of answers 150 ms late, 1 % 500s, 1 % lost answers, 1 % \
+         throttled; DynamoDB's 1,000 write units/s per item in both); scenario 2 also with the instances' \
+         clocks {} ms ahead and behind, alternately. Network, queue and mapping as in the drain. T = start → \
+         the last busy queue empty; T* = max(0, (M − B) / r) of the account (scenario 5: of what the foreign \
+         caller leaves). Throttled and calls are ours only.\n",
         shared::QUOTA_KEY,
         shared::TABLE_LATENCY.0.as_millis(),
         shared::TABLE_LATENCY.1.as_millis(),
+        shared::SKEW.as_millis(),
     );
     let _ = writeln!(
         md,
-        "| # | scenario | mode | deployments: K × STARTS_PER_SECOND / STARTS_BURST / MAX_CONCURRENCY, M | batch | T* (s) | T (s) | T*/T | started | throttled / calls | table calls / start | leased / given back / unused slots | refused writes, decreases | fallbacks | redriven |"
+        "| # | scenario | mode | deployments: K × STARTS_PER_SECOND / STARTS_BURST / MAX_CONCURRENCY, M | batch | T* (s) | T (s) | T*/T | started | throttled / calls | table calls / start | fallbacks | dropped slots | refused writes, decreases | table faults | busiest item (WU in 1 s) | lease p99 (ms) | redriven |"
     );
     let _ = writeln!(
         md,
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in runs {
         let p = &r.plan;
@@ -145,10 +150,14 @@ fn shared_tables(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
             .collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {}{:.2} | {} | {} | {:.2} % ({} / {}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {}{:.2} | {} | {} | {:.2} % ({} / {}) | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.id,
             p.title,
-            if p.mode == Mode::Shared { "**shared**" } else { "static" },
+            match (p.mode, p.skew.is_zero()) {
+                (Mode::Static, _) => "static".to_string(),
+                (mode, true) => format!("**{mode}**"),
+                (mode, false) => format!("**{mode}, skew ±{} ms**", p.skew.as_millis()),
+            },
             deployments.join("; "),
             p.deployments.first().map_or(0, |d| d.batch_size),
             if p.ideal_seconds.is_finite() {
@@ -163,22 +172,13 @@ fn shared_tables(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
             r.throttle_ratio() * 100.0,
             r.throttled,
             r.calls,
-            if p.mode == Mode::Shared {
-                format!("{:.3}", r.table_calls_per_start())
-            } else {
-                "—".to_string()
-            },
-            if p.mode == Mode::Shared {
-                format!("{} / {} / {}", r.leased, r.returned, r.unused())
-            } else {
-                "—".to_string()
-            },
-            if p.mode == Mode::Shared {
-                format!("{}, {}", r.refused, r.decreases)
-            } else {
-                "—".to_string()
-            },
+            shared_only(p.mode, format!("{:.3}", r.table_calls_per_start())),
             r.fallbacks,
+            shared_only(p.mode, r.dropped.to_string()),
+            shared_only(p.mode, format!("{}, {}", r.refused, r.decreases)),
+            shared_only(p.mode, r.table_faults.to_string()),
+            shared_only(p.mode, r.busiest_item_units.to_string()),
+            shared_only(p.mode, opt(r.lease_latency_p99_ms, 1)),
             r.redriven,
         );
     }
@@ -285,11 +285,7 @@ fn shared_tables(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
                 p.batch,
                 p.rate,
                 p.starts,
-                if p.mode == Mode::Shared {
-                    format!("{:.3}", p.table_calls_per_start())
-                } else {
-                    "—".to_string()
-                },
+                shared_only(p.mode, format!("{:.3}", p.table_calls_per_start())),
                 opt(p.latency(50.0), 1),
                 opt(p.latency(99.0), 1),
             );
@@ -299,101 +295,120 @@ fn shared_tables(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
     shared_targets(md, runs, probes);
 }
 
-/// The targets of the shared budget, the static split's figure beside the shared one.
+/// `text` in shared mode, a dash in static mode.
+fn shared_only(mode: Mode, text: String) -> String {
+    match mode.is_shared() {
+        true => text,
+        false => "—".to_string(),
+    }
+}
+
+/// The targets of the shared budget: the static split's figure beside the shared ones, with
+/// the quick and with the faulty table (and its target).
 fn shared_targets(md: &mut String, runs: &[SharedRun], probes: &[Probe]) {
     use shared::targets as t;
-    let find = |id: u32, mode: Mode| runs.iter().find(|r| r.plan.id == id && r.plan.mode == mode);
-    let _ = writeln!(md, "### Targets (shared mode)\n");
-    let _ = writeln!(md, "| # | measure | static | shared | target | |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---|---|");
-    let mut row = |id: u32,
-                   measure: &str,
-                   value: &dyn Fn(&SharedRun) -> Option<f64>,
-                   fmt: &dyn Fn(f64) -> String,
-                   target: &str,
-                   ok: &dyn Fn(f64) -> bool| {
-        let (Some(st), Some(sh)) = (find(id, Mode::Static), find(id, Mode::Shared)) else {
-            return;
-        };
-        let shown = |r: &SharedRun| value(r).map_or_else(|| "—".to_string(), fmt);
-        let _ = writeln!(
-            md,
-            "| {id} | {measure} | {} | {} | {target} | {} |",
-            shown(st),
-            shown(sh),
-            pass(value(sh).is_some_and(ok))
-        );
+    let find = |id: u32, mode: Mode, skewed: bool| {
+        runs.iter()
+            .find(|r| r.plan.id == id && r.plan.mode == mode && r.plan.skew.is_zero() != skewed)
     };
+    let _ = writeln!(md, "### Targets (shared mode)\n");
+    let _ = writeln!(
+        md,
+        "| # | measure | static | shared, quick table | shared, faulty table | target (quick; faulty) | quick | faulty |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---|---|");
+    type Measure<'a> = &'a dyn Fn(&SharedRun) -> Option<f64>;
+    let mut row =
+        |id: u32, measure: &str, value: Measure, fmt: &dyn Fn(f64) -> String, target: (f64, f64), at_most: bool| {
+            let shown = |r: Option<&SharedRun>| r.and_then(value).map_or_else(|| "—".to_string(), fmt);
+            let ok = |r: Option<&SharedRun>, limit: f64| match r.and_then(value) {
+                Some(v) if at_most => pass(v <= limit).to_string(),
+                Some(v) => pass(v >= limit).to_string(),
+                None => "—".to_string(),
+            };
+            let (quick, faulty) = (
+                find(id, Mode::Shared(Table::Quick), false),
+                find(id, Mode::Shared(Table::Faulty), false),
+            );
+            let sign = if at_most { "≤" } else { "≥" };
+            let _ = writeln!(
+                md,
+                "| {id} | {measure} | {} | {} | {} | {sign} {}; {sign} {} | {} | {} |",
+                shown(find(id, Mode::Static, false)),
+                shown(quick),
+                shown(faulty),
+                fmt(target.0),
+                fmt(target.1),
+                ok(quick, target.0),
+                ok(faulty, target.1),
+            );
+        };
     let three = |v: f64| format!("{v:.3}");
     let pct = |v: f64| format!("{:.2} %", v * 100.0);
     let secs = |v: f64| format!("{v:.1} s");
     let count = |v: f64| format!("{v:.0}");
     let efficiency = |r: &SharedRun| r.efficiency();
     let throttles = |r: &SharedRun| Some(r.throttle_ratio());
-    let eff_ok = |v: f64| v >= t::EFFICIENCY;
-    let eff_target = format!("≥ {}", t::EFFICIENCY);
-    row(
-        1,
-        "T*/T, one of two deployments busy",
-        &efficiency,
-        &three,
-        &eff_target,
-        &eff_ok,
-    );
-    row(
-        2,
-        "T*/T, two busy deployments",
-        &efficiency,
-        &three,
-        &eff_target,
-        &eff_ok,
-    );
+    let eff = (t::EFFICIENCY, t::FAULTY_EFFICIENCY);
+    row(1, "T*/T, one of two deployments busy", &efficiency, &three, eff, false);
+    row(2, "T*/T, two busy deployments", &efficiency, &three, eff, false);
+    let throttle_limit = (t::THROTTLE_RATIO, t::THROTTLE_RATIO);
     row(
         2,
         "throttled / calls, two busy deployments",
         &throttles,
         &pct,
-        &format!("≤ {} %", t::THROTTLE_RATIO * 100.0),
-        &|v| v <= t::THROTTLE_RATIO,
+        throttle_limit,
+        true,
     );
-    row(3, "T*/T, K = 10", &efficiency, &three, &eff_target, &eff_ok);
+    row(3, "T*/T, K = 10", &efficiency, &three, eff, false);
+    let after = |r: &SharedRun| r.replaced.as_ref().map(|x| x.throttled_after as f64);
     row(
         4,
         "throttles after the fresh instance started",
-        &|r| r.replaced.as_ref().map(|x| x.throttled_after as f64),
+        &after,
         &count,
-        "0",
-        &|v| v == 0.0,
+        (0.0, 0.0),
+        true,
     );
+    let foreign = (t::FOREIGN_THROTTLE_RATIO, t::FOREIGN_THROTTLE_RATIO);
     row(
         5,
         "our throttled / our calls, foreign caller at r/3",
         &throttles,
         &pct,
-        &format!("≤ {} %", t::FOREIGN_THROTTLE_RATIO * 100.0),
-        &|v| v <= t::FOREIGN_THROTTLE_RATIO,
+        foreign,
+        true,
     );
-    row(
-        5,
-        "our rate / what is left (2r/3)",
-        &|r| r.foreign.as_ref().map(|f| f.our_rate / f.left_rate),
-        &three,
-        &format!("≥ {}", t::FOREIGN_RATE_FRACTION),
-        &|v| v >= t::FOREIGN_RATE_FRACTION,
-    );
+    let left = |r: &SharedRun| r.foreign.as_ref().map(|f| f.our_rate / f.left_rate);
+    let fraction = (t::FOREIGN_RATE_FRACTION, t::FOREIGN_RATE_FRACTION);
+    row(5, "our rate / what is left (2r/3)", &left, &three, fraction, false);
+    let settle = |r: &SharedRun| r.change.as_ref().and_then(|c| c.settle_seconds);
+    let settle_limit = (t::SETTLE_SECONDS, t::SETTLE_SECONDS);
     row(
         6,
         "time to within 5 % of the new rate",
-        &|r| r.change.as_ref().and_then(|c| c.settle_seconds),
+        &settle,
         &secs,
-        &format!("≤ {} s", t::SETTLE_SECONDS),
-        &|v| v <= t::SETTLE_SECONDS,
+        settle_limit,
+        true,
     );
-    for p in probes.iter().filter(|p| p.mode == Mode::Shared) {
+    if let Some(r) = find(2, Mode::Shared(Table::Faulty), true) {
+        let v = r.throttle_ratio();
+        let _ = writeln!(
+            md,
+            "| 2 | throttled / calls, faulty table, clocks ±{} ms | — | — | {} | —; ≤ {} | — | {} |",
+            r.plan.skew.as_millis(),
+            pct(v),
+            pct(t::THROTTLE_RATIO),
+            pass(v <= t::THROTTLE_RATIO)
+        );
+    }
+    for p in probes.iter().filter(|p| p.mode.is_shared()) {
         let v = p.table_calls_per_start();
         let _ = writeln!(
             md,
-            "| 7 | table calls / start at full rate, {} instance(s), {} units per invocation | — | {:.3} | ≤ {} | {} |",
+            "| 7 | table calls / start at full rate, {} instance(s), {} units per invocation | — | {:.3} | — | ≤ {}; — | {} | — |",
             p.instances,
             p.batch,
             v,
@@ -440,6 +455,8 @@ pub struct Results {
     pub probes: Vec<Probe>,
     /// Batch executions (`MESSAGES_PER_EXECUTION`).
     pub batches: Vec<crate::batch::BatchRun>,
+    /// The `scale` section's runs.
+    pub scale: Vec<crate::scale::ScaleRun>,
 }
 
 pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
@@ -584,6 +601,9 @@ impl Results {
         }
         if !self.shared.is_empty() || !self.probes.is_empty() {
             shared_tables(&mut md, &self.shared, &self.probes);
+        }
+        if !self.scale.is_empty() {
+            crate::scale::markdown(&mut md, &self.scale);
         }
         if !self.batches.is_empty() {
             crate::batch::markdown(&mut md, &self.batches, self.settings.as_ref());
@@ -787,6 +807,7 @@ impl Results {
             "shared": shared_runs,
             "shared_probes": probes,
             "batch": crate::batch::json(&self.batches),
+            "scale": crate::scale::json(&self.scale),
             "sensitivity": sensitivity,
             "machine": self.machine,
             "capacity": self.capacity.as_ref().map(|c| json!({

@@ -1,9 +1,11 @@
 //! The shared budget (coordinated mode) against the static split, side by side: several
 //! deployments, instances that come and go, a foreign caller, a rate change. Every run drives
 //! the real handler (`sim::drive`) against one FakeSfn, the account's exact token bucket; in
-//! shared mode every starter leases from one budget item in a `MemoryStore` with 5 – 10 ms of
-//! latency per call (the table). A probe of `Pacing::reserve` alone gives the table's added
-//! latency per start.
+//! shared mode every starter leases from one budget item in a `MemoryStore` (the table): a
+//! quick one (5 – 10 ms per call), and a faulty one as real tables are (slow tails, 500s, lost
+//! answers, throttles: [`Table::faults`]), with or without clock skew between instances. The
+//! store counts its own calls, refusals and write units. A probe of `Pacing::reserve` alone
+//! gives the table's added latency per start. A thousand instances: [`crate::scale`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,11 +17,11 @@ use aws_sdk_sfn::config::retry::RetryConfig;
 use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 use local_stack::sim::{drive, DlqEntry, Mapping, RunReport, SimQueue, DEFAULT_BATCHING_WINDOW};
 use sfn_pacer::aws::SfnStarter;
-use sfn_pacer::start::budget::{BudgetState, Shape, Store, Update, Written};
+use sfn_pacer::start::budget::clock::Clock;
+use sfn_pacer::start::budget::{Store, Written};
 use sfn_pacer::start::classify::{classify, Class};
-use sfn_pacer::start::memory::MemoryStore;
+use sfn_pacer::start::memory::{MemoryStore, TableFaults};
 use sfn_pacer::start::pacing::Pacing;
-use sfn_pacer::start::table::StoreError;
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
 use sfn_pacer::Starter;
 use tokio::time::Instant;
@@ -28,8 +30,10 @@ use crate::common::{body, config, sdk_config, BenchError, InstantStart, RequestD
 use crate::drain::Settings;
 use crate::stats;
 
-/// The table's latency per call: min, max (uniform in between).
+/// The quick table's latency per call: min, max (uniform in between).
 pub const TABLE_LATENCY: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(10));
+/// The skew of the skewed runs: instances alternate `+SKEW` and `−SKEW`.
+pub const SKEW: Duration = Duration::from_millis(50);
 /// The budget's key in the table (`QUOTA_KEY`), the same for every deployment.
 pub const QUOTA_KEY: &str = "bench-account";
 /// The seconds of refill beyond the burst in a busy deployment's backlog: `M = B + T* × r`.
@@ -69,6 +73,46 @@ pub mod targets {
     pub const SETTLE_SECONDS: f64 = 1.0;
     /// Table calls per start at full rate.
     pub const TABLE_CALLS_PER_START: f64 = 0.05;
+    /// Drain efficiency T*/T with the faulty table (two busy deployments).
+    pub const FAULTY_EFFICIENCY: f64 = 0.95;
+}
+
+/// The coordination table of a shared run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// 5 – 10 ms per call, no faults.
+    Quick,
+    /// As a real table can be: 10 – 30 ms per call, 3 % of answers 150 ms late, 1 % 500s, 1 %
+    /// lost answers (applied), 1 % throttled.
+    Faulty,
+}
+
+impl Table {
+    /// The in-memory table's latency and faults (DynamoDB's per-item write limit in both).
+    pub fn faults(self) -> TableFaults {
+        match self {
+            Table::Quick => TableFaults {
+                latency_min: TABLE_LATENCY.0,
+                latency_max: TABLE_LATENCY.1,
+                ..TableFaults::default()
+            },
+            Table::Faulty => TableFaults::faulty(),
+        }
+    }
+
+    /// The table as seeded for a run.
+    pub fn store(self, seed: u64) -> MemoryStore {
+        MemoryStore::new().with_faults(self.faults()).with_seed(seed)
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Table::Quick => "quick table",
+            Table::Faulty => "faulty table",
+        })
+    }
 }
 
 /// How the instances pace.
@@ -77,15 +121,23 @@ pub enum Mode {
     /// `STARTS_PER_SECOND / MAX_CONCURRENCY` per instance.
     Static,
     /// One budget in the table (`COORDINATION_TABLE`).
-    Shared,
+    Shared(Table),
+}
+
+impl Mode {
+    /// Whether the instances lease from the table.
+    pub fn is_shared(self) -> bool {
+        matches!(self, Mode::Shared(_))
+    }
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Static => "static",
-            Mode::Shared => "shared",
-        })
+        match self {
+            Mode::Static => f.write_str("static"),
+            Mode::Shared(Table::Quick) => f.write_str("shared"),
+            Mode::Shared(table) => write!(f, "shared, {table}"),
+        }
     }
 }
 
@@ -153,6 +205,8 @@ pub struct Plan {
     pub event: Event,
     /// The run stops after this long, drained or not.
     pub max_run: Duration,
+    /// Shared mode: the instances' clocks are off by this much, alternately ahead and behind.
+    pub skew: Duration,
 }
 
 /// Scenario 4's measurements.
@@ -223,14 +277,18 @@ pub struct SharedRun {
     pub table_calls: u64,
     /// Slots paced by the static split because the table failed.
     pub fallbacks: u64,
-    /// Slots leased from the budget, and given back.
-    pub leased: u64,
-    /// See `leased`.
-    pub returned: u64,
+    /// Leased slots neither used nor given back (`LeaseSlotsDropped`).
+    pub dropped: u64,
     /// Table writes refused (a condition did not hold), and shared decreases after throttles.
     pub refused: u64,
     /// See `refused`.
     pub decreases: u64,
+    /// Faults the table injected, and writes it throttled for the per-item limit.
+    pub table_faults: u64,
+    /// The most write units the budget's item took in one second.
+    pub busiest_item_units: u64,
+    /// The p99 of the table calls' latency, ms (`LeaseLatency`).
+    pub lease_latency_p99_ms: Option<f64>,
     /// Messages redriven to the DLQ.
     pub redriven: u64,
     /// Our starts per second, from the start.
@@ -257,13 +315,6 @@ impl SharedRun {
     /// Our throttled calls / our calls.
     pub fn throttle_ratio(&self) -> f64 {
         stats::ratio(self.throttled, self.calls)
-    }
-
-    /// Leased slots neither used by a call nor given back: quota lost to everyone (dropped
-    /// past their grace, emptied by a throttle, or a give-back refused).
-    pub fn unused(&self) -> u64 {
-        self.leased
-            .saturating_sub(self.returned + self.calls.saturating_sub(self.fallbacks))
     }
 
     /// Table calls per start (0 in static mode).
@@ -339,15 +390,25 @@ pub fn settle_seconds(
     Some(first_of_tail as f64 * step.as_secs_f64())
 }
 
-/// The plans of `scenarios` (1 – 6) for an account of `burst`, `rate`, in both modes (static
-/// first). `base_batch` is the BatchSize of scenario 3.
+/// The plans of `scenarios` (1 – 6) for an account of `burst`, `rate`: static, shared with the
+/// quick table, shared with the faulty one, side by side; scenario 2 also with the faulty table
+/// and clock skew. `k10_batch` is the BatchSize of scenario 3.
 pub fn plans(scenarios: &[u32], burst: u64, rate: f64, k10_batch: usize) -> Vec<Plan> {
     let b = burst as f64;
     let full = backlog(b, rate, IDEAL_SECONDS);
     let auto = crate::drain::auto_batch_size;
     let mut out = Vec::new();
     for &id in scenarios {
-        for mode in [Mode::Static, Mode::Shared] {
+        let runs = [
+            (Mode::Static, Duration::ZERO),
+            (Mode::Shared(Table::Quick), Duration::ZERO),
+            (Mode::Shared(Table::Faulty), Duration::ZERO),
+            (Mode::Shared(Table::Faulty), SKEW),
+        ];
+        for (mode, skew) in runs {
+            if !skew.is_zero() && id != 2 {
+                continue;
+            }
             let dep = |instances: usize, messages: u64, r: f64, bu: f64, batch: usize| Deployment {
                 instances,
                 messages,
@@ -365,6 +426,7 @@ pub fn plans(scenarios: &[u32], burst: u64, rate: f64, k10_batch: usize) -> Vec<
                 ideal_seconds,
                 event,
                 max_run: Duration::from_secs(max_run),
+                skew,
             };
             let p = match id {
                 1 => {
@@ -372,7 +434,7 @@ pub fn plans(scenarios: &[u32], burst: u64, rate: f64, k10_batch: usize) -> Vec<
                     // same key with the full quota as seed. Only the first has work.
                     let (r, bu) = match mode {
                         Mode::Static => (rate / 2.0, b / 2.0),
-                        Mode::Shared => (rate, b),
+                        Mode::Shared(_) => (rate, b),
                     };
                     let batch = auto(rate, 2);
                     plan(
@@ -477,127 +539,15 @@ impl StartExecution for Counted {
     }
 }
 
-/// The table as the instances see it: the [`MemoryStore`], with a ledger of what the writes
-/// did (slots leased and given back, writes refused, decreases), to account for leased slots
-/// that were never used.
-pub(crate) struct Ledger {
-    inner: Arc<MemoryStore>,
-    /// Slots leased.
-    pub(crate) leased: AtomicU64,
-    /// Slots given back.
-    pub(crate) returned: AtomicU64,
-    /// Writes refused (a condition did not hold).
-    pub(crate) refused: AtomicU64,
-    /// Shared decreases after throttles.
-    pub(crate) decreases: AtomicU64,
-}
-
-impl Ledger {
-    /// A ledger of the budget writes to `inner`.
-    pub(crate) fn new(inner: Arc<MemoryStore>) -> Ledger {
-        Ledger {
-            inner,
-            leased: AtomicU64::new(0),
-            returned: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            decreases: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Slots a lease or give-back moved, at the rate of the item after the write. `before`: the
-/// item as it was when the write was sent, and the time then (seconds since the epoch); only
-/// an `Exact` lease needs it, since its `tat_after` is the rescaled `tat` plus the lease.
-fn slots(update: &Update, after: &BudgetState, before: Option<(&BudgetState, f64)>) -> (u64, u64) {
-    let r = after.effective_rate();
-    match update {
-        Update::Lease { shape, .. } => {
-            let seconds = match shape {
-                Shape::FromNow { now, tat_after } => tat_after - now,
-                Shape::Extend { delta, .. } => *delta,
-                Shape::Exact { expected, tat_after } => tat_after - rescaled_tat(before, *expected, after),
-            };
-            ((seconds * r).round().max(0.0) as u64, 0)
-        }
-        Update::GiveBack {
-            expected_tat, new_tat, ..
-        } => (0, ((expected_tat - new_tat) * r).round() as u64),
-        _ => (0, 0),
-    }
-}
-
-/// The `tat` an `Exact` lease rescaled to before adding its slots (`BudgetState::plan_lease`):
-/// the level of the item before (its `tat` was `expected`, since the write applied) kept at the
-/// rate after, at `now`, and at least `now`. Without the item before, `expected`.
-fn rescaled_tat(before: Option<(&BudgetState, f64)>, expected: f64, after: &BudgetState) -> f64 {
-    let Some((before, now)) = before else { return expected };
-    if expected <= now {
-        return now;
-    }
-    let before = BudgetState {
-        tat: expected,
-        ..before.clone()
-    };
-    let burst = after.effective_burst();
-    let level = before.level(now).min(burst);
-    (now + (burst - level) / after.effective_rate()).max(now)
-}
-
-/// Now, seconds since the epoch (the lessees' clock).
-fn epoch_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-#[async_trait]
-impl Store for Ledger {
-    async fn get(&self, key: &str) -> Result<Option<BudgetState>, StoreError> {
-        self.inner.get(key).await
-    }
-
-    async fn write(&self, key: &str, update: &Update) -> Result<Written, StoreError> {
-        // An `Exact` lease's slots depend on the item before it and the time it was planned:
-        // peek (not a table call) as it is sent. If the version moved since, it is refused.
-        let before = match update {
-            Update::Lease {
-                version,
-                shape: Shape::Exact { .. },
-                ..
-            } => self
-                .inner
-                .item(key)
-                .filter(|s| s.version == *version)
-                .map(|s| (s, epoch_now())),
-            _ => None,
-        };
-        let written = self.inner.write(key, update).await?;
-        match &written {
-            Written::Applied(after) => {
-                let (leased, returned) = slots(update, after, before.as_ref().map(|(s, now)| (s, *now)));
-                self.leased.fetch_add(leased, Ordering::Relaxed);
-                self.returned.fetch_add(returned, Ordering::Relaxed);
-                if matches!(update, Update::Decrease { .. }) {
-                    self.decreases.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Written::Refused(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(written)
-    }
-}
-
 /// Scenario 4: when the fresh instance started (seconds) and its counters.
 type Fresh = Arc<Mutex<Option<(f64, Arc<Counted>)>>>;
 
 /// Builds instances: their configuration, client and starter.
 struct Builder {
     mode: Mode,
+    skew: Duration,
     sdk: aws_config::SdkConfig,
-    store: Arc<Ledger>,
+    store: Arc<MemoryStore>,
     settings: Settings,
     counters: Mutex<Vec<Arc<Counted>>>,
 }
@@ -614,7 +564,7 @@ impl Builder {
             // Names from the body: the queues' message ids overlap, the order ids do not.
             ("EXECUTION_NAME", "body:/orderId".to_string()),
         ];
-        if self.mode == Mode::Shared {
+        if self.mode.is_shared() {
             env.push(("COORDINATION_TABLE", "bench-coordination".to_string()));
             env.push(("QUOTA_KEY", QUOTA_KEY.to_string()));
         }
@@ -626,9 +576,16 @@ impl Builder {
         let counted = Arc::new(Counted::new(delayed));
         counters.push(counted.clone());
         let sfn: Arc<dyn StartExecution> = counted.clone();
+        // Alternately ahead and behind (the first instance ahead).
+        let skew = match counters.len() % 2 {
+            1 => -self.skew.as_secs_f64(),
+            _ => self.skew.as_secs_f64(),
+        };
+        drop(counters);
         let starter = match self.mode {
             Mode::Static => Starter::new(cfg, sfn, queue.clone()),
-            Mode::Shared => Starter::coordinated(cfg, sfn, queue.clone(), self.store.clone()),
+            Mode::Shared(_) => Starter::coordinated(cfg, sfn, queue.clone(), self.store.clone())
+                .with_pacer_clock(Clock::system().skewed(skew)),
         };
         Ok((Arc::new(starter), counted))
     }
@@ -708,12 +665,16 @@ async fn foreign_caller(
 async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u64) -> Result<SharedRun, BenchError> {
     let (_, rate) = plan.account;
     let sdk = sdk_config(&sfn.endpoint()).await;
-    let store = Arc::new(MemoryStore::new().with_latency(TABLE_LATENCY.0, TABLE_LATENCY.1));
-    let ledger = Arc::new(Ledger::new(store.clone()));
+    let table = match plan.mode {
+        Mode::Shared(table) => table,
+        Mode::Static => Table::Quick,
+    };
+    let store = Arc::new(table.store(settings.seed.wrapping_add(run_id)));
     let builder = Arc::new(Builder {
         mode: plan.mode,
+        skew: plan.skew,
         sdk: sdk.clone(),
-        store: ledger.clone(),
+        store: store.clone(),
         settings: settings.clone(),
         counters: Mutex::new(Vec::new()),
     });
@@ -813,29 +774,27 @@ async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u
             tokio::time::sleep_until(began + at).await;
             let when = state.elapsed();
             state.set_bucket(Some((capacity, new_rate)));
-            if mode == Mode::Shared {
+            if mode.is_shared() {
                 // What `sfn-pacer-quota set` does: read, then a compare-and-set (again if a
-                // lease came in between).
+                // lease came in between, or the faulty table failed the call).
                 let mut applied = false;
                 for _ in 0..20 {
-                    let current = store.get(QUOTA_KEY).await.map_err(|e| format!("GetItem: {e}"))?;
+                    let Ok(current) = store.get(QUOTA_KEY).await else {
+                        continue;
+                    };
                     let Some(current) = current else { break };
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs_f64())
                         .unwrap_or(0.0);
                     let update = current.plan_set_limits(new_rate, burst, now);
-                    match store.write(QUOTA_KEY, &update).await {
-                        Ok(Written::Applied(_)) => {
-                            applied = true;
-                            break;
-                        }
-                        Ok(Written::Refused(_)) => continue,
-                        Err(e) => return Err(format!("SetLimits: {e}")),
+                    if let Ok(Written::Applied(_)) = store.write(QUOTA_KEY, &update).await {
+                        applied = true;
+                        break;
                     }
                 }
                 if !applied {
-                    return Err("SetLimits: refused 20 times in a row".to_string());
+                    return Err("SetLimits: refused or failed 20 times in a row".to_string());
                 }
             }
             Ok(when)
@@ -845,13 +804,15 @@ async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u
     };
 
     let mut ends = vec![Duration::ZERO; plan.deployments.len()];
-    let mut fallbacks = 0;
+    let mut function = sfn_pacer::metrics::Report::default();
     for handle in drives {
         let (d, reports, end) = handle
             .await
             .map_err(|e| format!("the simulated mapping panicked: {e}"))?;
         ends[d] = ends[d].max(end);
-        fallbacks += reports.iter().map(|r| r.function.fallbacks).sum::<u64>();
+        for r in &reports {
+            function.add_counts(&r.function);
+        }
     }
     stop.store(true, Ordering::Relaxed);
     if let Some(task) = foreign_task {
@@ -943,11 +904,13 @@ async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u
         calls,
         throttled,
         table_calls: store.calls(),
-        fallbacks,
-        leased: ledger.leased.load(Ordering::Relaxed),
-        returned: ledger.returned.load(Ordering::Relaxed),
-        refused: ledger.refused.load(Ordering::Relaxed),
-        decreases: ledger.decreases.load(Ordering::Relaxed),
+        fallbacks: function.fallbacks,
+        dropped: function.lease_slots_dropped,
+        refused: store.budget_counts().refused,
+        decreases: store.budget_counts().decreases,
+        table_faults: store.injected().values().sum(),
+        busiest_item_units: store.busiest_item().map_or(0, |(_, units)| units),
+        lease_latency_p99_ms: function.lease_latency_p99_ms(),
         redriven,
         starts_per_second: stats::series(&ours, origin, second, slots),
         throttles_per_second: stats::series(&throttle_times, origin, second, slots),
@@ -974,7 +937,7 @@ pub fn probe(
     length: Duration,
 ) -> Result<Probe, BenchError> {
     runtimes.client.block_on(async move {
-        let store = Arc::new(MemoryStore::new().with_latency(TABLE_LATENCY.0, TABLE_LATENCY.1));
+        let store = Arc::new(Table::Quick.store(1));
         let queue = SimQueue::new("probe", 5, Duration::from_secs(30));
         let sfn: Arc<dyn StartExecution> = Arc::new(InstantStart::new(false));
         let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -990,7 +953,7 @@ pub fn probe(
             let max_in_flight = cfg.max_in_flight;
             let starter = Arc::new(match mode {
                 Mode::Static => Starter::new(cfg, sfn.clone(), queue.clone()),
-                Mode::Shared => Starter::coordinated(cfg, sfn.clone(), queue.clone(), store.clone()),
+                Mode::Shared(_) => Starter::coordinated(cfg, sfn.clone(), queue.clone(), store.clone()),
             });
             let every = Duration::from_secs_f64(batch as f64 * instances as f64 / rate);
             let latencies = latencies.clone();
@@ -1050,7 +1013,7 @@ async fn invocation(starter: Arc<Starter>, batch: usize, max_in_flight: usize, l
             let slot = starter.pacing().reserve(latest, demand).await;
             if let Some(slot) = slot {
                 holding.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(slot.wait).await;
+                starter.pacing().ready(slot).await;
                 let waited = asked.elapsed().as_secs_f64() * 1e3;
                 latencies.lock().unwrap_or_else(|p| p.into_inner()).push(waited);
                 tokio::time::sleep(PROBE_CALL).await;
@@ -1069,7 +1032,6 @@ async fn invocation(starter: Arc<Starter>, batch: usize, max_in_flight: usize, l
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfn_pacer::start::budget::LeasePlan;
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
@@ -1124,101 +1086,63 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_counts_slots_at_the_rate_after_the_write() {
-        let after = BudgetState::new(300.0, 1300.0);
-        let lease = |shape| Update::Lease {
-            version: 1,
-            shape,
-            factor: None,
-        };
-        let from_now = lease(Shape::FromNow {
-            now: 100.0,
-            tat_after: 100.1,
-        });
-        assert_eq!(slots(&from_now, &after, None), (30, 0));
-        let extend = lease(Shape::Extend {
-            now: 100.0,
-            limit: 105.0,
-            delta: 0.05,
-        });
-        assert_eq!(slots(&extend, &after, None), (15, 0));
-        let give_back = Update::GiveBack {
-            version: 1,
-            expected_tat: 200.1,
-            new_tat: 200.0667,
-        };
-        assert_eq!(slots(&give_back, &after, None), (0, 10));
-        let halved = BudgetState {
-            factor: 0.5,
-            ..after.clone()
-        };
-        assert_eq!(slots(&from_now, &halved, None), (15, 0), "at the effective rate");
-    }
-
-    #[test]
-    fn the_ledger_counts_an_exact_lease_from_the_rescaled_tat() {
-        // Factor 0.5 → 0.6 at now = 100 with tat = 102: the product's own plan.
-        let before = BudgetState {
-            factor: 0.5,
-            tat: 102.0,
-            ..BudgetState::new(300.0, 1300.0)
-        };
-        let LeasePlan::Lease { update, slots: n } = before.plan_lease(100.0, 12, 100) else {
-            panic!("a lease")
-        };
-        assert!(matches!(
-            update,
-            Update::Lease {
-                shape: Shape::Exact { .. },
-                ..
-            }
-        ));
-        let Written::Applied(after) = BudgetState::apply(Some(&before), &update) else {
-            panic!("applied")
-        };
-        assert!(after.tat < before.tat, "the raised rate pulls tat in");
-        assert_eq!(slots(&update, &after, Some((&before, 100.0))), (n, 0));
-        // An empty bucket's lease starts now.
-        let idle = BudgetState { tat: 90.0, ..before };
-        let LeasePlan::Lease { update, slots: n } = idle.plan_lease(100.0, 12, 100) else {
-            panic!("a lease")
-        };
-        let Written::Applied(after) = BudgetState::apply(Some(&idle), &update) else {
-            panic!("applied")
-        };
-        assert_eq!(slots(&update, &after, Some((&idle, 100.0))), (n, 0));
-    }
-
-    #[test]
-    fn plans_come_in_pairs_with_the_scenarios_configuration() {
+    fn plans_come_static_quick_and_faulty_with_the_scenarios_configuration() {
         let p = plans(&[1, 2, 3, 4, 5, 6, 9], 1300, 300.0, 100);
-        assert_eq!(p.len(), 12, "unknown scenarios are skipped");
-        assert!(p
-            .chunks(2)
-            .all(|c| c[0].mode == Mode::Static && c[1].mode == Mode::Shared));
+        assert_eq!(
+            p.len(),
+            19,
+            "three runs a scenario, scenario 2 a fourth; unknown ones skipped"
+        );
+        let modes: Vec<Mode> = p.iter().take(3).map(|p| p.mode).collect();
+        assert_eq!(
+            modes,
+            [Mode::Static, Mode::Shared(Table::Quick), Mode::Shared(Table::Faulty)]
+        );
         // 1: static halves the quota per deployment; shared seeds the whole quota.
         assert_eq!((p[0].deployments[0].rate, p[0].deployments[0].burst), (150.0, 650.0));
         assert_eq!((p[1].deployments[0].rate, p[1].deployments[0].burst), (300.0, 1300.0));
         assert_eq!(p[1].deployments[1].messages, 0, "the second deployment is idle");
-        // 2: the combined backlog is M.
-        assert_eq!(p[2].deployments.iter().map(|d| d.messages).sum::<u64>(), 4300);
-        assert_eq!(p[2].deployments[0].rate, 300.0, "each told the whole quota");
+        // 2: the combined backlog is M, each deployment told the whole quota; skewed once.
+        let two: Vec<&Plan> = p.iter().filter(|p| p.id == 2).collect();
+        assert_eq!(two.len(), 4);
+        assert_eq!(two[0].deployments.iter().map(|d| d.messages).sum::<u64>(), 4300);
+        assert_eq!(two[0].deployments[0].rate, 300.0);
+        assert_eq!((two[3].mode, two[3].skew), (Mode::Shared(Table::Faulty), SKEW));
+        assert!(p.iter().filter(|p| p.id != 2).all(|p| p.skew.is_zero()));
+        let find = |id: u32| p.iter().find(|p| p.id == id).unwrap();
         // 3: K = 10, BatchSize 100.
         assert_eq!(
-            (p[4].deployments[0].instances, p[4].deployments[0].batch_size),
+            (find(3).deployments[0].instances, find(3).deployments[0].batch_size),
             (10, 100)
         );
         // 5: the backlog is sized on what the foreign caller leaves, 200/s.
-        assert_eq!(p[8].deployments[0].messages, 3300);
-        assert_eq!(p[8].deployments[0].rate, 200.0);
+        assert_eq!(find(5).deployments[0].messages, 3300);
+        assert_eq!(find(5).deployments[0].rate, 200.0);
         // 6: the FakeSfn bucket drops to the 100 ms reserve, refilled at r/2.
         assert_eq!(
-            p[11].event,
+            find(6).event,
             Event::RateChange {
                 at: CHANGE_AT,
                 rate: 150.0,
                 capacity: 30
             }
         );
+    }
+
+    #[test]
+    fn the_faulty_table_is_the_issues_profile() {
+        let f = Table::Faulty.faults();
+        assert_eq!((f.latency_min, f.latency_max), (ms(10), ms(30)));
+        assert_eq!((f.slow_probability, f.slow_delay), (0.03, ms(150)));
+        assert_eq!(
+            (
+                f.error_500_probability,
+                f.lost_answer_probability,
+                f.throttle_probability
+            ),
+            (0.01, 0.01, 0.01)
+        );
+        assert_eq!(f.item_write_units_per_second, Some(1_000.0));
+        assert_eq!(Table::Quick.faults().error_500_probability, 0.0);
     }
 }

@@ -21,6 +21,11 @@
 //! table) must start every good message in exactly one execution's `items`: kills and lost
 //! responses then fall between a claim and its start too.
 //!
+//! And in coordinated mode (issue 17): every instance leases from one budget in the in-memory
+//! table with its fault model on (`TableFaults::faulty`: slow answers, 500s, lost answers,
+//! throttles, the per-item write limit), told exactly the account's quota (no surge): on top of
+//! the same checks, the account throttles (quota, not injected) stay within the target.
+//!
 //! Bounded: the mapping stops after [`MAX_RUN`], and a Tokio timeout bounds the whole test.
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use local_stack::fake_sfn::{
-    ExistingNames, FakeSfn, Faults, LostResponseMode, SlowMode, Stats, DEFAULT_STATE_MACHINE_ARN,
+    ExistingNames, FakeSfn, Faults, InitialThrottle, LostResponseMode, SlowMode, Stats, DEFAULT_STATE_MACHINE_ARN,
 };
 use local_stack::moto::sdk_config_for;
 use local_stack::sim::{drive, drive_with_kills, DlqEntry, Kill, Mapping, SimQueue, DEFAULT_BATCHING_WINDOW};
@@ -41,7 +46,7 @@ use serde_json::{json, Value};
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::close::dead_letter::DeadLetter;
 use sfn_pacer::close::queue::{Queue, QueueError};
-use sfn_pacer::start::memory::MemoryStore;
+use sfn_pacer::start::memory::{MemoryStore, TableFaults};
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
 use sfn_pacer::{Config, Starter};
 use tokio::time::Instant;
@@ -71,9 +76,11 @@ const SURGE_QUOTA: (u64, f64) = (20, 60.0);
 const SURGE_AT: Duration = Duration::from_secs(4);
 const SURGE_FOR: Duration = Duration::from_millis(1500);
 
-/// What differs between the single and the batch run.
+/// What differs between the single, the batch and the coordinated run.
 #[derive(Clone, Copy, Debug)]
 struct Mode {
+    /// Coordinated mode: one shared budget in the faulty in-memory table.
+    coordinated: bool,
     /// `MESSAGES_PER_EXECUTION`.
     per_execution: usize,
     /// The budget the starter is told (`STARTS_PER_SECOND`, `STARTS_BURST`): more than the
@@ -89,6 +96,7 @@ struct Mode {
 }
 
 const SINGLE: Mode = Mode {
+    coordinated: false,
     per_execution: 1,
     told: (300.0, 400.0),
     quota: QUOTA,
@@ -97,12 +105,27 @@ const SINGLE: Mode = Mode {
 };
 
 const BATCH: Mode = Mode {
+    coordinated: false,
     per_execution: 4,
     told: (80.0, 107.0),
     quota: (40, 40.0),
     surge_quota: (5, 15.0),
     throttle_probability: 0.02,
 };
+/// Coordinated: told the account's exact quota, which no other caller uses (no surge), so every
+/// quota throttle is one the shared budget let through. Fewer random throttles: each one halves
+/// the shared rate of every instance (AIMD of the whole budget), which then takes seconds to
+/// climb back; at the single run's rate the drain slows until messages reach maxReceiveCount.
+const COORDINATED: Mode = Mode {
+    coordinated: true,
+    per_execution: 1,
+    told: (150.0, 150.0),
+    quota: QUOTA,
+    surge_quota: QUOTA,
+    throttle_probability: 0.001,
+};
+/// Coordinated: quota throttles / StartExecution requests, at most (the benchmark's target).
+const COORDINATED_THROTTLE_RATIO: f64 = 0.002;
 const DLQ_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/chaos-dlq";
 /// At most this many SQS stalls are injected ...
 const MAX_STALLS: u64 = 3;
@@ -370,6 +393,11 @@ async fn batch_chaos_every_message_is_in_exactly_one_execution_or_dead_lettered(
     chaos(BATCH).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_chaos_on_a_faulty_table_loses_nothing_and_stays_within_the_quota() {
+    chaos(COORDINATED).await;
+}
+
 async fn chaos(mode: Mode) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let seed = seed();
@@ -440,6 +468,8 @@ async fn standard_chaos(seed: u64, mode: Mode) {
         ExistingNames::AlreadyExists
     };
     let faults = Faults {
+        // Coordinated: the first call is throttled, so the shared decrease happens every run.
+        initial_throttle: mode.coordinated.then_some(InitialThrottle::Calls(1)),
         throttle_probability: mode.throttle_probability,
         error_500_probability: 0.02,
         error_503_probability: 0.02,
@@ -481,8 +511,12 @@ async fn standard_chaos(seed: u64, mode: Mode) {
         ("MESSAGES_PER_EXECUTION", mode.per_execution.to_string()),
         ("COORDINATION_TABLE", "chaos-coordination".into()),
     ]);
-    // The coordination table of the claims (batch mode), at DynamoDB-like latency.
-    let table = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(2), Duration::from_millis(6)));
+    // The coordination table of the claims (batch mode), at DynamoDB-like latency; of the
+    // shared budget (coordinated mode), with its faults.
+    let table = Arc::new(match mode.coordinated {
+        true => MemoryStore::new().with_faults(TableFaults::faulty()).with_seed(seed),
+        false => MemoryStore::new().with_latency(Duration::from_millis(2), Duration::from_millis(6)),
+    });
     let plan = Arc::new(StallPlan::default());
     let unconfirmed = Arc::new(Unconfirmed::default());
     let starters: Vec<Arc<Starter>> = (0..INSTANCES)
@@ -496,7 +530,11 @@ async fn standard_chaos(seed: u64, mode: Mode) {
                 inner: SfnStarter::new(&sdk, config.call_timeout),
                 unconfirmed: unconfirmed.clone(),
             });
-            Arc::new(Starter::new(config.clone(), sfn_client, Arc::new(flaky)).with_claims(table.clone()))
+            let starter = match mode.coordinated {
+                true => Starter::coordinated(config.clone(), sfn_client, Arc::new(flaky), table.clone()),
+                false => Starter::new(config.clone(), sfn_client, Arc::new(flaky)),
+            };
+            Arc::new(starter.with_claims(table.clone()))
         })
         .collect();
     let mapping = Mapping {
@@ -531,7 +569,8 @@ async fn standard_chaos(seed: u64, mode: Mode) {
     let summary = format!(
         "chaos: messages={} (poison {}) executions={} dlq={} {} invocations={} cut_offs={} \
          whole_timeouts={} (killed {}, stalls {stalls}) reported={} most_receives={most_receives} elapsed={:.1}s drained={} slow_mode={slow_mode:?} \
-         lost_mode={lost_response_mode:?} existing_names={existing_names:?} claims={} seed={seed} {mode:?}",
+         lost_mode={lost_response_mode:?} existing_names={existing_names:?} claims={} table_faults={:?} \
+         fallbacks={} dropped_slots={} seed={seed} {mode:?}",
         sent.bodies.len(),
         sent.poison.len(),
         executions.len(),
@@ -545,6 +584,9 @@ async fn standard_chaos(seed: u64, mode: Mode) {
         run.elapsed.as_secs_f64(),
         run.drained,
         table.claim_writes(),
+        table.injected(),
+        run.function.fallbacks,
+        run.function.lease_slots_dropped,
     );
     println!("{summary}");
     let series = format!(
@@ -653,9 +695,24 @@ async fn standard_chaos(seed: u64, mode: Mode) {
     assert_eq!(dlq.len(), sent.poison.len(), "{}", on_failure("DLQ entries".into()));
 
     // ---- the faults were really injected, and idempotency was exercised
+    let table_faults = table.injected();
+    let table_fault = |what: &str| table_faults.get(what).copied().unwrap_or(0);
+    let (quota_throttles, table_checks) = match mode.coordinated {
+        // Told more than the account grants: quota throttles must happen.
+        false => (vec![("quota throttles", stats.throttled_quota)], vec![]),
+        // The shared budget's table failed too.
+        true => (
+            vec![],
+            vec![
+                ("slow table answers", table_fault("slow")),
+                ("table 500s", table_fault("error-500")),
+                ("lost table answers", table_fault("lost-answer")),
+                ("table throttles", table_fault("throttle")),
+            ],
+        ),
+    };
     let injected = [
-        ("quota throttles", stats.throttled_quota),
-        ("random throttles", stats.throttled_random),
+        ("injected throttles", stats.throttled_random + stats.throttled_initial),
         ("500", stats.injected_500),
         ("503", stats.injected_503),
         ("slow", stats.slow),
@@ -669,8 +726,21 @@ async fn standard_chaos(seed: u64, mode: Mode) {
         ("SQS stalls (cut off by the close phase)", stalls),
         ("killed invocations", run.killed),
     ];
-    for (what, count) in injected {
+    for (what, count) in injected.into_iter().chain(quota_throttles).chain(table_checks) {
         assert!(count > 0, "{}", on_failure(format!("no {what} happened")));
+    }
+    if mode.coordinated {
+        let ratio = stats.throttled_quota as f64 / stats.start_execution_requests.max(1) as f64;
+        assert!(
+            ratio <= COORDINATED_THROTTLE_RATIO,
+            "{}",
+            on_failure(format!(
+                "{} quota throttles in {} requests ({:.3} %): the shared budget let too much through",
+                stats.throttled_quota,
+                stats.start_execution_requests,
+                ratio * 100.0
+            ))
+        );
     }
     // Every whole-invocation failure is an injected kill: the handler itself never overruns
     // its deadline, not even when SQS stalls in its close phase.

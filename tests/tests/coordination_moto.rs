@@ -217,7 +217,7 @@ async fn an_unreachable_endpoint_falls_back_within_the_call_timeout() {
 /// definition the in-memory store runs: the same updates give the same results on both.
 #[tokio::test]
 async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
-    use sfn_pacer::start::budget::{BudgetState, LeasePlan, Written};
+    use sfn_pacer::start::budget::{BudgetState, LeaseAsk, LeasePlan, Written};
     use sfn_pacer::start::memory::MemoryStore;
     let moto = Moto::start().await.unwrap();
     let ddb = moto.sdk_config().await;
@@ -226,10 +226,20 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
     let model = MemoryStore::new();
     let now = 1_800_000_000.0;
     let seed = BudgetState::new(100.0, 50.0);
-    let lease = |state: &BudgetState, at: f64, successes: u64| match state.plan_lease(at, 8, successes) {
-        LeasePlan::Lease { update, .. } => update,
-        LeasePlan::WaitUntil(t) => panic!("no lease at {at}: wait until {t}"),
+    let ask = |now: f64, successes: u64, throttled: Option<u64>| LeaseAsk {
+        now,
+        want: 8,
+        latest: f64::INFINITY,
+        successes,
+        throttled,
+        debt: 0,
+        spread: 0.01,
     };
+    let plan = |state: &BudgetState, ask: LeaseAsk| match state.plan_lease(&ask) {
+        LeasePlan::Lease { update, .. } => update,
+        other => panic!("no lease at {}: {other:?}", ask.now),
+    };
+    let lease = |state: &BudgetState, at: f64, successes: u64| plan(state, ask(at, successes, None));
     let mut state = seed.clone();
     let mut steps: Vec<Update> = vec![Update::Create(seed.clone()), Update::Create(seed.clone())];
     // Apply each step on both stores; derive the next step from the model's state.
@@ -240,10 +250,8 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
             2 => lease(&state, now, 0),        // from now
             3 => lease(&state, now + 0.01, 0), // extend
             4 => state.plan_give_back(state.tat, 3),
-            5 => state.plan_decrease(state.version, now + 0.02).unwrap(),
-            6 => state
-                .plan_decrease(state.version - 1, now)
-                .unwrap_or_else(|| state.plan_set_limits(80.0, 40.0, now + 0.03)),
+            5 => plan(&state, ask(now + 0.02, 0, Some(state.version))), // carries a decrease
+            6 => state.plan_set_limits(80.0, 40.0, now + 0.03),
             7 => lease(&state, now + 5.0, 40), // carries successes: raises the factor
             _ => lease(
                 &BudgetState {

@@ -274,3 +274,49 @@ async fn messages_deferred_by_the_deadline_are_visible_again_at_once() {
     let again = EsmQueue::receive(&work, 10, Duration::ZERO).await.unwrap();
     assert_eq!(again.len(), deferred, "the deferred messages are visible again at once");
 }
+
+/// The workflow-type check's SDK adapter (`DescribeStateMachine`) against moto: each state
+/// machine's type, read through its ARN; an unknown ARN is an error to report, not a type.
+#[tokio::test]
+async fn the_state_machines_type_is_read_with_describe_state_machine() {
+    use aws_sdk_sfn::types::StateMachineType;
+    use local_stack::moto::{PASS_DEFINITION, ROLE_ARN};
+    use sfn_pacer::config::{check_workflow_type, StateMachineTypes, WorkflowType};
+    let moto = Moto::start().await.unwrap();
+    let sdk = moto.sdk_config().await;
+    let client = aws_sdk_sfn::Client::new(&sdk);
+    let mut arns = Vec::new();
+    for (name, kind) in [
+        ("standard", StateMachineType::Standard),
+        ("express", StateMachineType::Express),
+    ] {
+        let created = client
+            .create_state_machine()
+            .name(name)
+            .definition(PASS_DEFINITION)
+            .role_arn(ROLE_ARN)
+            .r#type(kind)
+            .send()
+            .await
+            .unwrap();
+        arns.push(created.state_machine_arn);
+    }
+    let adapter = SfnStarter::new(&sdk, Duration::from_secs(5));
+    assert_eq!(adapter.workflow_type(&arns[0]).await, Ok(WorkflowType::Standard));
+    assert_eq!(adapter.workflow_type(&arns[1]).await, Ok(WorkflowType::Express));
+    let missing = arns[0].replace(":standard", ":missing");
+    let error = adapter.workflow_type(&missing).await.unwrap_err();
+    assert!(error.contains("StateMachineDoesNotExist"), "{error}");
+    // The init check: Standard told Express is refused, naming both.
+    let told = Config::from_lookup(|k| match k {
+        "STATE_MACHINE_ARN" => Some(arns[0].clone()),
+        "WORKFLOW_TYPE" => Some("express".to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let e = check_workflow_type(&told, &adapter).await.unwrap_err();
+    assert!(
+        e.to_string().contains("WORKFLOW_TYPE") && e.to_string().contains(&arns[0]),
+        "{e}"
+    );
+}

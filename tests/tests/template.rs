@@ -1304,12 +1304,7 @@ fn check_dlq_alarm(t: &Template) -> Result<(), String> {
                 stat["Stat"], stat["Period"]
             ));
         }
-        let returned: Vec<&Value> = props["Metrics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m.get("ReturnData").is_none_or(|r| r == true))
-            .collect();
+        let returned = returned_series(props);
         let [result] = returned.as_slice() else {
             return Err(format!(
                 "alarm {name} returns {} series, not one expression",
@@ -1340,6 +1335,16 @@ fn check_dlq_alarm(t: &Template) -> Result<(), String> {
         1 => Ok(()),
         n => Err(format!("expected one alarm on DLQ arrivals, found {n}")),
     }
+}
+
+/// The series a metric-math alarm returns (its `Metrics` with `ReturnData` true or unset).
+fn returned_series(props: &Value) -> Vec<&Value> {
+    props["Metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("ReturnData").is_none_or(|r| r == true))
+        .collect()
 }
 
 /// With an AlarmTopicArn, the alarm notifies it on ALARM and OK.
@@ -3618,4 +3623,150 @@ fn the_function_is_told_the_queues_retention() {
     assert!(check_retention(&t)
         .unwrap_err()
         .contains("QUEUE_RETENTION_SECONDS is not set"));
+}
+
+// ---------------------------------------------------------------- the shared budget at scale (issue 17)
+
+/// The function may describe the state machine it starts, and only that one: at init it
+/// checks WORKFLOW_TYPE against the state machine's type.
+fn check_describe_state_machine(t: &Template) -> Result<(), String> {
+    let (statements, _) = function_policies(t)?;
+    let resource = |action: &str| -> Result<Value, String> {
+        let found: Vec<&Value> = statements.iter().filter(|s| s["Action"] == action).collect();
+        match found.as_slice() {
+            [statement] => Ok(statement["Resource"].clone()),
+            other => Err(format!("{} statements allow {action} alone, not one", other.len())),
+        }
+    };
+    let (starts, describes) = (
+        resource("states:StartExecution")?,
+        resource("states:DescribeStateMachine")?,
+    );
+    if describes != starts {
+        return Err(format!(
+            "DescribeStateMachine on {describes}, not on the state machine started ({starts})"
+        ));
+    }
+    Ok(())
+}
+
+/// Coordinated, one alarm on the share of leased slots dropped (LeaseSlotsDropped against
+/// Executions, the function's own metrics) that notifies the topic and says where to look.
+fn check_lease_slots_dropped_alarm(t: &Template) -> Result<(), String> {
+    let (function, _) = t.starter()?;
+    let dimensions = serde_json::json!([{"Name": "FunctionName", "Value": {"Ref": function}}]);
+    let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
+    let on_dropped: Vec<_> = alarms
+        .iter()
+        .filter(|(_, a)| alarm_metrics(a).iter().any(|m| m["MetricName"] == "LeaseSlotsDropped"))
+        .collect();
+    let coordinated = t.condition("UseCoordination")?;
+    let [(name, alarm)] = on_dropped.as_slice() else {
+        return match (coordinated, on_dropped.len()) {
+            (false, 0) => Ok(()),
+            (_, n) => Err(format!(
+                "expected {} alarm on LeaseSlotsDropped, found {n}",
+                u8::from(coordinated)
+            )),
+        };
+    };
+    let metrics = alarm_metrics(alarm);
+    for wanted in ["LeaseSlotsDropped", "Executions"] {
+        let metric = metrics
+            .iter()
+            .find(|m| m["MetricName"] == wanted)
+            .ok_or_else(|| format!("alarm {name} does not read {wanted}"))?;
+        if metric["Namespace"] != serde_json::json!({"Ref": "MetricsNamespace"}) || metric["Dimensions"] != dimensions {
+            return Err(format!("alarm {name} reads {wanted} of another namespace or function"));
+        }
+    }
+    let props = &alarm["Properties"];
+    let expression = match returned_series(props).as_slice() {
+        [one] => one["Expression"].as_str().unwrap_or_default(),
+        other => return Err(format!("alarm {name} returns {} series, not one share", other.len())),
+    };
+    let ids: Vec<String> = metrics.iter().map(|m| text(&m["Id"])).collect();
+    if !ids.iter().all(|id| !id.is_empty() && expression.contains(id.as_str())) || !expression.contains('/') {
+        return Err(format!(
+            "alarm {name} expression {expression:?} is not the share of {ids:?}"
+        ));
+    }
+    let threshold = t.number(&props["Threshold"])?;
+    if props["ComparisonOperator"] != "GreaterThanThreshold" || !(0.0..=10.0).contains(&threshold) {
+        return Err(format!("alarm {name} fires above {threshold} %, not a few percent"));
+    }
+    let mut description = Vec::new();
+    strings(&props["AlarmDescription"], &mut description);
+    if !description.concat().contains("LeaseLatency") {
+        return Err(format!("alarm {name} does not say to look at LeaseLatency"));
+    }
+    check_notifies(t, name, props)
+}
+
+#[test]
+fn the_function_may_describe_only_the_state_machine_it_starts() {
+    for t in batch_modes().into_iter().chain(coordination_modes()) {
+        check_describe_state_machine(&t).unwrap();
+    }
+}
+
+#[test]
+fn describe_check_rejects_a_missing_or_wider_statement() {
+    let describe = |d: &mut Value| -> usize {
+        let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .unwrap();
+        statements
+            .iter()
+            .position(|s| s["Sid"] == "DescribeStateMachine")
+            .unwrap()
+    };
+    let t = edited(|d| {
+        let i = describe(d);
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .remove(i);
+    });
+    assert!(check_describe_state_machine(&t).is_err());
+    let t = edited(|d| {
+        let i = describe(d);
+        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][i]["Resource"] = serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:other"});
+    });
+    assert!(check_describe_state_machine(&t).is_err());
+}
+
+#[test]
+fn lease_slots_dropped_alarm_exists_when_coordinated() {
+    for t in coordination_modes() {
+        check_lease_slots_dropped_alarm(&t).unwrap();
+        check_lease_slots_dropped_alarm(&t.with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into()))
+            .unwrap();
+    }
+    check_dashboard_metrics(&Template::load(), &["LeaseSlotsDropped", "LeaseLatency"]).unwrap();
+}
+
+#[test]
+fn lease_slots_dropped_alarm_check_rejects_a_missing_wrong_or_silent_alarm() {
+    let alarm = "LeaseSlotsDroppedAlarm";
+    let t = edited(|d| {
+        d["Resources"].as_object_mut().unwrap().remove(alarm);
+    });
+    assert!(check_lease_slots_dropped_alarm(&t).is_err());
+    let t = edited(|d| {
+        d["Resources"][alarm]["Properties"]["Metrics"][1]["MetricStat"]["Metric"]["Namespace"] = "Other".into()
+    });
+    assert!(check_lease_slots_dropped_alarm(&t).is_err());
+    let t = edited(|d| d["Resources"][alarm]["Properties"]["Threshold"] = 50.into());
+    assert!(check_lease_slots_dropped_alarm(&t).is_err());
+    let t = edited(|d| d["Resources"][alarm]["Properties"]["Metrics"][0]["Expression"] = "dropped".into());
+    assert!(check_lease_slots_dropped_alarm(&t).is_err());
+    let t = edited(|d| {
+        d["Resources"][alarm]["Properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("AlarmActions");
+    })
+    .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
+    assert!(check_lease_slots_dropped_alarm(&t).is_err());
 }

@@ -249,14 +249,10 @@ impl Config {
         let state_machine_arn = r
             .get("STATE_MACHINE_ARN")
             .ok_or_else(|| err("STATE_MACHINE_ARN", "is required (the state machine to start)"))?;
-        if !state_machine_arn.starts_with("arn:") || !state_machine_arn.contains(":states:") {
-            return Err(err(
-                "STATE_MACHINE_ARN",
-                format!("expected a Step Functions state machine ARN, got {state_machine_arn:?}"),
-            ));
-        }
+        check_state_machine_arn(&state_machine_arn)?;
         let deadline_margin = Duration::from_millis(r.positive_u64("DEADLINE_MARGIN_MS", 3_000)?);
         let call_timeout = Duration::from_millis(r.positive_u64("CALL_TIMEOUT_MS", 2_000)?);
+        check_call_timeout(call_timeout)?;
         if call_timeout >= deadline_margin {
             return Err(err(
                 "CALL_TIMEOUT_MS",
@@ -287,12 +283,7 @@ impl Config {
         let max_in_flight =
             usize::try_from(r.positive_u64("MAX_IN_FLIGHT", 32)?).map_err(|_| err("MAX_IN_FLIGHT", "is too large"))?;
         let metrics_namespace = r.get("METRICS_NAMESPACE").unwrap_or_else(|| "SfnPacer".to_string());
-        if metrics_namespace.len() > 255 || metrics_namespace.starts_with("AWS/") {
-            return Err(err(
-                "METRICS_NAMESPACE",
-                "must be at most 255 characters and not start with AWS/",
-            ));
-        }
+        check_metrics_namespace(&metrics_namespace)?;
         let workflow_type = parse_workflow_type(r.get("WORKFLOW_TYPE"))?;
         let coordination_table = r.get("COORDINATION_TABLE");
         if let Some(table) = &coordination_table {
@@ -337,10 +328,13 @@ impl Config {
         }
         let running = parse_running_cap(&r, &state_machine_arn, workflow_type, coordination_table.is_some())?;
         let max_receive_count = parse_max_receive_count(&r)?;
+        let starts_per_second = r.positive_f64("STARTS_PER_SECOND", 150.0)?;
+        let starts_burst = r.positive_f64("STARTS_BURST", 800.0)?;
+        check_burst(starts_per_second, starts_burst)?;
         Ok(Config {
             state_machine_arn,
-            starts_per_second: r.positive_f64("STARTS_PER_SECOND", 150.0)?,
-            starts_burst: r.positive_f64("STARTS_BURST", 800.0)?,
+            starts_per_second,
+            starts_burst,
             max_concurrency,
             max_in_flight,
             name_source,
@@ -399,6 +393,126 @@ impl Config {
     pub fn instance_burst(&self) -> f64 {
         let reserved = self.starts_per_second * BURST_RESERVE.as_secs_f64();
         ((self.starts_burst - reserved) / f64::from(self.max_concurrency)).max(1.0)
+    }
+}
+
+/// `CALL_TIMEOUT_MS` below this would cut healthy calls off: a StartExecution, DynamoDB or SQS
+/// call takes tens of milliseconds (a new connection's TLS handshake more), and a call cut off
+/// has an unknown outcome.
+pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// `STATE_MACHINE_ARN` is a state machine's ARN (or one of its versions or aliases):
+/// `arn:<partition>:states:<region>:<account>:stateMachine:<name>[:<version or alias>]`, not an
+/// activity's or an execution's.
+fn check_state_machine_arn(arn: &str) -> Result<(), ConfigError> {
+    let bad = |what: &str| {
+        err("STATE_MACHINE_ARN", format!("expected a Step Functions state machine ARN (arn:<partition>:states:<region>:<account>:stateMachine:<name>), got {what} {arn:?}"))
+    };
+    let parts: Vec<&str> = arn.split(':').collect();
+    if parts.len() < 6 || parts[0] != "arn" || parts[2] != "states" {
+        return Err(bad("a value that is not one"));
+    }
+    match parts[5] {
+        "stateMachine" if (7..=8).contains(&parts.len()) && parts[6..].iter().all(|p| !p.is_empty()) => Ok(()),
+        "stateMachine" => Err(bad("a malformed one")),
+        "activity" => Err(bad("an activity's ARN")),
+        "execution" | "express" | "mapRun" => Err(bad("an execution's ARN")),
+        _ => Err(bad("another resource's ARN")),
+    }
+}
+
+/// The state machine's own ARN: `STATE_MACHINE_ARN` without a version or alias (every version
+/// of a state machine has its type).
+pub fn state_machine_base_arn(arn: &str) -> &str {
+    match arn.match_indices(':').nth(6) {
+        Some((i, _)) => &arn[..i],
+        None => arn,
+    }
+}
+
+/// `METRICS_NAMESPACE` is one CloudWatch takes: 1–255 of `A-Z a-z 0-9 . - _ / # :` and space,
+/// not starting with `:` or `AWS/` (else every metric is dropped, with no error anywhere).
+fn check_metrics_namespace(namespace: &str) -> Result<(), ConfigError> {
+    let valid = (1..=255).contains(&namespace.len())
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " ._-/#:".contains(c))
+        && !namespace.starts_with(':')
+        && !namespace.starts_with("AWS/");
+    match valid {
+        true => Ok(()),
+        false => Err(err(
+            "METRICS_NAMESPACE",
+            format!("CloudWatch takes 1-255 of A-Z a-z 0-9 . - _ / # : and space, not starting with : or AWS/, got {namespace:?}"),
+        )),
+    }
+}
+
+/// `STARTS_BURST` covers the [`BURST_RESERVE`] the pacer keeps out of it (below, the burst
+/// would silently become one start).
+fn check_burst(starts_per_second: f64, starts_burst: f64) -> Result<(), ConfigError> {
+    let reserve = starts_per_second * BURST_RESERVE.as_secs_f64();
+    match starts_burst < reserve {
+        false => Ok(()),
+        true => Err(err(
+            "STARTS_BURST",
+            format!("must be at least STARTS_PER_SECOND x 0.1 = {reserve} (the 100 ms of refill the pacer keeps in reserve), got {starts_burst}"),
+        )),
+    }
+}
+
+/// `CALL_TIMEOUT_MS` is at least [`MIN_CALL_TIMEOUT`].
+fn check_call_timeout(call_timeout: Duration) -> Result<(), ConfigError> {
+    match call_timeout < MIN_CALL_TIMEOUT {
+        false => Ok(()),
+        true => Err(err(
+            "CALL_TIMEOUT_MS",
+            format!(
+                "must be at least {} ms: shorter, healthy calls are cut off and their outcome is unknown",
+                MIN_CALL_TIMEOUT.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Reads a state machine's type (behind a narrow trait: the SDK adapter is
+/// [`crate::aws::SfnStarter`]'s `DescribeStateMachine`).
+#[async_trait::async_trait]
+pub trait StateMachineTypes: Send + Sync {
+    /// The type of the state machine `arn` (its own ARN, no version or alias); `Err` with the
+    /// reason when it cannot be read.
+    async fn workflow_type(&self, arn: &str) -> Result<WorkflowType, String>;
+}
+
+/// At init: `WORKFLOW_TYPE` is the state machine's type (exactly-once delivery on Standard
+/// depends on it). A mismatch is an error naming both; a state machine that cannot be described
+/// (no permission, no network) is a warning, and the configured type is used.
+pub async fn check_workflow_type(config: &Config, machines: &dyn StateMachineTypes) -> Result<(), ConfigError> {
+    let arn = state_machine_base_arn(&config.state_machine_arn);
+    let name = |t: WorkflowType| match t {
+        WorkflowType::Standard => "standard",
+        WorkflowType::Express => "express",
+    };
+    match machines.workflow_type(arn).await {
+        Ok(actual) if actual == config.workflow_type => Ok(()),
+        Ok(actual) => Err(err(
+            "WORKFLOW_TYPE",
+            format!(
+                "is {} but the state machine {arn} is {} (DescribeStateMachine): set WORKFLOW_TYPE={}",
+                name(config.workflow_type),
+                name(actual),
+                name(actual)
+            ),
+        )),
+        Err(reason) => {
+            tracing::warn!(
+                state_machine_arn = arn,
+                workflow_type = name(config.workflow_type),
+                reason,
+                "could not read the state machine's type (states:DescribeStateMachine): WORKFLOW_TYPE is not checked"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -654,6 +768,7 @@ mod tests {
         assert_eq!(c.instance_burst(), 127.0);
         let tiny = load(&[
             ("STATE_MACHINE_ARN", ARN),
+            ("STARTS_PER_SECOND", "10"),
             ("STARTS_BURST", "5"),
             ("MAX_CONCURRENCY", "10"),
         ])
@@ -697,6 +812,10 @@ mod tests {
             ("RETRY_BASE_SECONDS", "1000", "RETRY_BASE_SECONDS"),
             ("LOG_BODIES", "maybe", "LOG_BODIES"),
             ("METRICS_NAMESPACE", "AWS/States", "METRICS_NAMESPACE"),
+            ("METRICS_NAMESPACE", "Sfn|Pacer", "METRICS_NAMESPACE"),
+            ("METRICS_NAMESPACE", ":SfnPacer", "METRICS_NAMESPACE"),
+            ("STARTS_BURST", "14", "STARTS_BURST"),
+            ("CALL_TIMEOUT_MS", "99", "CALL_TIMEOUT_MS"),
         ];
         for (variable, value, named) in cases {
             let e = load(&[("STATE_MACHINE_ARN", ARN), (variable, value)]).unwrap_err();
@@ -871,5 +990,97 @@ mod tests {
             assert_eq!(e.variable, variable, "{variable}={value}: {e}");
             assert!(!e.to_string().contains('\n'));
         }
+    }
+
+    #[test]
+    fn only_a_state_machine_arn_is_accepted() {
+        let prefix = "arn:aws:states:us-east-1:123456789012";
+        for bad in [
+            format!("{prefix}:activity:approve"),
+            format!("{prefix}:execution:demo:run-1"),
+            format!("{prefix}:express:demo:run-1:abc"),
+            format!("{prefix}:stateMachine:"),
+            format!("{prefix}:stateMachine:demo:1:extra"),
+            "arn:aws:lambda:us-east-1:123456789012:function:demo".to_string(),
+        ] {
+            let e = load(&[("STATE_MACHINE_ARN", &bad)]).unwrap_err();
+            assert_eq!(e.variable, "STATE_MACHINE_ARN", "{bad}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = load(&[("STATE_MACHINE_ARN", &format!("{prefix}:activity:approve"))]).unwrap_err();
+        assert!(e.reason.contains("an activity's ARN"), "{e}");
+        assert_eq!(
+            state_machine_base_arn(&format!("{prefix}:stateMachine:demo:live")),
+            format!("{prefix}:stateMachine:demo")
+        );
+        assert_eq!(state_machine_base_arn(ARN), ARN);
+    }
+
+    #[test]
+    fn the_metrics_namespace_is_one_cloudwatch_takes() {
+        for good in ["SfnPacer", "Team A/sfn-pacer", "a.b_c-d#e:f"] {
+            assert_eq!(
+                load(&[("STATE_MACHINE_ARN", ARN), ("METRICS_NAMESPACE", good)])
+                    .unwrap()
+                    .metrics_namespace,
+                good
+            );
+        }
+        for bad in ["AWS/States", ":x", "Ünïcode", "tab\there", &"n".repeat(256)] {
+            let e = load(&[("STATE_MACHINE_ARN", ARN), ("METRICS_NAMESPACE", bad)]).unwrap_err();
+            assert_eq!(e.variable, "METRICS_NAMESPACE", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_burst_below_the_reserve_and_a_tiny_call_timeout_are_refused() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("STATE_MACHINE_ARN", ARN)];
+            all.extend_from_slice(pairs);
+            load(&all)
+        };
+        let e = with(&[("STARTS_PER_SECOND", "300"), ("STARTS_BURST", "29")]).unwrap_err();
+        assert_eq!(e.variable, "STARTS_BURST");
+        assert!(e.reason.contains("30"), "{e}");
+        assert!(with(&[("STARTS_PER_SECOND", "300"), ("STARTS_BURST", "30")]).is_ok());
+        assert_eq!(
+            with(&[("CALL_TIMEOUT_MS", "50")]).unwrap_err().variable,
+            "CALL_TIMEOUT_MS"
+        );
+        assert!(with(&[("CALL_TIMEOUT_MS", "100")]).is_ok());
+    }
+
+    struct Typed(Result<WorkflowType, String>, std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl StateMachineTypes for Typed {
+        async fn workflow_type(&self, arn: &str) -> Result<WorkflowType, String> {
+            self.1.lock().unwrap().push(arn.to_string());
+            self.0.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_workflow_type_must_be_the_state_machines() {
+        let alias = format!("{ARN}:live");
+        let express = load(&[("STATE_MACHINE_ARN", &alias), ("WORKFLOW_TYPE", "express")]).unwrap();
+        let machines = Typed(Ok(WorkflowType::Standard), Default::default());
+        let e = check_workflow_type(&express, &machines).await.unwrap_err();
+        assert_eq!(e.variable, "WORKFLOW_TYPE");
+        assert!(
+            e.reason.contains("express") && e.reason.contains("standard") && e.reason.contains(ARN),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
+        assert_eq!(
+            machines.1.lock().unwrap().as_slice(),
+            [ARN.to_string()],
+            "described without the alias"
+        );
+        let standard = load(&[("STATE_MACHINE_ARN", ARN)]).unwrap();
+        assert!(check_workflow_type(&standard, &machines).await.is_ok());
+        // Not readable (no permission): the configured type is used, with a warning.
+        let unknown = Typed(Err("AccessDeniedException".into()), Default::default());
+        assert!(check_workflow_type(&express, &unknown).await.is_ok());
     }
 }

@@ -32,8 +32,9 @@ use crate::metrics::{Count, Report, Tally};
 use crate::plan::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
 use crate::plan::event::{messages, EventError, Message};
 use crate::plan::{plan, Plan, Rejection, MAX_INPUT_BYTES};
+use crate::start::budget::clock::Clock;
 use crate::start::budget::lease::SharedPacer;
-use crate::start::budget::{BudgetState, Store};
+use crate::start::budget::{rules, BudgetState, Store};
 use crate::start::claim::ClaimStore;
 use crate::start::classify::{classify, systemic_advice, Class};
 use crate::start::pace::Pacer;
@@ -232,6 +233,16 @@ impl Starter {
         }
     }
 
+    /// Coordinated mode: the shared pacer reads the time from `clock` (tests and benchmarks
+    /// model clock skew and thawed instances with it).
+    pub fn with_pacer_clock(mut self, clock: Clock) -> Starter {
+        self.pacing = match self.pacing {
+            Pacing::Shared(shared) => Pacing::Shared(Box::new(shared.with_clock(clock))),
+            local => local,
+        };
+        self
+    }
+
     fn static_split(config: &Config) -> Pacer {
         Pacer::new(
             config.instance_rate_per_second(),
@@ -307,7 +318,6 @@ impl Starter {
         invocation.pending.store(units.len() as u64, Ordering::Relaxed);
         let settled = invocation.start_all(units, fifo).await;
         invocation.sweep_if_full(&settled).await;
-        self.close_pacing(times.hard_deadline).await;
         let closing = Closing {
             queue: self.queue.as_ref(),
             objects: self.objects.as_deref(),
@@ -317,6 +327,7 @@ impl Starter {
             cap: self.running.as_ref().map(Running::cap),
         };
         let closed = closing.close(settled).await;
+        self.close_pacing(times.hard_deadline).await;
         let tally = &invocation.tally;
         tally.add_many(Count::DeadLettered, closed.dead_lettered);
         tally.add_many(Count::Deferred, closed.deferred);
@@ -333,13 +344,12 @@ impl Starter {
         })
     }
 
-    /// Coordinated mode: gives back the unused slots of the last lease, bounded by the call
-    /// timeout and the deadline.
+    /// Coordinated mode, after the close phase: gives back the unused slots of the last lease
+    /// with the time that is left ([`rules::give_back_latest`]).
     async fn close_pacing(&self, deadline: Instant) {
         if let Pacing::Shared(shared) = &self.pacing {
-            shared
-                .give_back((Instant::now() + self.config.call_timeout).min(deadline))
-                .await;
+            let latest = rules::give_back_latest(Instant::now(), self.config.call_timeout, deadline);
+            shared.give_back(latest).await;
         }
     }
 
@@ -352,6 +362,8 @@ impl Starter {
         let counts = shared.take_counts();
         report.lease_calls = counts.calls;
         report.fallbacks = counts.fallbacks;
+        report.lease_slots_dropped = counts.dropped;
+        report.lease_latencies_ms = counts.latencies_ms;
         report.shared_rate_per_second = shared.budget().await.map_or(0.0, |b| b.effective_rate());
         if counts.fallbacks > 0 {
             tracing::warn!(
@@ -534,7 +546,12 @@ impl Invocation<'_> {
             self.holding.fetch_add(1, Ordering::Relaxed);
             if !slot.wait.is_zero() {
                 self.tally.add_pacing_delay(slot.wait);
-                sleep(slot.wait).await;
+            }
+            if !pacing.ready(slot).await {
+                // Woken past the slot's grace: it is dropped, never used late; not an attempt.
+                self.holding.fetch_sub(1, Ordering::Relaxed);
+                attempt -= 1;
+                continue;
             }
             let running = match self.gate(plan.name.as_deref(), kept).await {
                 Gate::Go(running) => running,

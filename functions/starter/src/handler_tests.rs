@@ -304,9 +304,10 @@ async fn an_existing_execution_counts_as_a_duplicate() {
 
 #[tokio::test(start_paused = true)]
 async fn calls_run_concurrently_at_the_paced_rate() {
-    // 100/s, burst 1, 50 ms per call: 100 messages take about 1 s, not 5 s.
+    // 100/s, burst 1 (10 less the 10 kept in reserve), 50 ms per call: 100 messages take
+    // about 1 s, not 5 s.
     let sfn = FakeSfn::new(Duration::from_millis(50), Box::new(|_, _| None));
-    let c = config(&[("STARTS_PER_SECOND", "100"), ("STARTS_BURST", "1")]);
+    let c = config(&[("STARTS_PER_SECOND", "100"), ("STARTS_BURST", "10")]);
     let starter = Starter::new(c, sfn.clone(), Arc::new(FakeQueue::default()));
     let t0 = Instant::now();
     let outcome = starter.process(batch(100), deadline_in(60_000)).await.unwrap();
@@ -967,13 +968,62 @@ fn bad_input_invalid_unicode_in_the_event_is_a_clear_error_not_a_panic() {
 
 mod coordinated {
     use super::*;
+    use crate::start::budget::clock::Clock;
     use crate::start::budget::Store;
     use crate::start::memory::MemoryStore;
 
     fn coordinated(pairs: &[(&str, &str)], sfn: Arc<FakeSfn>, store: Arc<MemoryStore>) -> Starter {
+        coordinated_with(pairs, sfn, store, Arc::new(FakeQueue::default()))
+    }
+
+    /// A coordinated starter whose pacer's clock follows the paused runtime clock.
+    fn coordinated_with(
+        pairs: &[(&str, &str)],
+        sfn: Arc<FakeSfn>,
+        store: Arc<MemoryStore>,
+        queue: Arc<FakeQueue>,
+    ) -> Starter {
         let mut all = vec![("COORDINATION_TABLE", "coordination")];
         all.extend_from_slice(pairs);
-        Starter::coordinated(config(&all), sfn, Arc::new(FakeQueue::default()), store)
+        Starter::coordinated(config(&all), sfn, queue, store)
+            .with_pacer_clock(Clock::following_runtime(now_epoch_ms() as f64 / 1e3))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_give_back_comes_after_the_close_phase_with_the_time_left() {
+        // 10/s shared, a 3.5 s deadline: starts until the cutoff at 1.75 s; then the deferred
+        // messages' visibility (the close phase); then the last lease's unused slot goes back.
+        let pairs = [("STARTS_PER_SECOND", "10"), ("STARTS_BURST", "2")];
+        let store = Arc::new(MemoryStore::new().with_latency(Duration::from_millis(5), Duration::from_millis(5)));
+        let queue = Arc::new(FakeQueue {
+            latency: Duration::from_millis(50),
+            ..FakeQueue::default()
+        });
+        let starter = coordinated_with(&pairs, FakeSfn::ok(), store.clone(), queue.clone());
+        // Near the cutoff the table turns slow: a give-back before the close phase would take
+        // the close phase's time.
+        let slow = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                sleep(Duration::from_millis(1_500)).await;
+                store.set_faults(crate::start::memory::TableFaults {
+                    latency_min: Duration::from_secs(10),
+                    latency_max: Duration::from_secs(10),
+                    ..Default::default()
+                });
+            })
+        };
+        let t0 = Instant::now();
+        let outcome = starter.process(batch(50), deadline_in(3_500)).await.unwrap();
+        slow.await.unwrap();
+        assert!(t0.elapsed() <= Duration::from_millis(3_400), "{:?}", t0.elapsed());
+        let deferred = failures(&outcome).len();
+        assert!(deferred > 20, "{deferred} deferred");
+        assert_eq!(
+            queue.visibility.lock().unwrap().len(),
+            deferred,
+            "every deferred message comes back when a slot is expected"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,6 +139,8 @@ impl Tally {
             running: None,
             lease_calls: 0,
             fallbacks: 0,
+            lease_slots_dropped: 0,
+            lease_latencies_ms: Vec::new(),
             shared_rate_per_second: 0.0,
             pacing_delay_ms: get(&self.pacing_delay_micros) as f64 / 1000.0,
             elapsed_ms: seconds * 1000.0,
@@ -199,6 +201,11 @@ pub struct Report {
     pub lease_calls: u64,
     /// Coordinated mode: starts paced by the static split because the table could not be used.
     pub fallbacks: u64,
+    /// Coordinated mode: leased slots neither used nor given back (quota lost to everyone).
+    pub lease_slots_dropped: u64,
+    /// Coordinated mode: each table call's latency, milliseconds (EMF `LeaseLatency`, whose
+    /// p99 CloudWatch computes from the values).
+    pub lease_latencies_ms: Vec<f64>,
     /// Coordinated mode: the shared budget's effective rate, per second, as last seen.
     pub shared_rate_per_second: f64,
     /// Total time calls waited for the pacer, milliseconds (summed over concurrent calls).
@@ -215,11 +222,21 @@ impl Report {
         count_metrics().map(move |(name, get, _)| (*name, get(self)))
     }
 
-    /// Adds `other`'s counts to these (the durations, the rate and `running` are left as they are).
+    /// Adds `other`'s counts to these, and its lease latencies (the durations, the rate and
+    /// `running` are left as they are).
     pub fn add_counts(&mut self, other: &Report) {
         for (_, get, set) in count_metrics() {
             set(self, get(self).saturating_add(get(other)));
         }
+        self.lease_latencies_ms.extend_from_slice(&other.lease_latencies_ms);
+    }
+
+    /// The p99 of the lease latencies, milliseconds (`None` without any).
+    pub fn lease_latency_p99_ms(&self) -> Option<f64> {
+        let mut sorted = self.lease_latencies_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = (sorted.len() as f64 * 0.99).ceil() as usize;
+        sorted.get(rank.saturating_sub(1)).copied()
     }
 
     /// Writes the one summary log line of the invocation.
@@ -243,6 +260,8 @@ impl Report {
             waiting_for_slot = self.waiting_for_slot,
             resent = self.resent,
             slots_reclaimed = self.slots_reclaimed,
+            lease_slots_dropped = self.lease_slots_dropped,
+            lease_latency_p99_ms = self.lease_latency_p99_ms().map(|ms| ms.round() as u64),
             pacing_delay_ms = self.pacing_delay_ms.round() as u64,
             elapsed_ms = self.elapsed_ms.round() as u64,
             effective_rate = format!("{:.1}/s", self.effective_rate_per_second),
@@ -271,6 +290,10 @@ impl Report {
         ] {
             declared.push(json!({"Name": name, "Unit": unit}));
             root.insert(name.into(), json!(value));
+        }
+        if !self.lease_latencies_ms.is_empty() {
+            declared.push(json!({"Name": "LeaseLatency", "Unit": "Milliseconds"}));
+            root.insert("LeaseLatency".into(), json!(emf_values(&self.lease_latencies_ms)));
         }
         root.insert(
             "_aws".into(),
@@ -305,15 +328,38 @@ impl Report {
         report.elapsed_ms = float("BatchDuration");
         report.effective_rate_per_second = float("EffectiveRate");
         report.shared_rate_per_second = float("SharedRate");
+        report.lease_latencies_ms = match doc.get("LeaseLatency") {
+            Some(Value::Array(values)) => values.iter().filter_map(Value::as_f64).collect(),
+            Some(value) => value.as_f64().into_iter().collect(),
+            None => Vec::new(),
+        };
         Some(report)
     }
+}
+
+/// The most values one EMF metric holds.
+const MAX_EMF_VALUES: usize = 100;
+
+/// `values` as one EMF metric's values: all of them, or, beyond [`MAX_EMF_VALUES`], that many
+/// evenly spaced in rank (the smallest and the largest kept), so the percentiles CloudWatch
+/// computes from them stay those of all.
+fn emf_values(values: &[f64]) -> Vec<f64> {
+    if values.len() <= MAX_EMF_VALUES {
+        return values.to_vec();
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let last = sorted.len() - 1;
+    (0..MAX_EMF_VALUES)
+        .map(|i| sorted[i * last / (MAX_EMF_VALUES - 1)])
+        .collect()
 }
 
 /// A count's EMF name, how to read it from a report and how to set it.
 type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
 
 /// The count metrics, in the order the EMF document declares them: the one list of names.
-const COUNTS: [CountMetric; 15] = [
+const COUNTS: [CountMetric; 16] = [
     ("Received", |r| r.received, |r, v| r.received = v),
     ("Started", |r| r.started, |r, v| r.started = v),
     ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
@@ -330,6 +376,11 @@ const COUNTS: [CountMetric; 15] = [
     ("Deferred", |r| r.deferred, |r, v| r.deferred = v),
     ("LeaseCalls", |r| r.lease_calls, |r, v| r.lease_calls = v),
     ("Fallbacks", |r| r.fallbacks, |r, v| r.fallbacks = v),
+    (
+        "LeaseSlotsDropped",
+        |r| r.lease_slots_dropped,
+        |r, v| r.lease_slots_dropped = v,
+    ),
     ("Executions", |r| r.executions, |r, v| r.executions = v),
     ("ClaimsWritten", |r| r.claims_written, |r, v| r.claims_written = v),
     ("ClaimsFound", |r| r.claims_found, |r, v| r.claims_found = v),
@@ -455,6 +506,7 @@ mod tests {
             "SlotsReclaimed",
             "ReleaseEvents",
             "DuplicateReleaseEvents",
+            "LeaseSlotsDropped",
         ] {
             assert!(names.contains(&expected), "{expected} missing");
         }
@@ -468,6 +520,39 @@ mod tests {
         assert_eq!(doc["BatchDuration"], 12.5);
         // One line of JSON, as CloudWatch Logs expects.
         assert!(!doc.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn lease_latencies_are_values_of_one_metric_whose_percentiles_stay_those_of_all() {
+        let few = Report {
+            lease_latencies_ms: vec![10.0, 20.0],
+            ..Report::default()
+        };
+        let doc = few.emf("SfnPacer", "f", 1);
+        assert_eq!(doc["LeaseLatency"], json!([10.0, 20.0]));
+        assert!(Report::default().emf("SfnPacer", "f", 1).get("LeaseLatency").is_none());
+        let many = Report {
+            lease_latencies_ms: (1..=1000).rev().map(f64::from).collect(),
+            ..Report::default()
+        };
+        let values: Vec<f64> = many.emf("SfnPacer", "f", 1)["LeaseLatency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(values.len(), MAX_EMF_VALUES);
+        assert_eq!((values[0], values[99]), (1.0, 1000.0));
+        let sampled = Report {
+            lease_latencies_ms: values,
+            ..Report::default()
+        };
+        let (all, kept) = (
+            many.lease_latency_p99_ms().unwrap(),
+            sampled.lease_latency_p99_ms().unwrap(),
+        );
+        assert!((all - kept).abs() <= 20.0, "p99 {all} vs {kept}");
+        assert_eq!(Report::default().lease_latency_p99_ms(), None);
     }
 
     #[test]
@@ -495,6 +580,8 @@ mod tests {
             running: Some(20),
             lease_calls: 4,
             fallbacks: 2,
+            lease_slots_dropped: 3,
+            lease_latencies_ms: vec![7.5, 12.0, 160.0],
             shared_rate_per_second: 150.0,
             pacing_delay_ms: 30.5,
             elapsed_ms: 412.5,

@@ -434,6 +434,7 @@ mod tests {
             version: 7,
             // In the past: a full bucket, which stays full (a booked-ahead one keeps its level).
             tat: 1_700_000_000.25,
+            spread: 0.0,
         };
         store.write(KEY, &Update::Create(existing.clone())).await.unwrap();
 
@@ -523,6 +524,7 @@ mod tests {
             factor: 0.5,
             version: 12,
             tat: now + 2.0,
+            spread: 0.0,
         };
         let text = render_text(TABLE, KEY, &state, now);
         for expected in [

@@ -15,6 +15,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::close::dead_letter::{AttributeValue, DeadLetter};
 use crate::close::queue::{Queue, QueueError, VisibilityChange};
+use crate::config::{StateMachineTypes, WorkflowType};
 use crate::plan::claim_check::{ObjectError, ObjectStore};
 use crate::start::running::describe::{DescribeError, DescribeExecution, Described};
 use crate::start::{StartError, StartExecution, StartRequest, Started};
@@ -178,6 +179,26 @@ impl DescribeExecution for SfnStarter {
                     .and_then(|ms| u64::try_from(ms).ok()),
             },
         })
+    }
+}
+
+/// The state machine's type through `DescribeStateMachine` (read once, at init).
+#[async_trait]
+impl StateMachineTypes for SfnStarter {
+    async fn workflow_type(&self, arn: &str) -> Result<WorkflowType, String> {
+        use aws_sdk_sfn::types::StateMachineType;
+        let output = self
+            .client
+            .describe_state_machine()
+            .state_machine_arn(arn)
+            .send()
+            .await
+            .map_err(|e| aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())?;
+        match output.r#type() {
+            StateMachineType::Standard => Ok(WorkflowType::Standard),
+            StateMachineType::Express => Ok(WorkflowType::Express),
+            other => Err(format!("an unknown state machine type {other:?}")),
+        }
     }
 }
 

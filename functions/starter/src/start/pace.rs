@@ -125,6 +125,15 @@ impl Pacer {
         s.tokens = (s.tokens + 1.0).min(self.capacity);
     }
 
+    /// Empties the bucket at `now` (what it refilled while unused is gone): the next call waits
+    /// for the refill. Coordinated mode falls back to this pacer from empty, since the other
+    /// instances keep using the whole shared budget meanwhile.
+    pub fn empty(&self, now: Instant) {
+        let mut s = self.lock();
+        refill(&mut s, now, self.capacity);
+        s.tokens = s.tokens.min(0.0);
+    }
+
     /// How long from `now` until a reservation would need no wait; takes nothing.
     pub fn free_in(&self, now: Instant) -> Duration {
         let mut s = self.lock();
@@ -342,6 +351,15 @@ mod tests {
             p.free_in(t0) > Duration::ZERO,
             "the throttle emptied the bucket: nothing returns"
         );
+    }
+
+    #[test]
+    fn an_emptied_bucket_waits_for_the_refill() {
+        let t0 = Instant::now();
+        let p = Pacer::new(10.0, 5.0, t0);
+        let later = t0 + Duration::from_secs(60);
+        p.empty(later);
+        assert_eq!(p.reserve(later, later + FAR).unwrap().wait, Duration::from_millis(100));
     }
 
     #[test]

@@ -35,6 +35,19 @@ impl Pacing {
         }
     }
 
+    /// Waits for `slot`'s time, and says whether it may still be used then: a shared slot
+    /// woken up past its grace ([`crate::start::budget::rules::usable`]) is dropped, and the
+    /// call must reserve again (used late, it could exceed the account's bucket).
+    pub async fn ready(&self, slot: Slot) -> bool {
+        match self {
+            Pacing::Local(_) => {
+                tokio::time::sleep_until(slot.at).await;
+                true
+            }
+            Pacing::Shared(shared) => shared.ready(slot).await,
+        }
+    }
+
     /// Gives back a slot that was reserved and not used (its call was not made), so that the
     /// next call may use it.
     pub async fn put_back(&self, slot: Slot) {

@@ -3,8 +3,9 @@
 //! [`BudgetState::apply`]. Tested against moto.
 //!
 //! The item: `pk` (S) `quota#<QUOTA_KEY>`, `kind` (S) `quota`, `rate` and `burst` (N, per
-//! second and slots), `factor` (N), `version` (N), `tat` (N, seconds since the epoch). The
-//! per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
+//! second and slots), `factor` (N), `version` (N), `tat` (N, seconds since the epoch), `spread`
+//! (N, seconds: the lessees' contention spread; absent in items written before it, read as 0).
+//! The per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
 
 mod claims;
 mod running;
@@ -190,6 +191,7 @@ fn to_item(state: &BudgetState) -> Item {
         ("factor".to_string(), n(state.factor)),
         ("version".to_string(), AttributeValue::N(state.version.to_string())),
         ("tat".to_string(), t(state.tat)),
+        ("spread".to_string(), t(state.spread)),
     ])
 }
 
@@ -203,6 +205,7 @@ fn from_item(item: Option<&Item>) -> Option<BudgetState> {
         factor: number("factor").unwrap_or(1.0),
         version: item.get("version")?.as_n().ok()?.parse().ok()?,
         tat: number("tat").unwrap_or(0.0),
+        spread: number("spread").unwrap_or(0.0),
     })
 }
 
@@ -231,6 +234,7 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
             version: v,
             shape,
             factor,
+            spread,
         } => {
             let (mut condition, mut set, mut values) = match shape {
                 Shape::Exact { expected, tat_after } => (
@@ -250,6 +254,8 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
                 ),
             };
             values.push((":v", version(v)));
+            set.push_str(", #spread = :s");
+            values.push((":s", t(*spread)));
             if let Some(f) = factor {
                 set.push_str(", #factor = :f, #version = #version + :one");
                 values.push((":f", n(*f)));
@@ -268,22 +274,6 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
             vec![
                 (":v", version(v)),
                 (":expected", t(*expected_tat)),
-                (":tat", t(*new_tat)),
-            ],
-        ),
-        Update::Decrease {
-            version: v,
-            factor,
-            expected_tat,
-            new_tat,
-        } => (
-            "#version = :v AND #tat = :expected".to_string(),
-            "SET #factor = :f, #version = #version + :one, #tat = :tat".to_string(),
-            vec![
-                (":v", version(v)),
-                (":expected", t(*expected_tat)),
-                (":f", n(*factor)),
-                (":one", AttributeValue::N("1".into())),
                 (":tat", t(*new_tat)),
             ],
         ),
@@ -367,6 +357,7 @@ mod tests {
             factor: 0.5,
             version: 7,
             tat: 1_795_000_000.123_4,
+            spread: 0.04,
         };
         assert_eq!(from_item(Some(&to_item(&state))), Some(state));
         assert_eq!(from_item(Some(&Item::new())), None);
@@ -383,16 +374,20 @@ mod tests {
                 delta: 0.1,
             },
             factor: Some(0.75),
+            spread: 0.02,
         };
         let (condition, set, values) = expressions(&update);
         assert_eq!(
             condition,
             "attribute_exists(#pk) AND #version = :v AND #tat BETWEEN :now AND :limit"
         );
-        assert_eq!(set, "SET #tat = #tat + :d, #factor = :f, #version = #version + :one");
+        assert_eq!(
+            set,
+            "SET #tat = #tat + :d, #spread = :s, #factor = :f, #version = #version + :one"
+        );
         let placeholders: Vec<String> = names(&[&condition, &set]).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(placeholders, ["#pk", "#version", "#tat", "#factor"]);
+        assert_eq!(placeholders, ["#pk", "#version", "#tat", "#spread", "#factor"]);
         let names: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
-        assert_eq!(names, [":now", ":limit", ":d", ":v", ":f", ":one"]);
+        assert_eq!(names, [":now", ":limit", ":d", ":v", ":s", ":f", ":one"]);
     }
 }

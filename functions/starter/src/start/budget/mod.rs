@@ -9,19 +9,22 @@
 //!
 //! Leasing `n` slots at `now`: `start = max(tat, now)`, `tat' = start + n / r`. Slot `j`
 //! (1 ≤ j ≤ n) has the theoretical time `θ_j = start + j / r` and is released at
-//! `ρ_j = max(now, θ_j − τ)`: a full bucket releases `B` slots at once, then one every `1/r`.
+//! `ρ_j = max(answered, θ_j − τ)`, where `answered` is when the lease's answer arrived
+//! ([`rules::release_at`]): a full bucket releases `B` slots at once, then one every `1/r`.
 //! A lease of `n = min(demand, r × LEASE_SECONDS)` slots is allowed while its first slot is
 //! released within [`HORIZON_SECONDS`] of `now`: `tat ≤ now + τ + HORIZON_SECONDS`. A lessee
 //! asks only once that holds with half the horizon to spare, so lessees that ask at the same
-//! moment all fit, and a refusal means the budget really is booked that far ahead. It is one conditional UpdateItem without a prior read,
-//! in one of two shapes (`tat < now`: `SET tat = now + n/r`; else `SET tat = tat + n/r` under
+//! moment all fit, and a refusal means the budget really is booked that far ahead. It is one
+//! conditional UpdateItem without a prior read, in one of two shapes (`tat < now`: `SET tat = now + n/r`; else `SET tat = tat + n/r` under
 //! `tat BETWEEN now AND limit`); a refusal returns the item as it is, so the next try is right.
 //!
 //! Invariant: over any window of `t` seconds, the slots released by all lessees together
 //! number at most `B + r × t`, the quota's own bucket, whatever the interleaving — provided a
 //! slot is used at its release time ([`SLOT_GRACE`]; a later slot is dropped, never used late).
-//! Each lessee reads `now` from its own clock; Lambda's clocks agree within milliseconds, and
-//! the burst reserve (100 ms of refill) absorbs that as it absorbs network jitter.
+//! A slot released later than `θ_j − τ` (a slow answer) only comes later. Each lessee reads
+//! `now` from its own clock ([`clock`]): one whose clock is `δ` ahead gets its slots `δ` early
+//! in true time. The burst reserve (100 ms of refill) covers the grace and up to
+//! [`rules::MAX_SKEW`] of skew, with room for the network's jitter ([`rules`]).
 //!
 //! ## Changing the rate keeps the bucket's level
 //! `tat − now` is a backlog in seconds *at the rate it was booked at*. When the rate or the
@@ -32,31 +35,30 @@
 //!
 //! ## Adapting, shared (AIMD)
 //! A throttle seen by any instance halves `factor` (not below [`MIN_RATE_FRACTION`]) and
-//! empties the bucket (`tat ≥ now + τ`), once per `version`: the update is conditioned on the
-//! version the throttled slot was leased under, and bumps it. Successes raise `factor` back:
-//! each lease carries the successes of the current version since the instance's last lease,
+//! empties the bucket (`tat ≥ now + τ`), once per `version`. The throttled instance writes
+//! nothing at once: its next lease carries the decrease, as a compare-and-set on `tat` and the
+//! version the throttled slot was leased under, and bumps it (a lessee that finds the version
+//! moved on knows someone else decreased). Successes raise `factor` back: each lease carries
+//! the successes of the current version since the instance's last lease,
 //! `factor += INCREASE_PER_SECOND × successes / r`, up to 1. Every change of rate, burst or
 //! factor bumps `version`, and every lease is conditioned on it, so no instance leases with a
 //! stale rate. The operator's `rate` and `burst` live in the same item.
+//!
+//! ## Repaying the static split
+//! Starts an instance made on the static split while the table failed were not in the budget.
+//! Its next lease books them too (`n + debt` slots of `tat`, `n` of them its own), so the
+//! budget accounts for them once the table answers again.
 
+pub mod clock;
 pub mod lease;
-
-use std::time::Duration;
+pub mod rules;
 
 use async_trait::async_trait;
 
+pub use self::rules::{HORIZON_SECONDS, LEASE_SECONDS, SLOT_GRACE};
 use crate::config::BURST_RESERVE;
 pub use crate::start::pace::{DECREASE_FACTOR, INCREASE_PER_SECOND, MIN_RATE_FRACTION};
 use crate::start::table::StoreError;
-
-/// A lease covers at most this much of the budget's rate, in seconds: leased but unused slots
-/// are quota lost to everyone, so leases stay small.
-pub const LEASE_SECONDS: f64 = 0.1;
-/// The first slot of a lease is released at most this far ahead, in seconds (its last at most
-/// `HORIZON_SECONDS + LEASE_SECONDS` ahead).
-pub const HORIZON_SECONDS: f64 = 0.5;
-/// How late a slot may still be used after its release time; later, it is dropped.
-pub const SLOT_GRACE: Duration = Duration::from_millis(50);
 
 /// Times are kept to this resolution, in seconds (0.1 ms): a `tat` of ~1.8e9 s then has 14
 /// significant digits, which a Number attribute and an `f64` both hold exactly, so a `tat`
@@ -87,6 +89,9 @@ pub struct BudgetState {
     pub version: u64,
     /// The theoretical arrival time of the next slot, seconds since the Unix epoch.
     pub tat: f64,
+    /// The contention spread the last lease wrote, seconds ([`rules::widen`]): lessees that
+    /// wait for room start from it, so they learn together how many wait with them.
+    pub spread: f64,
 }
 
 /// A conditional write to the budget item. The store applies it only if its condition holds.
@@ -95,7 +100,8 @@ pub enum Update {
     /// Creates the item if it does not exist.
     Create(BudgetState),
     /// Leases slots. Condition: `version = version` and the shape's condition on `tat`.
-    /// `factor`: a new factor to write (then `version + 1`).
+    /// `factor`: a new factor to write (then `version + 1`): raised by successes, or lowered
+    /// by a throttle (then the bucket is emptied too; the shape is `Exact`). `SET spread`.
     Lease {
         /// The version the lease was computed under.
         version: u64,
@@ -103,6 +109,8 @@ pub enum Update {
         shape: Shape,
         /// A raised factor, if the lease carries successes.
         factor: Option<f64>,
+        /// The lessee's contention spread, seconds.
+        spread: f64,
     },
     /// Returns unused slots. Condition: `version = version AND tat = expected_tat`.
     GiveBack {
@@ -111,18 +119,6 @@ pub enum Update {
         /// `tat` right after the lease (no one leased since).
         expected_tat: f64,
         /// `tat` without the returned slots.
-        new_tat: f64,
-    },
-    /// Lowers the factor after a throttle and empties the bucket: `SET factor, version + 1,
-    /// tat = new_tat`. Condition: `version = version AND tat = expected_tat`.
-    Decrease {
-        /// The version the throttled slot was leased under.
-        version: u64,
-        /// The new factor.
-        factor: f64,
-        /// `tat` as read.
-        expected_tat: f64,
-        /// The rescaled `tat`, at least the empty bucket's.
         new_tat: f64,
     },
     /// The operator's change: `SET rate, burst, version + 1, tat = new_tat`. Condition:
@@ -188,18 +184,42 @@ pub trait Store: Send + Sync {
     async fn write(&self, key: &str, update: &Update) -> Result<Written, StoreError>;
 }
 
+/// What a lessee asks of the budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseAsk {
+    /// Now, seconds since the epoch (the lessee's clock).
+    pub now: f64,
+    /// The slots it wants ([`rules::lease_size`] caps them); 0: none, only what it carries.
+    pub want: u64,
+    /// The latest a slot may be released and still be used, seconds since the epoch (the
+    /// caller's cutoff; `f64::INFINITY`: none). A lease holds no slot released after it.
+    pub latest: f64,
+    /// Successes of the budget's current version since its last lease (they raise the factor).
+    pub successes: u64,
+    /// The version a throttled slot was leased under, not yet written (a decrease).
+    pub throttled: Option<u64>,
+    /// Starts made on the static split, to repay to the budget.
+    pub debt: u64,
+    /// The lessee's contention spread, seconds (written with the lease).
+    pub spread: f64,
+}
+
 /// What to do to get slots.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeasePlan {
-    /// Write this lease of `slots` slots.
+    /// Write this lease of `slots` slots, which also books `repaid` starts of the static split.
     Lease {
         /// The conditional write.
         update: Update,
         /// Slots it leases.
         slots: u64,
+        /// Starts of the static split it books.
+        repaid: u64,
     },
     /// No slot fits within the horizon before this time (seconds since the epoch).
     WaitUntil(f64),
+    /// Nothing to write (no slot wanted, nothing carried).
+    Nothing,
 }
 
 impl BudgetState {
@@ -211,6 +231,7 @@ impl BudgetState {
             factor: 1.0,
             version: 1,
             tat: 0.0,
+            spread: 0.0,
         }
     }
 
@@ -229,60 +250,108 @@ impl BudgetState {
         self.effective_burst() / self.effective_rate()
     }
 
-    /// The lease of up to `want` slots at `now` (seconds since the epoch), carrying
-    /// `successes` of this version since the lessee's last lease.
-    pub fn plan_lease(&self, now: f64, want: u64, successes: u64) -> LeasePlan {
+    /// The lease `ask` calls for: up to `ask.want` slots ([`rules::lease_size`]), carrying its
+    /// successes (a raised factor), a throttle of this version (a lowered factor and an emptied
+    /// bucket) and the static split's starts to repay.
+    pub fn plan_lease(&self, ask: &LeaseAsk) -> LeasePlan {
+        let now = ask.now;
+        let decrease = ask.throttled == Some(self.version);
+        let factor = match decrease {
+            true => Some((self.factor * DECREASE_FACTOR).max(MIN_RATE_FRACTION)),
+            false => self.raised_factor(ask.successes),
+        };
         let mut next = self.clone();
-        let factor = self.raised_factor(successes);
         if let Some(f) = factor {
             next.factor = f;
         }
         let r = next.effective_rate();
-        let start = self.tat.max(now);
+        let start = match decrease {
+            true => self.rescaled_tat(&next, now).max(now + next.tau()),
+            false => self.tat.max(now),
+        };
         let ahead = start - next.tau() - now;
-        if ahead > HORIZON_SECONDS / 2.0 {
+        let booked = ahead > HORIZON_SECONDS / 2.0;
+        if booked && !decrease {
             return LeasePlan::WaitUntil(start - next.tau() - HORIZON_SECONDS / 2.0);
         }
-        let cap = (r * LEASE_SECONDS).floor().max(1.0);
-        let n = (want.max(1) as f64).min(cap);
-        let delta = tick_up(n / r);
-        if factor.is_some() {
-            let rescaled = self.rescaled_tat(&next, now).max(now);
-            let shape = Shape::Exact {
-                expected: self.tat,
-                tat_after: tick(rescaled + delta),
-            };
-            let update = Update::Lease {
-                version: self.version,
-                shape,
-                factor,
-            };
-            return LeasePlan::Lease {
-                update,
-                slots: n as u64,
-            };
-        }
-        let now = tick(now);
-        let shape = if self.tat < now {
-            Shape::FromNow {
-                now,
-                tat_after: tick(now + delta),
-            }
-        } else {
-            Shape::Extend {
-                now,
-                limit: tick(now + HORIZON_SECONDS + next.tau()),
-                delta,
+        // A decrease is written even when no slot fits (then it leases none).
+        let n = match (ask.want, booked) {
+            (0, _) | (_, true) => 0,
+            (want, false) => {
+                let from = start.max(self.booked_from(&next, now));
+                rules::lease_size(want, r).min(self.slots_before(&next, from, now, ask.latest))
             }
         };
-        LeasePlan::Lease {
+        if n == 0 && factor.is_none() && ask.debt == 0 {
+            return LeasePlan::Nothing;
+        }
+        let delta = tick_up((n + ask.debt) as f64 / r);
+        let lease = |shape, slots| LeasePlan::Lease {
             update: Update::Lease {
                 version: self.version,
                 shape,
                 factor,
+                spread: tick(ask.spread),
             },
-            slots: n as u64,
+            slots,
+            repaid: ask.debt,
+        };
+        if factor.is_some() {
+            let base = match decrease {
+                true => start,
+                false => self.rescaled_tat(&next, now).max(self.booked_from(&next, now)),
+            };
+            let shape = Shape::Exact {
+                expected: self.tat,
+                tat_after: tick(base + delta),
+            };
+            return lease(shape, n);
         }
+        // Booked from `from`, not `now`: see [`BudgetState::booked_from`].
+        let from = tick(self.booked_from(&next, now));
+        let shape = if self.tat < from {
+            Shape::FromNow {
+                now: from,
+                tat_after: tick(from + delta),
+            }
+        } else {
+            Shape::Extend {
+                now: from,
+                limit: tick(now + HORIZON_SECONDS + next.tau()),
+                delta,
+            }
+        };
+        lease(shape, n)
+    }
+
+    /// When the next slot leased at `now` would be released, seconds since the epoch (no
+    /// earlier than `now`; rate changes a lease may carry aside).
+    pub fn next_release(&self, now: f64) -> f64 {
+        let start = self.tat.max(self.booked_from(self, now));
+        (start + 1.0 / self.effective_rate() - self.tau()).max(now)
+    }
+
+    /// How many slots booked from `start` (at the rate and burst of `next`) are released by
+    /// `latest` (slot `j` at `max(now, start + j/r − τ)`).
+    fn slots_before(&self, next: &BudgetState, start: f64, now: f64, latest: f64) -> u64 {
+        let first_due = start - next.tau();
+        let span = latest - first_due.max(now);
+        if span < 0.0 {
+            return 0;
+        }
+        let behind = (now - first_due).max(0.0);
+        ((span + behind) * next.effective_rate())
+            .floor()
+            .clamp(0.0, u64::MAX as f64) as u64
+    }
+
+    /// Where a lease at `now` books from at the least: `now + min(MAX_SKEW, τ)`. An instance
+    /// whose clock is behind by up to [`rules::MAX_SKEW`] would otherwise book slots in the
+    /// true past, where a full bucket does not count them. In a busy budget `tat ≥ now + τ`
+    /// already, so this costs nothing; from a full bucket it costs up to `r × MAX_SKEW` of the
+    /// burst, once.
+    fn booked_from(&self, next: &BudgetState, now: f64) -> f64 {
+        now + rules::MAX_SKEW.as_secs_f64().min(next.tau())
     }
 
     /// The factor raised by `successes` (`None` when it stays as it is).
@@ -294,30 +363,16 @@ impl BudgetState {
         Some(raised.min(1.0))
     }
 
-    /// Release times (seconds since the epoch) of the last `n` slots leased, given this state
-    /// right after the lease (its `tat` is the lease's `tat'`), leased at `now`.
-    pub fn release_times(&self, n: u64, now: f64) -> Vec<f64> {
+    /// Release times (seconds since the epoch) of `n` slots leased right before the last
+    /// `repaid` (the static split's starts booked with them), given this state right after the
+    /// lease (its `tat` is the lease's `tat'`), whose answer arrived at `answered`
+    /// ([`rules::release_at`]).
+    pub fn release_times(&self, n: u64, repaid: u64, answered: f64) -> Vec<f64> {
         let r = self.effective_rate();
         let tau = self.tau();
         (1..=n)
-            .map(|j| (self.tat - (n - j) as f64 / r - tau).max(now))
+            .map(|j| rules::release_at(self.tat - (n - j + repaid) as f64 / r - tau, answered))
             .collect()
-    }
-
-    /// The decrease after a throttle of a slot leased under `version`, at `now`; `None`
-    /// when that version is past (someone already decreased for this throttle).
-    pub fn plan_decrease(&self, version: u64, now: f64) -> Option<Update> {
-        if version != self.version {
-            return None;
-        }
-        let factor = (self.factor * DECREASE_FACTOR).max(MIN_RATE_FRACTION);
-        let after = BudgetState { factor, ..self.clone() };
-        Some(Update::Decrease {
-            version,
-            factor,
-            expected_tat: self.tat,
-            new_tat: tick(self.rescaled_tat(&after, now).max(now + after.tau())),
-        })
     }
 
     /// The operator's change to `rate_per_second` and `burst`, at `now`, keeping the level.
@@ -373,7 +428,12 @@ impl BudgetState {
         let mut next = s.clone();
         match update {
             Update::Create(_) => return refused(),
-            Update::Lease { version, shape, factor } => {
+            Update::Lease {
+                version,
+                shape,
+                factor,
+                spread,
+            } => {
                 if *version != s.version {
                     return refused();
                 }
@@ -390,6 +450,7 @@ impl BudgetState {
                     next.factor = *f;
                     next.version += 1;
                 }
+                next.spread = *spread;
             }
             Update::GiveBack {
                 version,
@@ -399,19 +460,6 @@ impl BudgetState {
                 if *version != s.version || s.tat != *expected_tat {
                     return refused();
                 }
-                next.tat = *new_tat;
-            }
-            Update::Decrease {
-                version,
-                factor,
-                expected_tat,
-                new_tat,
-            } => {
-                if *version != s.version || s.tat != *expected_tat {
-                    return refused();
-                }
-                next.factor = *factor;
-                next.version += 1;
                 next.tat = *new_tat;
             }
             Update::SetLimits {

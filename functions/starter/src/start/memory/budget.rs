@@ -21,7 +21,11 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<BudgetState>, StoreError> {
-        self.call(&[], || self.item(key)).await
+        self.call(&[], || {
+            self.count_budget_read();
+            self.item(key)
+        })
+        .await
     }
 
     async fn write(&self, key: &str, update: &Update) -> Result<Written, StoreError> {
@@ -31,9 +35,18 @@ impl Store for MemoryStore {
         }];
         self.call(&writes, || {
             let mut items = lock(&self.budgets);
+            let before = items.get(key).map(|s| s.factor);
             let written = BudgetState::apply(items.get(key), update);
-            if let Written::Applied(state) = &written {
-                items.insert(key.to_string(), state.clone());
+            match &written {
+                Written::Applied(state) => {
+                    let lowered = before.is_some_and(|f| state.factor < f);
+                    self.count_budget(|c| {
+                        c.applied += 1;
+                        c.decreases += u64::from(lowered);
+                    });
+                    items.insert(key.to_string(), state.clone());
+                }
+                Written::Refused(_) => self.count_budget(|c| c.refused += 1),
             }
             written
         })

@@ -15,12 +15,14 @@
 //!   applied), lost answers (applied, the answer lost), throttles (not applied), drawn from a
 //!   seeded generator.
 //!
-//! What it leaves out: read capacity (3,000 read units per item per second: the function reads
-//! far less), a network between callers (a call is applied halfway through its latency),
-//! DynamoDB's adaptive capacity and partition splits, TTL deletion (expired items stay:
-//! DynamoDB's TTL deletes them up to days late anyway), and the write capacity of a global
-//! secondary index's partitions (the cap's index spreads its writes over 16 of them), whose
-//! queries it answers at once (DynamoDB's are eventually consistent).
+//! What it leaves out: read capacity (3,000 read units per item per second), which it counts
+//! but does not enforce ([`MemoryStore::busiest_budget_reads`]: the benchmarks report it), a
+//! network between callers (a call is applied halfway through its latency), DynamoDB's adaptive
+//! capacity and partition splits, TTL deletion (expired items stay: DynamoDB's TTL deletes them
+//! up to days late anyway), and the write capacity of a global secondary index's partitions (the
+//! cap's index spreads its writes over 16 of them), whose queries it answers at once (DynamoDB's
+//! are eventually consistent). Clock skew is not the table's: it is the lessee's
+//! (`start::clock::Clock::skewed`).
 
 pub mod budget;
 pub mod claims;
@@ -79,13 +81,49 @@ impl Default for TableFaults {
     }
 }
 
-/// What happened to a call, drawn before it runs.
+impl TableFaults {
+    /// A table as a real one can be: 10 – 30 ms per call, 3 % of answers 150 ms late (applied on
+    /// time), 1 % 500s, 1 % lost answers (applied), 1 % throttled; DynamoDB's per-item write
+    /// limit. The unit tests, the chaos test and the benchmarks use it.
+    pub fn faulty() -> TableFaults {
+        TableFaults {
+            latency_min: Duration::from_millis(10),
+            latency_max: Duration::from_millis(30),
+            slow_probability: 0.03,
+            slow_delay: Duration::from_millis(150),
+            error_500_probability: 0.01,
+            lost_answer_probability: 0.01,
+            throttle_probability: 0.01,
+            ..TableFaults::default()
+        }
+    }
+}
+
+/// What happens to a call besides its latency: drawn from [`TableFaults`], or scripted for the
+/// next calls ([`MemoryStore::inject_next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub enum Fault {
+    /// Applied on time, answered [`TableFaults::slow_delay`] late.
     Slow,
+    /// A 500, not applied.
     Error500,
+    /// Applied, the answer lost.
     Lost,
+    /// A `ThrottlingException`, not applied.
     Throttle,
+}
+
+/// What the budget's writes did ([`MemoryStore::budget_counts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetCounts {
+    /// Reads (GetItem).
+    pub reads: u64,
+    /// Writes applied.
+    pub applied: u64,
+    /// Writes refused by their condition (they consume write units too).
+    pub refused: u64,
+    /// Applied writes that lowered the shared factor (after a throttle).
+    pub decreases: u64,
 }
 
 /// One write a call makes: the item's partition key and the write units it consumes.
@@ -111,6 +149,11 @@ struct Counts {
     units: HashMap<String, HashMap<u64, u64>>,
     /// Faults injected, and writes throttled for the per-item limit.
     injected: HashMap<&'static str, u64>,
+    /// The budget's reads and writes.
+    budget: BudgetCounts,
+    /// The budget's reads, by whole second since the table was made (an item takes 3,000 read
+    /// units a second).
+    budget_reads: HashMap<u64, u64>,
 }
 
 /// The in-memory table.
@@ -121,6 +164,8 @@ pub struct MemoryStore {
     pub(crate) claim_writes: AtomicU64,
     pub(crate) running: Mutex<HashMap<String, crate::start::running::Item>>,
     faults: Mutex<TableFaults>,
+    /// Faults of the next calls, in order, before the drawn ones (`None`: no fault).
+    scripted: Mutex<std::collections::VecDeque<Option<Fault>>>,
     failure: Mutex<Option<String>>,
     rng: Mutex<StdRng>,
     capacity: Mutex<HashMap<String, Capacity>>,
@@ -149,6 +194,7 @@ impl MemoryStore {
             claim_writes: AtomicU64::new(0),
             running: Mutex::default(),
             faults: Mutex::new(TableFaults::default()),
+            scripted: Mutex::default(),
             failure: Mutex::new(None),
             rng: Mutex::new(StdRng::from_os_rng()),
             capacity: Mutex::default(),
@@ -183,6 +229,34 @@ impl MemoryStore {
     /// Changes the latency and faults of the calls that start from now on.
     pub fn set_faults(&self, faults: TableFaults) {
         *lock(&self.faults) = faults;
+    }
+
+    /// The next calls get these faults, in order (`None`: none), whatever [`TableFaults`] draws;
+    /// then the draws resume. A test's way to inject exactly one 500 or one lost answer.
+    pub fn inject_next(&self, faults: &[Option<Fault>]) {
+        lock(&self.scripted).extend(faults.iter().copied());
+    }
+
+    /// What the budget's reads and writes did.
+    pub fn budget_counts(&self) -> BudgetCounts {
+        lock(&self.counts).budget
+    }
+
+    pub(crate) fn count_budget(&self, f: impl FnOnce(&mut BudgetCounts)) {
+        f(&mut lock(&self.counts).budget);
+    }
+
+    pub(crate) fn count_budget_read(&self) {
+        let second = Instant::now().saturating_duration_since(self.made).as_secs();
+        let mut counts = lock(&self.counts);
+        counts.budget.reads += 1;
+        *counts.budget_reads.entry(second).or_default() += 1;
+    }
+
+    /// The most reads of the budget in one second (strongly consistent reads of a small item:
+    /// one read unit each; an item takes 3,000 a second).
+    pub fn busiest_budget_reads(&self) -> u64 {
+        lock(&self.counts).budget_reads.values().copied().max().unwrap_or(0)
     }
 
     /// From now on every call fails with `message` (`None`: calls succeed again): the table is
@@ -276,6 +350,9 @@ impl MemoryStore {
             if fault.is_none() && draw < edge {
                 fault = Some(which);
             }
+        }
+        if let Some(scripted) = lock(&self.scripted).pop_front() {
+            fault = scripted;
         }
         if let Some(which) = fault {
             self.count(match which {
