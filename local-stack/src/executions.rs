@@ -182,7 +182,9 @@ impl Executions {
         };
         state.by_name.insert(name.to_string(), state.runs.len());
         state.runs.push(run);
-        let Some(bridge) = lock(&self.events).clone() else { return };
+        let Some(bridge) = lock(&self.events).clone() else {
+            return;
+        };
         let (arn, machine, name) = (self.arn(name), self.state_machine_arn.clone(), name.to_string());
         let start_ms = self.clock.now_ms();
         let stop_ms = start_ms + duration.as_millis() as u64;
@@ -473,11 +475,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn executions_run_for_their_duration_and_keep_their_name() {
-        let sfn = Executions::new(ARN, Durations::Fixed(Duration::from_secs(10)), EpochClock::at(0), 1)
-            .with_quota(2, 1.0);
+        let sfn =
+            Executions::new(ARN, Durations::Fixed(Duration::from_secs(10)), EpochClock::at(0), 1).with_quota(2, 1.0);
         let arn = sfn.start_execution(&request("a", "{}")).await.unwrap().execution_arn;
         assert_eq!(arn, "arn:aws:states:us-east-1:123456789012:execution:sim:a");
-        assert_eq!(sfn.start_execution(&request("a", "{}")).await.unwrap().execution_arn, arn);
+        assert_eq!(
+            sfn.start_execution(&request("a", "{}")).await.unwrap().execution_arn,
+            arn
+        );
         let throttled = sfn.start_execution(&request("b", "{}")).await.unwrap_err();
         assert!(matches!(throttled, StartError::Service { code, .. } if code == "ThrottlingException"));
         assert_eq!(

@@ -697,7 +697,11 @@ mod tests {
         assert_eq!(back.len(), 1);
         let attribute = &back[0].message_attributes["sfn-pacer.message-id"];
         assert_eq!(attribute.string_value.as_deref(), Some("first"));
-        assert_eq!(q.receives_by_origin()["first"], 1, "counted for the message it was re-sent from");
+        assert_eq!(
+            q.receives_by_origin()["first"],
+            1,
+            "counted for the message it was re-sent from"
+        );
         assert_eq!(q.requests()["SendMessageBatch"], 1);
     }
 

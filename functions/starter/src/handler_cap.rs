@@ -196,10 +196,11 @@ impl Invocation<'_> {
             });
         }
         if age < settle {
-            // A concurrent delivery may still be starting it, and give the slot back.
+            // A concurrent delivery may still be starting it, and give the slot back. It waits on
+            // the cap's slot: before its last receive it is re-sent, like any message at the cap.
             return Gate::Stop(Attempt::Retry {
                 reason: format!("another delivery is starting {name}"),
-                comeback: Comeback::At(Instant::now() + settle - age),
+                comeback: Comeback::AtCap(Some(Instant::now() + settle - age)),
             });
         }
         // Standard: StartExecution returns the running execution, or ExecutionAlreadyExists.

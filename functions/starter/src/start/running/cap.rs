@@ -6,7 +6,8 @@
 //! - a take writes only to a shard the instance believes has room; while none has, a take is
 //!   refused without a call, and the view is read again at most every [`REFRESH`];
 //! - a take refused on its shard updates the view from the refusal (the shard as it is) and tries
-//!   another shard, at most [`TAKE_TRIES`] writes per take;
+//!   another shard, at most [`TAKE_TRIES`] writes per take; so does a take throttled or whose
+//!   answer was lost (found again by its `taken_at`);
 //! - every table call is bounded by the call timeout and the caller's `latest`;
 //! - concurrent takes of one instance spread over shards: a take counts its slot in the view
 //!   before its write, and corrects it from the answer.
@@ -22,7 +23,7 @@ use super::{execution_arn, rebalance, seed, CapView, Found, Holder, HolderState,
 use crate::config::{Config, RunningCap, WorkflowType};
 use crate::start::claim::scope;
 use crate::start::clock::EpochClock;
-use crate::start::table::{bounded, StoreError};
+use crate::start::table::{bounded, StoreError, StoreErrorKind};
 
 /// A view without room is read again after this long, when a take needs a slot.
 pub const REFRESH: Duration = Duration::from_millis(200);
@@ -30,6 +31,33 @@ pub const REFRESH: Duration = Duration::from_millis(200);
 pub const TAKE_TRIES: usize = 4;
 /// A starter runs a reclaim sweep at most this often, when it finds the cap full.
 pub const STARTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A take's pause before it tries again after a throttle or a lost answer, at least; up to twice it.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether a failed call may succeed if made again now: throttled, or no answer (not the
+/// caller's deadline, not a permanent failure).
+fn retryable(e: &StoreError) -> bool {
+    matches!(e.kind, StoreErrorKind::Throttled | StoreErrorKind::Unknown)
+}
+
+async fn pause() {
+    let jitter = rand::rng().random_range(1.0..2.0);
+    tokio::time::sleep(RETRY_PAUSE.mul_f64(jitter)).await;
+}
+
+/// The slot of a holder a refusal found, when this take wrote it (a write whose answer was lost,
+/// taken at one of `unanswered`).
+fn ours(found: &[Found], unanswered: &[u64]) -> Option<Slot> {
+    found.iter().find_map(|f| match f {
+        Found::Holder(Some(h)) if h.state == HolderState::Held && unanswered.contains(&h.taken_at_ms) => Some(Slot {
+            name: h.name.clone(),
+            shard: h.shard,
+            taken_at_ms: h.taken_at_ms,
+        }),
+        _ => None,
+    })
+}
 
 /// A slot taken by this instance, to keep or give back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,10 +207,22 @@ impl Cap {
 
     /// Takes a slot for the execution `name` (of `attempt`: 0, or one more than a tombstone's to
     /// count a new Express execution of that name), unless it would wait past `latest`.
+    ///
+    /// A write the table refused for capacity, or whose answer was lost, is tried again (after a
+    /// short pause, on a shard picked again), within [`TAKE_TRIES`] writes: a lost answer's write
+    /// may have been applied, and then the next one finds the holder it wrote (its `taken_at`),
+    /// which is this take's slot.
     pub async fn take(&self, name: &str, attempt: u32, latest: Instant) -> Taken {
+        let mut unanswered: Vec<u64> = Vec::new();
+        let mut failure = None;
         for _ in 0..TAKE_TRIES {
             let view = match self.current(latest).await {
                 Ok(view) => view,
+                Err(e) if retryable(&e) => {
+                    failure = Some(e);
+                    pause().await;
+                    continue;
+                }
                 Err(e) => return Taken::Failed(e),
             };
             let Some(shard) = self.reserve() else {
@@ -206,15 +246,29 @@ impl Cap {
                 }
                 Ok(Written::Refused(found)) => {
                     self.unreserve(shard);
+                    if let Some(slot) = ours(&found, &unanswered) {
+                        return Taken::Now(slot);
+                    }
                     if let Some(taken) = self.note(&found) {
                         return taken;
                     }
+                }
+                Err(e) if retryable(&e) => {
+                    self.unreserve(shard);
+                    if e.kind != StoreErrorKind::Throttled {
+                        unanswered.push(holder.taken_at_ms);
+                    }
+                    failure = Some(e);
+                    pause().await;
                 }
                 Err(e) => {
                     self.unreserve(shard);
                     return Taken::Failed(e);
                 }
             }
+        }
+        if let Some(e) = failure {
+            return Taken::Failed(e);
         }
         let view = self.seen();
         Taken::Full {

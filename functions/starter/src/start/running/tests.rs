@@ -19,6 +19,7 @@ use crate::start::clock::EpochClock;
 use crate::start::memory::MemoryStore;
 use crate::start::pace::Pacer;
 use crate::start::pacing::Pacing;
+use crate::start::table::StoreError;
 
 const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:orders";
 const KEY: &str = "orders";
@@ -254,6 +255,83 @@ async fn a_full_cap_refuses_without_a_call_until_its_view_is_stale() {
     tokio::time::advance(super::cap::REFRESH).await;
     assert!(matches!(take(&cap, "c").await, Taken::Full { .. }));
     assert_eq!(store.calls(), calls + 1, "a stale view is read once");
+}
+
+/// What the next writes through a [`Scripted`] store come to.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// Applied, and the answer lost.
+    Lost,
+    /// Throttled, not applied.
+    Throttled,
+}
+
+/// The in-memory table, with scripted failures of the next writes.
+struct Scripted {
+    inner: Arc<MemoryStore>,
+    next: Mutex<Vec<Next>>,
+}
+
+#[async_trait]
+impl RunningStore for Scripted {
+    async fn write(&self, key: &str, write: &Write) -> Result<Written, StoreError> {
+        let next = self.next.lock().unwrap().pop();
+        match next {
+            None => self.inner.write(key, write).await,
+            Some(Next::Throttled) => Err(StoreError::throttled("ThrottlingException")),
+            Some(Next::Lost) => {
+                self.inner.write(key, write).await?;
+                Err(StoreError::unknown("connection reset"))
+            }
+        }
+    }
+    async fn view(&self, key: &str) -> Result<Option<CapView>, StoreError> {
+        self.inner.view(key).await
+    }
+    async fn holder(&self, key: &str, scope: &str, name: &str) -> Result<Option<Holder>, StoreError> {
+        self.inner.holder(key, scope, name).await
+    }
+    async fn due(&self, key: &str, now_s: u64, limit: usize) -> Result<Vec<Holder>, StoreError> {
+        self.inner.due(key, now_s, limit).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_take_whose_answer_is_lost_or_throttled_tries_again_and_finds_its_own_slot() {
+    let store = Arc::new(MemoryStore::new());
+    let scripted = Arc::new(Scripted {
+        inner: store.clone(),
+        next: Mutex::new(vec![]),
+    });
+    let cap = Cap::new(scripted.clone(), &config(5, &[]), EpochClock::at(T0_MS)).unwrap();
+    let script = |next: Vec<Next>| *scripted.next.lock().unwrap() = next;
+    assert!(matches!(take(&cap, "warm").await, Taken::Now(_)), "the view is read");
+    // The first write is applied and its answer lost: the second finds the holder it wrote.
+    script(vec![Next::Lost]);
+    let Taken::Now(slot) = take(&cap, "a").await else {
+        panic!("a lost answer is not a failure of the take")
+    };
+    let holder = store.holder(KEY, "orders", "a").await.unwrap().unwrap();
+    assert_eq!((holder.shard, holder.taken_at_ms), (slot.shard, slot.taken_at_ms));
+    assert_eq!((held(&store), counted(&store).await), (2, 2), "one slot for a, not two");
+    // Throttled twice, then through.
+    script(vec![Next::Throttled, Next::Throttled]);
+    assert!(matches!(take(&cap, "b").await, Taken::Now(_)));
+    assert_eq!((held(&store), counted(&store).await), (3, 3));
+    // Throttled at every try: a failure, after TAKE_TRIES writes, nothing held.
+    script(vec![Next::Throttled; super::cap::TAKE_TRIES + 1]);
+    assert!(
+        matches!(take(&cap, "c").await, Taken::Failed(e) if e.kind == crate::start::table::StoreErrorKind::Throttled)
+    );
+    assert_eq!(scripted.next.lock().unwrap().len(), 1, "bounded");
+    assert_eq!(held(&store), 3);
+    // An unreachable table: a failure after a bounded number of calls.
+    script(vec![]);
+    store.set_failure(Some("connection refused"));
+    let calls = store.calls();
+    assert!(matches!(take(&cap, "d").await, Taken::Failed(_)));
+    let made = store.calls() - calls;
+    assert!(made <= 2 * super::cap::TAKE_TRIES as u64, "{made}");
 }
 
 #[tokio::test(start_paused = true)]
