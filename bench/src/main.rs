@@ -12,7 +12,8 @@
 //!   sharing the account, instances replaced, a foreign caller, a rate change, table calls;
 //! - `batch`: batch executions (`MESSAGES_PER_EXECUTION`): messages per second against the
 //!   refill, the coordination table per message, enqueue → start, the bill per million;
-//! - `sensitivity`: the drain at a fixed BatchSize (the tail of large batches).
+//! - `sensitivity`: the drain at a fixed BatchSize (the tail of large batches);
+//! - `running`: the cap on running executions (`MAX_RUNNING_EXECUTIONS`), in simulated time.
 //!
 //! Writes `results.md`, `results.json` and `drain.svg` (and `drain.png` with the `png`
 //! feature) into `--out`. Every run is bounded in time; see `--help` for the knobs.
@@ -28,6 +29,7 @@ mod cpu;
 mod drain;
 mod pacing;
 mod report;
+mod running;
 mod shared;
 mod stats;
 
@@ -55,13 +57,17 @@ struct Cli {
     out: PathBuf,
     /// Sections to run, comma-separated: capacity, drain, sensitivity (the drain's sensitivity
     /// to BatchSize), pacing, cost, bootstrap, shared (the shared budget against the static
-    /// split), batch (batch executions, MESSAGES_PER_EXECUTION).
+    /// split), batch (batch executions, MESSAGES_PER_EXECUTION), running (the cap on running
+    /// executions, MAX_RUNNING_EXECUTIONS).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,batch"
+        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,batch,running"
     )]
     sections: Vec<String>,
+    /// The `running` section's runs, by number (1 to 7; see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    running_runs: Vec<usize>,
     /// The `batch` section's MESSAGES_PER_EXECUTION values (1 to 99).
     #[arg(long, value_delimiter = ',', default_value = "1,10,25")]
     messages_per_execution: Vec<usize>,
@@ -359,6 +365,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         wants("bootstrap") as usize,
         shared_plans.len() + shared_probes,
         batch_plans.len(),
+        if wants("running") { cli.running_runs.len() } else { 0 },
     ]
     .iter()
     .sum::<usize>();
@@ -562,6 +569,26 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         overall.inc(1);
     }
     results.settings = Some(settings);
+
+    if wants("running") {
+        let plans = running::plans();
+        for &n in &cli.running_runs {
+            let plan = plans
+                .get(n.wrapping_sub(1))
+                .ok_or_else(|| format!("--running-runs: {n} is not 1 to {}", plans.len()))?;
+            overall.set_message(format!("running: {}", plan.title));
+            let r = running::run(plan, cli.seed)?;
+            note(
+                &overall,
+                format!(
+                    "running {}: {:.2}/s of {:.2}/s, peak {} of {}, receives {:.2} (all {:.2}), busiest item {} WCU/s, {:.0} s simulated in {:.0} s",
+                    plan.title, r.throughput, r.bound, r.peak, plan.cap, r.receives.0, r.receives_all.0, r.busiest.1, r.seconds.0, r.seconds.1
+                ),
+            );
+            results.running.push(r);
+            overall.inc(1);
+        }
+    }
 
     if wants("pacing") {
         for &target in &cli.pacing_targets {

@@ -440,6 +440,8 @@ pub struct Results {
     pub probes: Vec<Probe>,
     /// Batch executions (`MESSAGES_PER_EXECUTION`).
     pub batches: Vec<crate::batch::BatchRun>,
+    /// The cap on running executions (`MAX_RUNNING_EXECUTIONS`).
+    pub running: Vec<crate::running::CapRun>,
 }
 
 pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
@@ -587,6 +589,9 @@ impl Results {
         }
         if !self.batches.is_empty() {
             crate::batch::markdown(&mut md, &self.batches, self.settings.as_ref());
+        }
+        if !self.running.is_empty() {
+            crate::running::markdown(&mut md, &self.running);
         }
         if let Some(b) = &self.bootstrap {
             let _ = writeln!(md, "## Bootstrap\n");
@@ -787,6 +792,7 @@ impl Results {
             "shared": shared_runs,
             "shared_probes": probes,
             "batch": crate::batch::json(&self.batches),
+            "running": crate::running::json(&self.running),
             "sensitivity": sensitivity,
             "machine": self.machine,
             "capacity": self.capacity.as_ref().map(|c| json!({

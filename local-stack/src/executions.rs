@@ -166,6 +166,11 @@ impl Executions {
         peak_running(&intervals)
     }
 
+    /// The epoch milliseconds of `at` (an offset from the origin, as in [`Run`]).
+    pub fn epoch_ms(&self, at: Duration) -> u64 {
+        self.clock.ms_at(self.origin + at)
+    }
+
     fn arn(&self, name: &str) -> String {
         execution_arn(&self.state_machine_arn, name)
     }
@@ -258,7 +263,7 @@ impl DescribeExecution for Executions {
             Some(run) if run.stop > now => Described::Running { redrive_count: 0 },
             Some(run) => Described::Ended {
                 redrive_count: 0,
-                stop_ms: Some(self.clock.ms_at(self.origin + run.stop)),
+                stop_ms: Some(self.epoch_ms(run.stop)),
             },
         })
     }
@@ -328,6 +333,8 @@ pub struct Delivered {
     pub freed: u64,
     /// Deliveries that freed nothing (`"outcome": "Duplicate"`).
     pub duplicates: u64,
+    /// Lambda milliseconds the invocations would be billed (each rounded up to the millisecond).
+    pub billed_ms: u64,
 }
 
 /// Delivers events to a function as EventBridge does (see the module's doc).
@@ -375,10 +382,12 @@ impl EventBridge {
     async fn deliver(&self, event: Value) {
         let mut retries = ASYNC_RETRIES.iter();
         loop {
+            let began = Instant::now();
             let answer = invoke(&self.to, event.clone()).await;
             let done = {
                 let mut stats = lock(&self.stats);
                 stats.invocations += 1;
+                stats.billed_ms += began.elapsed().as_nanos().div_ceil(1_000_000) as u64;
                 match &answer {
                     Ok(answer) => {
                         stats.freed += u64::from(answer["outcome"] == "Freed");

@@ -43,6 +43,9 @@ pub use crate::esm::in_process::Kill;
 use crate::esm::runner::{self as esm, EsmConfig, QueueCounts, ReceiptEntry};
 use crate::moto::REGION;
 
+/// The key of [`SimQueue::requests`] for the receives that returned nothing.
+pub const EMPTY_RECEIVES: &str = "ReceiveMessage (empty)";
+
 /// How often a long poll looks for visible messages again, while none are.
 const LONG_POLL_STEP: Duration = Duration::from_millis(20);
 
@@ -99,6 +102,8 @@ struct State {
     receive_counts: HashMap<String, u32>,
     /// Receives of each first message, its re-sent copies' included.
     receives_by_origin: HashMap<String, u32>,
+    /// The first id of each re-sent message.
+    origins: HashMap<String, String>,
     /// Requests made, by SQS API.
     requests: BTreeMap<&'static str, u64>,
 }
@@ -184,6 +189,9 @@ impl SimQueue {
             .get(MESSAGE_ID_ATTRIBUTE)
             .and_then(|a| a.string_value.clone())
             .unwrap_or_else(|| id.clone());
+        if origin != id {
+            s.origins.insert(id.clone(), origin.clone());
+        }
         let message = SimMessage {
             id: id.clone(),
             group,
@@ -293,6 +301,11 @@ impl SimQueue {
         self.lock().receive_counts.get(id).copied().unwrap_or(0)
     }
 
+    /// The first id of the message `id` (a re-sent message's `sfn-pacer.message-id`, else `id`).
+    pub fn origin(&self, id: &str) -> String {
+        self.lock().origins.get(id).cloned().unwrap_or_else(|| id.to_string())
+    }
+
     /// How often each first message was received, its re-sent copies' receives included.
     pub fn receives_by_origin(&self) -> HashMap<String, u32> {
         self.lock().receives_by_origin.clone()
@@ -338,12 +351,16 @@ impl esm::Queue for SimQueue {
     /// Waits up to `wait` for a visible message, as a long poll does (to the millisecond, where
     /// SQS takes whole seconds).
     async fn receive(&self, max_messages: i32, wait: Duration) -> Result<Vec<ReceivedMessage>, String> {
-        self.count("ReceiveMessage");
         let max = usize::try_from(max_messages.clamp(1, 10)).unwrap_or(10);
         let deadline = Instant::now() + wait.min(Duration::from_secs(20));
         loop {
             let messages = SimQueue::receive(self, max);
             if !messages.is_empty() || Instant::now() >= deadline {
+                // The pollers' empty receives apart: they poll whether or not messages wait.
+                self.count(match messages.is_empty() {
+                    true => EMPTY_RECEIVES,
+                    false => "ReceiveMessage",
+                });
                 return Ok(messages);
             }
             tokio::time::sleep(LONG_POLL_STEP.min(deadline - Instant::now())).await;
@@ -533,6 +550,8 @@ pub struct RunReport {
     pub function: sfn_pacer::metrics::Report,
     /// Invocations killed part-way ([`Kill`]).
     pub killed: u64,
+    /// The messages of those invocations, by first id (a receive of each ended in a crash).
+    pub killed_messages: Vec<String>,
     /// Wall time from the start to the queue being drained (or `max_run`).
     pub elapsed: Duration,
     /// Whether the queue was drained.
@@ -584,6 +603,7 @@ pub async fn drive_with_kills(
         reported: summary.reported_failures,
         function: invoker.totals(),
         killed: invoker.killed(),
+        killed_messages: invoker.killed_messages(),
         elapsed: Duration::from_secs_f64(summary.elapsed_seconds),
         drained: queue.is_drained(),
     }

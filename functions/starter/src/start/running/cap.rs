@@ -32,13 +32,21 @@ pub const TAKE_TRIES: usize = 4;
 /// A starter runs a reclaim sweep at most this often, when it finds the cap full.
 pub const STARTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A Standard slot is first checked after this many times the mean time a slot is held ...
+pub const FIRST_CHECK_MEANS: f64 = 3.0;
+/// ... and no sooner than this after its take (nor later than `RUNNING_EXPIRY_SECONDS`).
+pub const MIN_FIRST_CHECK: Duration = Duration::from_secs(60);
+
 /// A take's pause before it tries again after a throttle or a lost answer, at least; up to twice it.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
-/// Whether a failed call may succeed if made again now: throttled, or no answer (not the
-/// caller's deadline, not a permanent failure).
+/// Whether a failed call may succeed if made again now: throttled, or no answer (a 5xx, a reset,
+/// or the call timeout; not a permanent failure). The caller's own deadline stops the next call.
 fn retryable(e: &StoreError) -> bool {
-    matches!(e.kind, StoreErrorKind::Throttled | StoreErrorKind::Unknown)
+    matches!(
+        e.kind,
+        StoreErrorKind::Throttled | StoreErrorKind::Unknown | StoreErrorKind::Deadline
+    )
 }
 
 async fn pause() {
@@ -185,12 +193,18 @@ impl Cap {
         cache.rate.per_second(cap, self.settings.expiry)
     }
 
-    /// Whether a fresh message (first receive) may try for a slot now, or must join the line.
+    /// Whether `λ̂` is measured: an execution of the cap has ended (as last seen).
+    pub fn measured(&self) -> bool {
+        lock(&self.cache).rate.measured()
+    }
+
+    /// Whether a fresh message (first receive) may try for a slot now, or must join the line
+    /// (there is no line before `λ̂` is measured).
     pub fn admits_fresh(&self) -> bool {
         let rate = self.rate_per_second();
         let cache = lock(&self.cache);
         let Some(view) = &cache.view else { return true };
-        line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate)
+        !cache.rate.measured() || line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate)
     }
 
     /// Whether this instance should run a sweep now (at most one every [`STARTER_SWEEP_INTERVAL`]);
@@ -258,6 +272,9 @@ impl Cap {
                     if e.kind != StoreErrorKind::Throttled {
                         unanswered.push(holder.taken_at_ms);
                     }
+                    if Instant::now() >= latest {
+                        return Taken::Failed(e);
+                    }
                     failure = Some(e);
                     pause().await;
                 }
@@ -274,6 +291,42 @@ impl Cap {
         Taken::Full {
             held: view.as_ref().map_or(0, CapView::held),
             cap: view.map_or(0, |v| v.settings.cap),
+        }
+    }
+
+    /// Writes `write`, trying again after a throttle or a lost answer, within [`TAKE_TRIES`] writes
+    /// and `latest`; with whether an earlier try's answer was lost (it may have been applied: a
+    /// refusal may then be this write's own doing).
+    pub(super) async fn write_retrying(&self, write: &Write, latest: Instant) -> Result<(Written, bool), StoreError> {
+        let mut lost = false;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match bounded(self.call_timeout, latest, self.store.write(self.key(), write)).await {
+                Ok(written) => return Ok((written, lost)),
+                Err(e) if retryable(&e) && tries < TAKE_TRIES && Instant::now() < latest => {
+                    lost |= e.kind != StoreErrorKind::Throttled;
+                    pause().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a holder, trying again after a throttle or a lost answer, as [`Cap::write_retrying`].
+    pub(super) async fn holder_retrying(
+        &self,
+        scope: &str,
+        name: &str,
+        latest: Instant,
+    ) -> Result<Option<Holder>, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match bounded(self.call_timeout, latest, self.store.holder(self.key(), scope, name)).await {
+                Err(e) if retryable(&e) && tries < TAKE_TRIES && Instant::now() < latest => pause().await,
+                read => return read,
+            }
         }
     }
 
@@ -302,7 +355,7 @@ impl Cap {
         if k == 0 {
             return Vec::new();
         }
-        let rate = self.rate_per_second();
+        let rate = self.rate_per_second() * line::LINE_PACE;
         let mut seen = self.seen().and_then(|v| v.line);
         for _ in 0..3 {
             let now_ms = self.clock.now_ms();
@@ -450,7 +503,24 @@ impl Cap {
         }
     }
 
-    /// A held holder for `name` on `shard`, taken now, checked after `RUNNING_EXPIRY_SECONDS`.
+    /// When a slot taken now is first checked by the reclaim, from now: Express, after
+    /// `RUNNING_EXPIRY_SECONDS` (it is then released); Standard, after [`FIRST_CHECK_MEANS`] × the
+    /// mean time a slot is held, at least [`MIN_FIRST_CHECK`], at most `RUNNING_EXPIRY_SECONDS`
+    /// (before that mean is measured, the latter): a slot whose event was lost comes back a few
+    /// durations after its execution ended, not a fixed five minutes later, and an execution that
+    /// runs long is described about `log2(age / first check)` times (see the reclaim).
+    pub fn first_check(&self) -> Duration {
+        let expiry = self.settings.expiry;
+        let mean = lock(&self.cache).rate.mean_held();
+        match (self.express, mean) {
+            (false, Some(mean)) => mean
+                .mul_f64(FIRST_CHECK_MEANS)
+                .clamp(MIN_FIRST_CHECK.min(expiry), expiry),
+            _ => expiry,
+        }
+    }
+
+    /// A held holder for `name` on `shard`, taken now, first checked after [`Cap::first_check`].
     fn holder(&self, name: &str, shard: u32, attempt: u32) -> Holder {
         let taken_at_ms = self.clock.now_ms();
         Holder {
@@ -461,7 +531,7 @@ impl Cap {
             attempt,
             execution_arn: execution_arn(&self.state_machine_arn, name),
             taken_at_ms,
-            check_at_s: taken_at_ms.div_ceil(1000) + self.settings.expiry.as_secs(),
+            check_at_s: taken_at_ms.div_ceil(1000) + self.first_check().as_secs(),
             express: self.express,
             released_at_ms: None,
         }

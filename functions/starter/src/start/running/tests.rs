@@ -65,6 +65,42 @@ async fn counted(store: &MemoryStore) -> u64 {
     store.view(KEY).await.unwrap().map_or(0, |v| v.held())
 }
 
+/// Writes into `store` the history of a cap of `cap` slots (created if absent) under `key` whose one ended execution
+/// ran `busy_ms`: its completion rate is then measured (`C / D̄`).
+pub(crate) async fn history(store: &MemoryStore, key: &str, cap: u64, busy_ms: u64) {
+    let holder = Holder {
+        scope: "history".into(),
+        name: "ended".into(),
+        shard: 0,
+        state: HolderState::Held,
+        attempt: 0,
+        execution_arn: "arn:aws:states:us-east-1:123456789012:execution:history:ended".into(),
+        taken_at_ms: 0,
+        check_at_s: 0,
+        express: false,
+        released_at_ms: None,
+    };
+    let release = Write::Release {
+        scope: "history".into(),
+        name: "ended".into(),
+        shard: 0,
+        attempt: 0,
+        busy_ms,
+        released_at_ms: busy_ms,
+    };
+    // The cap may exist already.
+    store.write(key, &seed(cap)).await.unwrap();
+    for write in [
+        Write::Take {
+            holder,
+            above_cap: false,
+        },
+        release,
+    ] {
+        assert!(matches!(store.write(key, &write).await.unwrap(), Written::Applied(_)));
+    }
+}
+
 /// A status change event of the execution `name` of `state_machine_arn`, as EventBridge sends it
 /// (started at `T0_MS`, stopped 5 s later unless RUNNING).
 pub(crate) fn status_change(
@@ -164,6 +200,7 @@ async fn taking_and_freeing_are_idempotent() {
     );
     assert_eq!((held(&store), counted(&store).await), (1, 1));
     let latest = later();
+    tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(
         cap.on_status_change(&event("a", "SUCCEEDED", 0), latest).await.unwrap(),
         Released::Freed
@@ -181,7 +218,7 @@ async fn taking_and_freeing_are_idempotent() {
     );
     assert_eq!(counted(&store).await, 0);
     let view = store.view(KEY).await.unwrap().unwrap();
-    assert_eq!(view.freed(), (1, 5_000), "one release, held 5 s (start to stop)");
+    assert_eq!(view.freed(), (1, 5_000), "one release, held 5 s (take to release)");
     // The tombstone lives for the redrive window, and is out of the index.
     let tombstone = store
         .running_items(KEY)
@@ -192,7 +229,11 @@ async fn taking_and_freeing_are_idempotent() {
         })
         .unwrap();
     assert_eq!(tombstone.state, HolderState::Released);
-    assert_eq!(tombstone.expires_at_s(), Some(T0_MS / 1000 + TOMBSTONE_TTL.as_secs()));
+    assert_eq!(
+        tombstone.expires_at_s(),
+        Some(T0_MS / 1000 + 5 + TOMBSTONE_TTL.as_secs()),
+        "released 5 s in"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,7 +442,12 @@ async fn an_expired_slot_that_still_runs_is_checked_at_doubling_intervals_then_r
     let sweep = cap.sweep(&describer, &pacing(), 10, later()).await;
     assert_eq!(sweep.reclaimed, 1);
     assert_eq!(counted(&store).await, 0);
-    assert_eq!(store.view(KEY).await.unwrap().unwrap().freed(), (1, 400_000));
+    let held_ms = cap.clock().now_ms() - T0_MS;
+    assert_eq!(
+        store.view(KEY).await.unwrap().unwrap().freed(),
+        (1, held_ms),
+        "held until the reclaim, not only while it ran"
+    );
     // Its late event frees nothing.
     assert_eq!(
         cap.on_status_change(&event("long", "SUCCEEDED", 0), later())
@@ -598,22 +644,19 @@ fn the_waiting_line_gives_due_times_one_completion_apart() {
         }
     );
     assert_eq!(line::due_times(Line { tat_ms: 12_500 }, 2, rate), [12_000, 12_500]);
-    // A due message that found no slot again waits about 1/λ̂ per message ahead, at least 1 s.
-    let waits = line::retry_waits(3, rate, || 0.5);
-    assert_eq!(
-        waits,
-        [
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            Duration::from_millis(1_500)
-        ]
-    );
-    assert_eq!(line::retry_waits(1, 1000.0, || 0.0), [line::MIN_WAIT]);
+    // Before any execution ended: probes, doubling, at most the expiry.
+    let expiry = Duration::from_secs(300);
+    assert_eq!(line::probe_wait(1, expiry, 0.5), line::PROBE_WAIT);
+    assert_eq!(line::probe_wait(3, expiry, 0.5), line::PROBE_WAIT * 4);
+    assert_eq!(line::probe_wait(9, expiry, 0.5), expiry);
+    assert_eq!(line::probe_wait(1, expiry, 0.0), line::PROBE_WAIT.mul_f64(0.75));
     // Fresh messages try while the line is empty, or when more is free than it will take soon.
     assert!(line::admits_fresh(None, 0, 10_000, rate));
     assert!(line::admits_fresh(Some(Line { tat_ms: 9_000 }), 0, 10_000, rate));
-    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 4, 10_000, rate));
-    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 5, 10_000, rate));
+    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 1, 10_000, rate));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 2, 10_000, rate));
+    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 10, 10_000, 40.0));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 21, 10_000, 40.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -621,25 +664,35 @@ async fn invocations_join_one_shared_line_with_one_write_each() {
     let store = Arc::new(MemoryStore::new());
     let config = config(20, &[]);
     let a = cap_on(&store, &config);
+    a.read(later()).await.unwrap();
+    assert!(!a.measured(), "no execution has ended: no line");
+    // One execution ran 60 s: λ̂ = C / D̄ = 20 / 60 s; the line runs at LINE_PACE of it, a message
+    // every 3 s / LINE_PACE.
+    history(&store, KEY, 20, 60_000).await;
     let b = cap_on(&store, &config);
     for i in 0..20 {
         assert!(matches!(take(&a, &format!("e-{i}")).await, Taken::Now(_)));
     }
     a.read(later()).await.unwrap();
     b.read(later()).await.unwrap();
+    assert!(a.measured() && b.measured());
     assert!(
         b.admits_fresh(),
         "the line is empty: fresh messages try (and find the cap full)"
     );
-    // No release yet: λ̂ = C / RUNNING_EXPIRY = 20 / 60 s, a message every 3 s.
     assert!((a.rate_per_second() - 20.0 / 60.0).abs() < 1e-9);
     let calls = store.calls();
     let first = a.join_line(3, later()).await;
     assert_eq!(store.calls(), calls + 1, "one write for the invocation");
-    assert_eq!(first, [T0_MS + 3_000, T0_MS + 6_000, T0_MS + 9_000]);
+    let pace = 20.0 / 60.0 * line::LINE_PACE;
+    let nth = |i: usize| T0_MS + line::span_ms(i, pace);
+    assert_eq!(first, [nth(1), nth(2), nth(3)]);
     // The other instance's view of the line is stale: its write is refused, then joins the back.
     let second = b.join_line(2, later()).await;
-    assert_eq!(second, [T0_MS + 12_000, T0_MS + 15_000]);
+    assert_eq!(
+        second,
+        [nth(3) + line::span_ms(1, pace), nth(3) + line::span_ms(2, pace)]
+    );
     assert!(!b.admits_fresh(), "the line holds messages: fresh ones join the back");
 }
 
