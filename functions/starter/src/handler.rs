@@ -326,6 +326,7 @@ impl Starter {
         let response = respond(&messages, &closed.dispositions);
         let mut report = tally.report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
         report.running = self.running.as_ref().and_then(|r| r.cap().running());
+        report.running_cap = self.running.as_ref().and_then(|r| r.cap().size());
         self.add_pacing_counts(&mut report).await;
         Ok(Outcome {
             response,

@@ -183,6 +183,11 @@ impl Cap {
         lock(&self.cache).view.as_ref().map(CapView::held)
     }
 
+    /// The cap's size, as last seen.
+    pub fn size(&self) -> Option<u64> {
+        lock(&self.cache).view.as_ref().map(|v| v.settings.cap)
+    }
+
     /// The completion rate `λ̂`, slots per second (see [`Rate`]).
     pub fn rate_per_second(&self) -> f64 {
         let cache = lock(&self.cache);
