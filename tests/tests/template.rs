@@ -4039,7 +4039,8 @@ fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_
         .find_map(|check| check(&t).err())
         .unwrap_or_else(|| "passed".into())
     };
-    let cases: Vec<(fn(&mut Value), &str)> = vec![
+    type Case = (fn(&mut Value), &'static str);
+    let cases: Vec<Case> = vec![
         (
             |d| release_props(d)["ReservedConcurrentExecutions"] = serde_json::json!({"Ref": "MaxConcurrency"}),
             "reserved concurrency",
