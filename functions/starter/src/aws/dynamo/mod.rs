@@ -7,7 +7,7 @@
 //! per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
 
 mod claims;
-mod running;
+pub mod running;
 
 use std::collections::HashMap;
 use std::time::Duration;
