@@ -121,12 +121,12 @@ pub fn plans() -> Vec<Plan> {
         },
         Plan {
             events: EventFaults {
-                drop: 0.01,
-                duplicate: 0.01,
+                drop: 0.03,
+                duplicate: 0.03,
                 late: s(1),
             },
             ..plan(
-                "C 100, D 60 s, 1 % of events lost",
+                "C 100, D 60 s, 3 % of events lost",
                 100,
                 Durations::Fixed(s(60)),
                 s(60),
