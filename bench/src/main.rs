@@ -65,8 +65,8 @@ struct Cli {
         default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,batch,running"
     )]
     sections: Vec<String>,
-    /// The `running` section's runs, by number (1 to 7; see BENCHMARKS.md).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    /// The `running` section's runs, by number (1 to 8; see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     running_runs: Vec<usize>,
     /// The `batch` section's MESSAGES_PER_EXECUTION values (1 to 99).
     #[arg(long, value_delimiter = ',', default_value = "1,10,25")]

@@ -112,6 +112,7 @@ pub fn plans() -> Vec<Plan> {
     vec![
         plan("C 100, D 10 s", 100, Durations::Fixed(s(10)), s(10), 20),
         plan("C 3000, D 10 s (300 starts/s)", 3000, Durations::Fixed(s(10)), s(10), 8),
+        plan("C 2850, D 10 s (285 starts/s)", 2850, Durations::Fixed(s(10)), s(10), 8),
         plan("C 100, D 10 min", 100, Durations::Fixed(s(600)), s(600), 8),
         plan("C 1000, D 10 min", 1000, Durations::Fixed(s(600)), s(600), 6),
         plan("C 100, D 1 – 19 s", 100, Durations::Uniform(s(1), s(19)), s(10), 20),

@@ -209,7 +209,8 @@ impl Cap {
         let rate = self.rate_per_second();
         let cache = lock(&self.cache);
         let Some(view) = &cache.view else { return true };
-        !cache.rate.measured() || line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate)
+        !cache.rate.measured()
+            || line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate, view.settings.cap)
     }
 
     /// Whether this instance should run a sweep now (at most one every [`STARTER_SWEEP_INTERVAL`]);

@@ -151,7 +151,11 @@ pub fn probe_wait(receives: u32, expiry: Duration, jitter: f64) -> Duration {
 }
 
 /// Whether a fresh message may try for a slot: the line is empty at `now_ms`, or `room` slots are
-/// free beyond what the due messages of the next [`FRESH_ROOM_SECONDS`] take.
-pub fn admits_fresh(line: Option<Line>, room: u64, now_ms: u64, per_second: f64) -> bool {
-    line.is_none_or(|l| l.tat_ms <= now_ms) || room as f64 > (per_second * FRESH_ROOM_SECONDS).max(1.0)
+/// free beyond what the due messages of the next [`FRESH_ROOM_SECONDS`] take, or beyond the slack
+/// the line leaves in a cap of `cap` (`(1 − LINE_PACE) × cap`), whichever is fewer: that slack is
+/// for fresh messages to use.
+pub fn admits_fresh(line: Option<Line>, room: u64, now_ms: u64, per_second: f64, cap: u64) -> bool {
+    let slack = (1.0 - LINE_PACE) * cap as f64;
+    let reserved = (per_second * FRESH_ROOM_SECONDS).min(slack).max(1.0);
+    line.is_none_or(|l| l.tat_ms <= now_ms) || room as f64 > reserved
 }

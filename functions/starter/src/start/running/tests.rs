@@ -650,13 +650,31 @@ fn the_waiting_line_gives_due_times_one_completion_apart() {
     assert_eq!(line::probe_wait(3, expiry, 0.5), line::PROBE_WAIT * 4);
     assert_eq!(line::probe_wait(9, expiry, 0.5), expiry);
     assert_eq!(line::probe_wait(1, expiry, 0.0), line::PROBE_WAIT.mul_f64(0.75));
-    // Fresh messages try while the line is empty, or when more is free than it will take soon.
-    assert!(line::admits_fresh(None, 0, 10_000, rate));
-    assert!(line::admits_fresh(Some(Line { tat_ms: 9_000 }), 0, 10_000, rate));
-    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 1, 10_000, rate));
-    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 2, 10_000, rate));
-    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 10, 10_000, 40.0));
-    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 21, 10_000, 40.0));
+    // Fresh messages try while the line is empty, or when more is free than it will take soon (at
+    // 2 slots/s, 1), or than the line's slack (2 % of a cap of 1,000 at 40 slots/s: 20).
+    assert!(line::admits_fresh(None, 0, 10_000, rate, 100));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 9_000 }), 0, 10_000, rate, 100));
+    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 1, 10_000, rate, 100));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 2, 10_000, rate, 100));
+    assert!(!line::admits_fresh(
+        Some(Line { tat_ms: 12_000 }),
+        20,
+        10_000,
+        40.0,
+        1_000
+    ));
+    assert!(line::admits_fresh(
+        Some(Line { tat_ms: 12_000 }),
+        21,
+        10_000,
+        40.0,
+        1_000
+    ));
+    assert!(
+        !line::admits_fresh(Some(Line { tat_ms: 12_000 }), 2, 10_000, 40.0, 100),
+        "slack 2 < 20"
+    );
+    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 3, 10_000, 40.0, 100));
 }
 
 #[tokio::test(start_paused = true)]
