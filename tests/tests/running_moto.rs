@@ -8,7 +8,6 @@
 //! nothing long-polls. moto's executions run until the local stack ends them (StopExecution,
 //! [`local_stack::events`]), which also builds the status change events EventBridge would send.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -448,25 +447,13 @@ async fn long_wait(max_receive_count: u32) -> sfn_pacer::metrics::Report {
     names.sort();
     sent.sort();
     assert_eq!(names, sent, "{summary:?}");
-    let mut times: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for e in &executions {
-        let d = local
-            .sfn
-            .describe_execution()
-            .execution_arn(&e.arn)
-            .send()
-            .await
-            .unwrap();
-        let stop = d.stop_date.map_or(f64::MAX, |s| s.as_secs_f64());
-        times.insert(e.name.clone(), (d.start_date.as_secs_f64(), stop));
-    }
-    let peak = times
-        .values()
-        .map(|(start, _)| times.values().filter(|(s, e)| s <= start && start < e).count())
-        .max()
-        .unwrap();
+    let times: Vec<(f64, f64)> = executions
+        .iter()
+        .map(|e| (e.started_at, e.stopped_at.unwrap_or(f64::MAX)))
+        .collect();
+    let peak = local_stack::executions::peak_running(&times);
     assert!(peak <= 2, "{peak} running at once: {times:?}");
-    let starts: Vec<f64> = times.values().map(|(s, _)| *s).collect();
+    let starts: Vec<f64> = times.iter().map(|(s, _)| *s).collect();
     let spread = starts.iter().cloned().fold(f64::MIN, f64::max) - starts.iter().cloned().fold(f64::MAX, f64::min);
     assert!(spread >= 20.0, "the last started {spread:.1} s after the first");
     invoker.totals()
