@@ -14,15 +14,14 @@
 //! only limit?), and a steady feed (latency: what grouping and claiming add per message).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
 use local_stack::esm::in_process::InProcess;
-use local_stack::esm::response::InvokeOutcome;
-use local_stack::esm::runner::{self as esm, EsmConfig, Invoker, StopReason};
+use local_stack::esm::runner::{self as esm, EsmConfig, StopReason};
 use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 use local_stack::sim::{DlqEntry, SimQueue};
 use serde_json::{json, Value};
@@ -36,7 +35,7 @@ use sfn_pacer::Starter;
 use tokio::time::Instant;
 
 use crate::billing::{self, Transaction, Usage};
-use crate::common::{config, sdk_config, BenchError, RequestDelay, Runtimes, SERVER_THREAD};
+use crate::common::{config, sdk_config, BenchError, RequestDelay, Runtimes, Timed, SERVER_THREAD};
 use crate::cpu;
 use crate::drain::Settings;
 use crate::report::{opt, pass};
@@ -345,24 +344,6 @@ impl ClaimStore for Tables {
     }
 }
 
-/// The in-process invoker, timed: the Lambda duration each invocation would be billed.
-struct Timed {
-    inner: InProcess,
-    invocations: AtomicU64,
-    billed_ms: AtomicU64,
-}
-
-impl Invoker for Timed {
-    async fn invoke(&self, poller: usize, payload: Vec<u8>) -> InvokeOutcome {
-        let began = Instant::now();
-        let outcome = self.inner.invoke(poller, payload).await;
-        let ms = (billing::billed_seconds(began.elapsed()) * 1000.0).round() as u64;
-        self.invocations.fetch_add(1, Ordering::Relaxed);
-        self.billed_ms.fetch_add(ms, Ordering::Relaxed);
-        outcome
-    }
-}
-
 /// A drain's steady part.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Steady {
@@ -668,11 +649,7 @@ async fn run_on(
     let claim_ttl_seconds = starters
         .first()
         .map_or(0.0, |s| s.config().claim_ttl(false).as_secs_f64());
-    let invoker = Arc::new(Timed {
-        inner: InProcess::new(starters, settings.function_timeout, None),
-        invocations: AtomicU64::new(0),
-        billed_ms: AtomicU64::new(0),
-    });
+    let invoker = Arc::new(Timed::new(InProcess::new(starters, settings.function_timeout, None)));
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let produced = Arc::new(AtomicBool::new(false));
     if let Load::Backlog { messages } = plan.load {
@@ -791,8 +768,8 @@ async fn run_on(
         report,
         table,
         latency,
-        invocations: invoker.invocations.load(Ordering::Relaxed),
-        billed_seconds: invoker.billed_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        invocations: invoker.invocations(),
+        billed_seconds: invoker.billed_ms() as f64 / 1000.0,
         redriven,
         dead_lettered: dlq.len() as u64 - redriven,
         transitions,

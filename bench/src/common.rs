@@ -156,3 +156,43 @@ pub fn body(i: u64) -> String {
         i % 100
     )
 }
+
+/// The in-process invoker, timed: the Lambda duration each invocation would be billed.
+pub struct Timed {
+    /// The invoker timed.
+    pub inner: local_stack::esm::in_process::InProcess,
+    invocations: std::sync::atomic::AtomicU64,
+    billed_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Timed {
+    /// Times `inner`'s invocations.
+    pub fn new(inner: local_stack::esm::in_process::InProcess) -> Timed {
+        Timed {
+            inner,
+            invocations: Default::default(),
+            billed_ms: Default::default(),
+        }
+    }
+
+    /// Invocations so far.
+    pub fn invocations(&self) -> u64 {
+        self.invocations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lambda milliseconds billed so far (each invocation rounded up to the millisecond).
+    pub fn billed_ms(&self) -> u64 {
+        self.billed_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl local_stack::esm::runner::Invoker for Timed {
+    async fn invoke(&self, poller: usize, payload: Vec<u8>) -> local_stack::esm::response::InvokeOutcome {
+        let began = Instant::now();
+        let outcome = self.inner.invoke(poller, payload).await;
+        let ms = (crate::billing::billed_seconds(began.elapsed()) * 1000.0).round() as u64;
+        self.invocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.billed_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+        outcome
+    }
+}

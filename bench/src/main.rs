@@ -14,7 +14,8 @@
 //!   faulty table, clock skew), simulated on a paused clock against the per-item write limit;
 //! - `batch`: batch executions (`MESSAGES_PER_EXECUTION`): messages per second against the
 //!   refill, the coordination table per message, enqueue → start, the bill per million;
-//! - `sensitivity`: the drain at a fixed BatchSize (the tail of large batches).
+//! - `sensitivity`: the drain at a fixed BatchSize (the tail of large batches);
+//! - `running`: the cap on running executions (`MAX_RUNNING_EXECUTIONS`), in simulated time.
 //!
 //! Writes `results.md`, `results.json` and `drain.svg` (and `drain.png` with the `png`
 //! feature) into `--out`. Every run is bounded in time; see `--help` for the knobs.
@@ -30,6 +31,7 @@ mod cpu;
 mod drain;
 mod pacing;
 mod report;
+mod running;
 mod scale;
 mod shared;
 mod stats;
@@ -59,11 +61,11 @@ struct Cli {
     /// Sections to run, comma-separated: capacity, drain, sensitivity (the drain's sensitivity
     /// to BatchSize), pacing, cost, bootstrap, shared (the shared budget against the static
     /// split), scale (a thousand instances on one budget), batch (batch executions,
-    /// MESSAGES_PER_EXECUTION).
+    /// MESSAGES_PER_EXECUTION), running (the cap on running executions, MAX_RUNNING_EXECUTIONS).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,scale,batch"
+        default_value = "capacity,drain,sensitivity,pacing,cost,bootstrap,shared,scale,batch,running"
     )]
     sections: Vec<String>,
     /// The `scale` section's busy instances.
@@ -75,6 +77,9 @@ struct Cli {
     /// The `scale` section's BatchSize at Express's quota (its last run uses `--scale-batch`).
     #[arg(long, default_value_t = 100)]
     scale_express_batch: u64,
+    /// The `running` section's runs, by number (1 to 8; see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
+    running_runs: Vec<usize>,
     /// The `batch` section's MESSAGES_PER_EXECUTION values (1 to 99).
     #[arg(long, value_delimiter = ',', default_value = "1,10,25")]
     messages_per_execution: Vec<usize>,
@@ -383,6 +388,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         wants("bootstrap") as usize,
         shared_plans.len() + shared_probes,
         batch_plans.len(),
+        if wants("running") { cli.running_runs.len() } else { 0 },
     ]
     .iter()
     .sum::<usize>();
@@ -621,6 +627,26 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         overall.inc(1);
     }
     results.settings = Some(settings);
+
+    if wants("running") {
+        let plans = running::plans();
+        for &n in &cli.running_runs {
+            let plan = plans
+                .get(n.wrapping_sub(1))
+                .ok_or_else(|| format!("--running-runs: {n} is not 1 to {}", plans.len()))?;
+            overall.set_message(format!("running: {}", plan.title));
+            let r = running::run(plan, cli.seed)?;
+            note(
+                &overall,
+                format!(
+                    "running {}: {:.2}/s of {:.2}/s, peak {} of {}, receives {:.2} (all {:.2}), busiest item {} WCU/s, {:.0} s simulated in {:.0} s",
+                    plan.title, r.throughput, r.bound, r.peak, plan.cap, r.receives.0, r.receives_all.0, r.busiest.1, r.seconds.0, r.seconds.1
+                ),
+            );
+            results.running.push(r);
+            overall.inc(1);
+        }
+    }
 
     if wants("pacing") {
         for &target in &cli.pacing_targets {

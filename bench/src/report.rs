@@ -457,6 +457,8 @@ pub struct Results {
     pub batches: Vec<crate::batch::BatchRun>,
     /// The `scale` section's runs.
     pub scale: Vec<crate::scale::ScaleRun>,
+    /// The cap on running executions (`MAX_RUNNING_EXECUTIONS`).
+    pub running: Vec<crate::running::CapRun>,
 }
 
 pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
@@ -607,6 +609,9 @@ impl Results {
         }
         if !self.batches.is_empty() {
             crate::batch::markdown(&mut md, &self.batches, self.settings.as_ref());
+        }
+        if !self.running.is_empty() {
+            crate::running::markdown(&mut md, &self.running);
         }
         if let Some(b) = &self.bootstrap {
             let _ = writeln!(md, "## Bootstrap\n");
@@ -808,6 +813,7 @@ impl Results {
             "shared_probes": probes,
             "batch": crate::batch::json(&self.batches),
             "scale": crate::scale::json(&self.scale),
+            "running": crate::running::json(&self.running),
             "sensitivity": sensitivity,
             "machine": self.machine,
             "capacity": self.capacity.as_ref().map(|c| json!({

@@ -13,26 +13,60 @@ use crate::moto::{bounded, list_executions_in, REGION};
 
 /// The status change event of a described execution.
 pub fn status_change(execution: &DescribeExecutionOutput) -> Value {
-    let millis = |d: &aws_smithy_types::DateTime| d.to_millis().unwrap_or(0);
-    let arn = &execution.execution_arn;
-    let account = arn.split(':').nth(4).unwrap_or("123456789012");
+    let millis = |d: &aws_smithy_types::DateTime| d.to_millis().map_or(0, |ms| u64::try_from(ms).unwrap_or(0));
+    status_change_of(&Change {
+        execution_arn: &execution.execution_arn,
+        state_machine_arn: &execution.state_machine_arn,
+        name: execution.name.as_deref().unwrap_or_default(),
+        status: execution.status.as_str(),
+        start_ms: millis(&execution.start_date),
+        stop_ms: execution.stop_date.as_ref().map(millis),
+        input: execution.input.as_deref(),
+        redrive_count: execution.redrive_count.unwrap_or(0),
+    })
+}
+
+/// What a status change event says.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    /// `detail.executionArn`.
+    pub execution_arn: &'a str,
+    /// `detail.stateMachineArn`.
+    pub state_machine_arn: &'a str,
+    /// `detail.name`.
+    pub name: &'a str,
+    /// `detail.status`: RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED.
+    pub status: &'a str,
+    /// `detail.startDate`, ms since the epoch.
+    pub start_ms: u64,
+    /// `detail.stopDate`, ms since the epoch (`None` while running).
+    pub stop_ms: Option<u64>,
+    /// `detail.input`.
+    pub input: Option<&'a str>,
+    /// `detail.redriveCount`.
+    pub redrive_count: i32,
+}
+
+/// The status change event EventBridge sends for `change` (the shape of `events/status-change.json`).
+pub fn status_change_of(change: &Change<'_>) -> Value {
+    let account = change.execution_arn.split(':').nth(4).unwrap_or("123456789012");
     json!({
         "version": "0",
-        "id": format!("local-{}", execution.name.as_deref().unwrap_or_default()),
+        "id": format!("local-{}-{}", change.name, change.status),
         "detail-type": "Step Functions Execution Status Change",
         "source": "aws.states",
         "account": account,
         "region": REGION,
-        "resources": [arn],
+        "resources": [change.execution_arn],
         "detail": {
-            "executionArn": arn,
-            "stateMachineArn": execution.state_machine_arn,
-            "name": execution.name,
-            "status": execution.status.as_str(),
-            "startDate": millis(&execution.start_date),
-            "stopDate": execution.stop_date.as_ref().map(millis),
-            "input": execution.input,
-            "redriveCount": execution.redrive_count.unwrap_or(0),
+            "executionArn": change.execution_arn,
+            "stateMachineArn": change.state_machine_arn,
+            "name": change.name,
+            "status": change.status,
+            "startDate": change.start_ms,
+            "stopDate": change.stop_ms,
+            "input": change.input,
+            "redriveCount": change.redrive_count,
         }
     })
 }

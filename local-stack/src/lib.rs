@@ -9,14 +9,19 @@
 //!   or [`sim`], invoking the function over HTTP or in-process;
 //! - [`fake_sfn`]: a Step Functions endpoint with the quota's token bucket and injected faults;
 //! - [`fake_quotas`]: Service Quotas and CloudWatch `GetMetricData`, which moto lacks;
+//! - [`jsonata`]: Step Functions' JSONata, for the requests of a sample state machine;
 //! - [`events`]: EventBridge's events for the function (status changes of executions the local
-//!   stack ends, a schedule's tick).
+//!   stack ends, a schedule's tick);
+//! - [`executions`]: executions that take time, in process (the cap's chaos test and bench), and
+//!   EventBridge's delivery of their events, with faults.
 
 pub mod cli;
 pub mod esm;
 pub mod events;
+pub mod executions;
 pub mod fake_quotas;
 pub mod fake_sfn;
+pub mod jsonata;
 pub mod moto;
 pub mod paths;
 pub mod process;

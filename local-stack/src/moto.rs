@@ -473,6 +473,8 @@ pub struct Listed {
     pub arn: String,
     /// When Step Functions started it, seconds since the Unix epoch.
     pub started_at: f64,
+    /// When it stopped, seconds since the Unix epoch (`None`: it runs).
+    pub stopped_at: Option<f64>,
 }
 
 /// Every execution of a state machine, by ListExecutions.
@@ -499,6 +501,7 @@ pub async fn list_executions_in(
         let page = bounded("ListExecutions", request.send()).await?;
         out.extend(page.executions.into_iter().map(|e| Listed {
             started_at: e.start_date.as_secs_f64(),
+            stopped_at: e.stop_date.map(|d| d.as_secs_f64()),
             name: e.name,
             arn: e.execution_arn,
         }));

@@ -17,7 +17,9 @@
 //!   later message of a group while an earlier one is in flight;
 //! - a dead letter over SQS's 1 MiB limit is refused, as SQS refuses it;
 //! - a message the function re-sends to the queue (waiting at the cap) is a new message, with its
-//!   attributes and `DelaySeconds` (its `sent_at` is the re-send's).
+//!   attributes and `DelaySeconds` (its `sent_at` is the re-send's); its receives also count for
+//!   the message it was re-sent from ([`SimQueue::receives_by_origin`]);
+//! - it counts the requests AWS would bill, by API ([`SimQueue::requests`]).
 //!
 //! What it leaves out: delay queues, FIFO deduplication and the 10-message limit of a FIFO
 //! receive batch, and the latency of SQS calls (every call is instant).
@@ -29,7 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsMessageAttribute;
 use sfn_pacer::close::dead_letter::{AttributeValue, DeadLetter, MAX_MESSAGE_BYTES};
-use sfn_pacer::close::queue::{Queue, QueueError};
+use sfn_pacer::close::queue::{Queue, QueueError, VisibilityChange};
+use sfn_pacer::plan::event::MESSAGE_ID_ATTRIBUTE;
 use sfn_pacer::Starter;
 use tokio::time::Instant;
 
@@ -39,6 +42,9 @@ use crate::esm::in_process::InProcess;
 pub use crate::esm::in_process::Kill;
 use crate::esm::runner::{self as esm, EsmConfig, QueueCounts, ReceiptEntry};
 use crate::moto::REGION;
+
+/// The key of [`SimQueue::requests`] for the receives that returned nothing.
+pub const EMPTY_RECEIVES: &str = "ReceiveMessage (empty)";
 
 /// How often a long poll looks for visible messages again, while none are.
 const LONG_POLL_STEP: Duration = Duration::from_millis(20);
@@ -72,6 +78,8 @@ struct SimMessage {
     body: String,
     /// Message attributes (a re-sent message's).
     attributes: HashMap<String, SqsMessageAttribute>,
+    /// The first message's id: a re-sent message's `sfn-pacer.message-id`, else its own.
+    origin: String,
     receive_count: u32,
     visible_at: Instant,
     sent_at: Instant,
@@ -92,6 +100,12 @@ struct State {
     latencies: Vec<Duration>,
     /// Receives of each message id so far (kept after the message is gone).
     receive_counts: HashMap<String, u32>,
+    /// Receives of each first message, its re-sent copies' included.
+    receives_by_origin: HashMap<String, u32>,
+    /// The first id of each re-sent message.
+    origins: HashMap<String, String>,
+    /// Requests made, by SQS API.
+    requests: BTreeMap<&'static str, u64>,
 }
 
 /// An in-memory SQS standard queue with a redrive policy.
@@ -171,11 +185,19 @@ impl SimQueue {
         s.next_id += 1;
         let id = format!("msg-{:09}", s.next_id);
         let now = Instant::now();
+        let origin = attributes
+            .get(MESSAGE_ID_ATTRIBUTE)
+            .and_then(|a| a.string_value.clone())
+            .unwrap_or_else(|| id.clone());
+        if origin != id {
+            s.origins.insert(id.clone(), origin.clone());
+        }
         let message = SimMessage {
             id: id.clone(),
             group,
             body,
             attributes,
+            origin,
             receive_count: 0,
             visible_at: now + delay,
             sent_at: now,
@@ -237,6 +259,7 @@ impl SimQueue {
             entry.receipt = Some(receipt.clone());
             records.push(record(entry, receipt));
             s.receive_counts.insert(id, m.receive_count + 1);
+            *s.receives_by_origin.entry(m.origin).or_default() += 1;
         }
         records
     }
@@ -278,6 +301,25 @@ impl SimQueue {
         self.lock().receive_counts.get(id).copied().unwrap_or(0)
     }
 
+    /// The first id of the message `id` (a re-sent message's `sfn-pacer.message-id`, else `id`).
+    pub fn origin(&self, id: &str) -> String {
+        self.lock().origins.get(id).cloned().unwrap_or_else(|| id.to_string())
+    }
+
+    /// How often each first message was received, its re-sent copies' receives included.
+    pub fn receives_by_origin(&self) -> HashMap<String, u32> {
+        self.lock().receives_by_origin.clone()
+    }
+
+    /// Requests made so far, by SQS API (the mapping's and the function's).
+    pub fn requests(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().requests.clone()
+    }
+
+    fn count(&self, api: &'static str) {
+        *self.lock().requests.entry(api).or_default() += 1;
+    }
+
     /// The DLQ's entries.
     pub fn dlq(&self) -> Vec<DlqEntry> {
         self.lock().dlq.clone()
@@ -314,6 +356,11 @@ impl esm::Queue for SimQueue {
         loop {
             let messages = SimQueue::receive(self, max);
             if !messages.is_empty() || Instant::now() >= deadline {
+                // The pollers' empty receives apart: they poll whether or not messages wait.
+                self.count(match messages.is_empty() {
+                    true => EMPTY_RECEIVES,
+                    false => "ReceiveMessage",
+                });
                 return Ok(messages);
             }
             tokio::time::sleep(LONG_POLL_STEP.min(deadline - Instant::now())).await;
@@ -321,6 +368,7 @@ impl esm::Queue for SimQueue {
     }
 
     async fn delete(&self, entries: &[ReceiptEntry]) -> Result<Vec<(String, String)>, String> {
+        self.count("DeleteMessageBatch");
         Ok(entries
             .iter()
             .filter(|(_, receipt)| !self.delete_receipt(receipt))
@@ -329,6 +377,7 @@ impl esm::Queue for SimQueue {
     }
 
     async fn release(&self, entries: &[ReceiptEntry]) -> Result<(), String> {
+        self.count("ChangeMessageVisibilityBatch");
         let now = Instant::now();
         let mut s = self.lock();
         for (_, receipt) in entries {
@@ -377,38 +426,34 @@ fn text(letter: &DeadLetter, name: &str) -> String {
 #[async_trait]
 impl Queue for SimQueue {
     async fn change_visibility(&self, queue_arn: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
-        if queue_arn != self.arn {
-            return Err(QueueError(format!("no queue {queue_arn}")));
-        }
-        let mut s = self.lock();
-        let id = s
-            .receipts
-            .get(receipt_handle)
-            .cloned()
-            .ok_or_else(|| QueueError("receipt handle is stale".into()))?;
-        if let Some(m) = s.messages.get_mut(&id) {
-            m.visible_at = Instant::now() + Duration::from_secs(u64::from(seconds));
-        }
-        Ok(())
+        self.count("ChangeMessageVisibility");
+        self.set_visibility(queue_arn, receipt_handle, seconds)
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        queue_arn: &str,
+        changes: &[VisibilityChange],
+    ) -> Vec<Result<(), QueueError>> {
+        self.count("ChangeMessageVisibilityBatch");
+        changes
+            .iter()
+            .map(|c| self.set_visibility(queue_arn, &c.receipt_handle, c.seconds))
+            .collect()
     }
 
     async fn send_dead_letter(&self, _dlq_url: &str, letter: &DeadLetter) -> Result<(), QueueError> {
-        if letter.size() > MAX_MESSAGE_BYTES {
-            return Err(QueueError(format!(
-                "InvalidParameterValue: the message is {} bytes, over SQS's limit",
-                letter.size()
-            )));
-        }
-        let entry = DlqEntry::DeadLettered {
-            message_id: text(letter, "sfn-pacer.message-id"),
-            code: text(letter, "sfn-pacer.error-code"),
-            reason: text(letter, "sfn-pacer.reason"),
-        };
-        self.lock().dlq.push(entry);
-        Ok(())
+        self.count("SendMessage");
+        self.dead_letter(letter)
+    }
+
+    async fn send_dead_letters(&self, _dlq_url: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        self.count("SendMessageBatch");
+        letters.iter().map(|l| self.dead_letter(l)).collect()
     }
 
     async fn send_messages(&self, queue_arn: &str, letters: &[DeadLetter]) -> Vec<Result<(), QueueError>> {
+        self.count("SendMessageBatch");
         letters
             .iter()
             .map(|letter| {
@@ -428,6 +473,41 @@ impl Queue for SimQueue {
                 Ok(())
             })
             .collect()
+    }
+}
+
+impl SimQueue {
+    fn set_visibility(&self, queue_arn: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
+        if queue_arn != self.arn {
+            return Err(QueueError(format!("no queue {queue_arn}")));
+        }
+        let mut s = self.lock();
+        let id = s
+            .receipts
+            .get(receipt_handle)
+            .cloned()
+            .ok_or_else(|| QueueError("receipt handle is stale".into()))?;
+        if let Some(m) = s.messages.get_mut(&id) {
+            m.visible_at = Instant::now() + Duration::from_secs(u64::from(seconds));
+        }
+        Ok(())
+    }
+
+    /// A dead letter, as the DLQ takes it (refused over SQS's size limit).
+    fn dead_letter(&self, letter: &DeadLetter) -> Result<(), QueueError> {
+        if letter.size() > MAX_MESSAGE_BYTES {
+            return Err(QueueError(format!(
+                "InvalidParameterValue: the message is {} bytes, over SQS's limit",
+                letter.size()
+            )));
+        }
+        let entry = DlqEntry::DeadLettered {
+            message_id: text(letter, "sfn-pacer.message-id"),
+            code: text(letter, "sfn-pacer.error-code"),
+            reason: text(letter, "sfn-pacer.reason"),
+        };
+        self.lock().dlq.push(entry);
+        Ok(())
     }
 }
 
@@ -470,6 +550,8 @@ pub struct RunReport {
     pub function: sfn_pacer::metrics::Report,
     /// Invocations killed part-way ([`Kill`]).
     pub killed: u64,
+    /// The messages of those invocations, by first id (a receive of each ended in a crash).
+    pub killed_messages: Vec<String>,
     /// Wall time from the start to the queue being drained (or `max_run`).
     pub elapsed: Duration,
     /// Whether the queue was drained.
@@ -521,6 +603,7 @@ pub async fn drive_with_kills(
         reported: summary.reported_failures,
         function: invoker.totals(),
         killed: invoker.killed(),
+        killed_messages: invoker.killed_messages(),
         elapsed: Duration::from_secs_f64(summary.elapsed_seconds),
         drained: queue.is_drained(),
     }
@@ -634,6 +717,12 @@ mod tests {
         assert_eq!(back.len(), 1);
         let attribute = &back[0].message_attributes["sfn-pacer.message-id"];
         assert_eq!(attribute.string_value.as_deref(), Some("first"));
+        assert_eq!(
+            q.receives_by_origin()["first"],
+            1,
+            "counted for the message it was re-sent from"
+        );
+        assert_eq!(q.requests()["SendMessageBatch"], 1);
     }
 
     #[tokio::test]

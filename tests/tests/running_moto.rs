@@ -1,13 +1,13 @@
 //! The cap on running executions against moto (DynamoDB, Step Functions, SQS), through the real
 //! SDK adapters and the function's wiring (`sfn_pacer::aws::starter`): the adapter's writes mirror
 //! the model's; two deployments share one cap; a release event; a release by expiry with
-//! DescribeExecution; a wait of ten visibility timeouts that does not reach the DLQ.
+//! DescribeExecution; a wait of ten visibility timeouts that does not reach the DLQ; the Express
+//! sample's own release, its requests sent to moto as Step Functions would build them.
 //!
 //! moto serves one request at a time here (its DynamoDB transactions are not thread-safe), so
 //! nothing long-polls. moto's executions run until the local stack ends them (StopExecution,
 //! [`local_stack::events`]), which also builds the status change events EventBridge would send.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ const TABLE: &str = "sfn-pacer-coordination";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Local {
-    _moto: Moto,
+    moto: Moto,
     aws: aws_config::SdkConfig,
     sqs: aws_sdk_sqs::Client,
     sfn: aws_sdk_sfn::Client,
@@ -53,7 +53,7 @@ async fn local() -> Local {
         sfn: aws_sdk_sfn::Client::new(&aws),
         store: DynamoStore::new(&aws, TABLE, CALL_TIMEOUT),
         aws,
-        _moto: moto,
+        moto,
     }
 }
 
@@ -447,26 +447,133 @@ async fn long_wait(max_receive_count: u32) -> sfn_pacer::metrics::Report {
     names.sort();
     sent.sort();
     assert_eq!(names, sent, "{summary:?}");
-    let mut times: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for e in &executions {
-        let d = local
-            .sfn
-            .describe_execution()
-            .execution_arn(&e.arn)
-            .send()
-            .await
-            .unwrap();
-        let stop = d.stop_date.map_or(f64::MAX, |s| s.as_secs_f64());
-        times.insert(e.name.clone(), (d.start_date.as_secs_f64(), stop));
-    }
-    let peak = times
-        .values()
-        .map(|(start, _)| times.values().filter(|(s, e)| s <= start && start < e).count())
-        .max()
-        .unwrap();
+    let times: Vec<(f64, f64)> = executions
+        .iter()
+        .map(|e| (e.started_at, e.stopped_at.unwrap_or(f64::MAX)))
+        .collect();
+    let peak = local_stack::executions::peak_running(&times);
     assert!(peak <= 2, "{peak} running at once: {times:?}");
-    let starts: Vec<f64> = times.values().map(|(s, _)| *s).collect();
+    let starts: Vec<f64> = times.iter().map(|(s, _)| *s).collect();
     let spread = starts.iter().cloned().fold(f64::MIN, f64::max) - starts.iter().cloned().fold(f64::MAX, f64::min);
     assert!(spread >= 20.0, "the last started {spread:.1} s after the first");
     invoker.totals()
+}
+
+impl Local {
+    /// One DynamoDB request as an integration sends it (JSON 1.0), to moto; its status and body.
+    async fn dynamodb(&self, operation: &str, request: &Value) -> (u16, Value) {
+        let response = local_stack::moto::http_client()
+            .unwrap()
+            .post(self.moto.endpoint())
+            .header("X-Amz-Target", format!("DynamoDB_20120810.{operation}"))
+            .header("Content-Type", "application/x-amz-json-1.0")
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(request.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&response.text().await.unwrap()).unwrap_or_default(),
+        )
+    }
+}
+
+/// The Express sample's exact release (`infra/state-machine-express-release.asl.json`): its
+/// states' requests, built as Step Functions builds them (DefinitionSubstitutions, then JSONata),
+/// sent to moto's DynamoDB. The slot is freed once, with its held time; the execution's states
+/// run again (a duplicate) find the tombstone and release nothing, and its transaction sent again
+/// is cancelled: nothing is freed twice. Its expressions are the function's own.
+#[tokio::test]
+async fn the_express_sample_frees_its_own_slot_once() {
+    use sfn_pacer::aws::dynamo::running::{RELEASE_CONDITION, RELEASE_UPDATE, UNCOUNT_CONDITION, UNCOUNT_UPDATE};
+    let local = local().await;
+    let (key, machine, name) = ("express-cap", "orders-express", "ex-1");
+    let now_ms = sfn_pacer::handler::now_epoch_ms();
+    let holder = sfn_pacer::start::running::Holder {
+        scope: machine.into(),
+        name: name.into(),
+        shard: 1,
+        state: HolderState::Held,
+        attempt: 0,
+        execution_arn: execution_arn(
+            &format!("arn:aws:states:us-east-1:123456789012:stateMachine:{machine}"),
+            name,
+        ),
+        taken_at_ms: now_ms - 1_500,
+        check_at_s: now_ms / 1000 + 300,
+        express: true,
+        released_at_ms: None,
+    };
+    for write in [
+        seed(40),
+        Write::Take {
+            holder,
+            above_cap: false,
+        },
+    ] {
+        assert!(matches!(
+            local.store.write(key, &write).await.unwrap(),
+            Written::Applied(_)
+        ));
+    }
+    let path = local_stack::paths::workspace_root().join("infra/state-machine-express-release.asl.json");
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("${CoordinationTable}", TABLE)
+        .replace("${RunningKey}", key)
+        .replace("${StateMachineName}", machine);
+    let definition: Value = serde_json::from_str(&text).unwrap();
+    let states = &definition["States"];
+    let release = &states["ReleaseSlot"]["Arguments"]["TransactItems"];
+    for (i, (condition, update)) in [(RELEASE_CONDITION, RELEASE_UPDATE), (UNCOUNT_CONDITION, UNCOUNT_UPDATE)]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(release[i]["Update"]["ConditionExpression"], condition);
+        assert_eq!(release[i]["Update"]["UpdateExpression"], update);
+    }
+    let context = json!({"Execution": {"Name": name}});
+    let run = |slot: &Value| json!({"states": {"context": context}, "slot": slot});
+    let read_slot = || async {
+        let request = local_stack::jsonata::evaluate(&states["ReadSlot"]["Arguments"], &run(&Value::Null)).unwrap();
+        let (status, read) = local.dynamodb("GetItem", &request).await;
+        assert_eq!(status, 200, "{read}");
+        read["Item"].clone()
+    };
+    let held =
+        |slot: &Value| local_stack::jsonata::evaluate(&states["Held"]["Choices"][0]["Condition"], &run(slot)).unwrap();
+    let slot = read_slot().await;
+    assert_eq!(held(&slot), json!(true));
+    let transaction = local_stack::jsonata::evaluate(&states["ReleaseSlot"]["Arguments"], &run(&slot)).unwrap();
+    let (status, answer) = local.dynamodb("TransactWriteItems", &transaction).await;
+    assert_eq!(status, 200, "{answer}");
+    let view = local.store.view(key).await.unwrap().unwrap();
+    let (freed, busy_ms) = view.freed();
+    assert_eq!((view.held(), freed), (0, 1));
+    assert!((1_500..60_000).contains(&busy_ms), "held about 1.5 s: {busy_ms} ms");
+    let tombstone = local.store.holder(key, machine, name).await.unwrap().unwrap();
+    assert_eq!(tombstone.state, HolderState::Released);
+    assert!(tombstone.expires_at_s().unwrap() >= now_ms / 1000 + TOMBSTONE_TTL.as_secs());
+    // A duplicate run finds the tombstone: Held is false, nothing is written.
+    assert_eq!(held(&read_slot().await), json!(false));
+    // The same release sent again (a concurrent duplicate) is cancelled: nothing is freed twice.
+    let (status, answer) = local.dynamodb("TransactWriteItems", &transaction).await;
+    assert_eq!(
+        (
+            status,
+            answer["__type"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("TransactionCanceledException")
+        ),
+        (400, true),
+        "{answer}"
+    );
+    let view = local.store.view(key).await.unwrap().unwrap();
+    assert_eq!((view.held(), view.freed().0), (0, 1));
 }

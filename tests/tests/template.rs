@@ -734,10 +734,12 @@ fn check_budget_defaults(t: &Template) -> Result<(), String> {
 }
 
 fn check_queues(t: &Template) -> Result<(), String> {
-    let queues = t.resources_of_type("AWS::SQS::Queue");
-    if queues.len() != 2 {
+    let queues = t.deployed_of_type("AWS::SQS::Queue")?;
+    // With a cap, the release function's DLQ too.
+    let expected = 2 + usize::from(cap_expected(t)?);
+    if queues.len() != expected {
         return Err(format!(
-            "expected a work queue and a DLQ, found {} queues",
+            "expected a work queue and a DLQ (and the release function's DLQ with a cap), found {} queues",
             queues.len()
         ));
     }
@@ -851,6 +853,18 @@ fn check_table_statement(
     keys: &[&str],
     arn: &Value,
 ) -> Result<(), String> {
+    check_table_statement_with(t, what, statement, actions, &serde_json::json!(keys), arn)
+}
+
+/// [`check_table_statement`] with `keys` as the template writes them (strings or expressions).
+fn check_table_statement_with(
+    t: &Template,
+    what: &str,
+    statement: &Value,
+    actions: &[&str],
+    keys: &Value,
+    arn: &Value,
+) -> Result<(), String> {
     if statement["Effect"] != "Allow" {
         return Err(format!("the {what} statement is not an Allow: {statement}"));
     }
@@ -908,19 +922,35 @@ fn check_table(name: &str, table: &Value) -> Result<(), String> {
             props["KeySchema"]
         ));
     }
-    let attributes = serde_json::json!([{"AttributeName": "pk", "AttributeType": "S"}]);
+    let attributes = serde_json::json!([
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "due", "AttributeType": "S"},
+        {"AttributeName": "check_at", "AttributeType": "N"}
+    ]);
     if props["AttributeDefinitions"] != attributes {
         return Err(format!(
-            "table {name} attributes {} are not pk (S) alone",
+            "table {name} attributes {} are not pk (S) and the due-index's keys",
             props["AttributeDefinitions"]
+        ));
+    }
+    // The running executions cap's sparse index (only held slots carry `due`).
+    let due_index = serde_json::json!([{
+        "IndexName": "due-index",
+        "KeySchema": [{"AttributeName": "due", "KeyType": "HASH"}, {"AttributeName": "check_at", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"}
+    }]);
+    if props["GlobalSecondaryIndexes"] != due_index {
+        return Err(format!(
+            "table {name} indexes {} are not the due-index (due S, check_at N, ALL) alone",
+            props["GlobalSecondaryIndexes"]
         ));
     }
     let ttl = &props["TimeToLiveSpecification"];
     if ttl["AttributeName"] != "expires_at" || ttl["Enabled"] != true {
         return Err(format!("table {name} has no TTL on expires_at"));
     }
-    if props.get("StreamSpecification").is_some() || props.get("GlobalSecondaryIndexes").is_some() {
-        return Err(format!("table {name} has streams or indexes the function does not use"));
+    if props.get("StreamSpecification").is_some() {
+        return Err(format!("table {name} has a stream the function does not use"));
     }
     Ok(())
 }
@@ -1963,7 +1993,18 @@ fn dangling(t: &Template, value: &Value, resources: &[String], out: &mut Vec<Str
 /// parameters (CloudFormation would reject the stack).
 fn check_references(t: &Template) -> Result<(), String> {
     let deployed = t.deployed()?;
-    let names: Vec<String> = deployed.iter().map(|(n, _)| n.clone()).collect();
+    let mut names: Vec<String> = deployed.iter().map(|(n, _)| n.clone()).collect();
+    // SAM names the resources of a function's event `<Function><Event>` (a rule, a schedule).
+    for (name, resource) in &deployed {
+        for event in resource["Properties"]["Events"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(e, _)| e)
+        {
+            names.push(format!("{name}{event}"));
+        }
+    }
     let mut found = Vec::new();
     for (name, resource) in &deployed {
         let mut missing = Vec::new();
@@ -3246,7 +3287,7 @@ fn check_quota_sync(t: &Template) -> Result<(), String> {
     let others: Vec<(String, Value)> = t
         .deployed_of_type("AWS::Serverless::Function")?
         .into_iter()
-        .filter(|(name, _)| name != starter_id)
+        .filter(|(name, f)| name != starter_id && f["Properties"]["CodeUri"] != starter["Properties"]["CodeUri"])
         .collect();
     if schedule.is_empty() || !coordinated {
         if let Some((name, _)) = others.first() {
@@ -3769,4 +3810,497 @@ fn lease_slots_dropped_alarm_check_rejects_a_missing_wrong_or_silent_alarm() {
     })
     .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
     assert!(check_lease_slots_dropped_alarm(&t).is_err());
+}
+
+// ------------------------------------------------------- the running executions cap (issue 16)
+
+/// The cap's item actions (its transactions are authorized per action), sorted.
+const CAP_ACTIONS: &[&str] = &[
+    "dynamodb:BatchGetItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+];
+/// DescribeExecution's shared budget (it paces the reclaim).
+const DESCRIBE_BUDGET_KEYS: &[&str] = &["quota#describe-execution"];
+
+/// Whether the parameters ask for a cap (a rule rejects one without the coordination table).
+fn cap_expected(t: &Template) -> Result<bool, String> {
+    let cap = t.number(t.params.get("MaxRunningExecutions").unwrap_or(&Value::from(0)))?;
+    Ok(cap > 0.0 && t.params.get("CoordinationTable").map(text).as_deref() != Some("None"))
+}
+
+/// The deployed functions of the starter's code other than the starter: the release function.
+fn release_functions(t: &Template) -> Result<Vec<(String, Value)>, String> {
+    let (starter_id, starter) = t.starter()?;
+    Ok(t.deployed_of_type("AWS::Serverless::Function")?
+        .into_iter()
+        .filter(|(name, f)| name != starter_id && f["Properties"]["CodeUri"] == starter["Properties"]["CodeUri"])
+        .collect())
+}
+
+/// The release function exists exactly with a cap: the starter's code (same binary), a reserved
+/// concurrency of its own, the starter's variables it reads with the starter's values, a rule for
+/// this state machine's status changes with a DLQ, the reclaim every minute, and Lambda's failed
+/// asynchronous invocations kept.
+fn check_release_function(t: &Template) -> Result<(), String> {
+    let (_, starter) = t.starter()?;
+    let starter = t.evaluate(starter)?.unwrap_or_default();
+    let starter_env = &starter["Properties"]["Environment"]["Variables"];
+    let releases = release_functions(t)?;
+    if !cap_expected(t)? {
+        if let Some((name, _)) = releases.first() {
+            return Err(format!("{name} is deployed without a cap"));
+        }
+        if let Some(v) = starter_env.get("MAX_RUNNING_EXECUTIONS") {
+            return Err(format!("MAX_RUNNING_EXECUTIONS is {v} without a cap"));
+        }
+        if t.number(&t.params["MaxRunningExecutions"])? > 0.0 && check_rules(t).is_ok() {
+            return Err("no rule rejects MaxRunningExecutions without a coordination table".into());
+        }
+        return Ok(());
+    }
+    let [(name, release)] = releases.as_slice() else {
+        return Err(format!("expected one release function, found {}", releases.len()));
+    };
+    let props = &release["Properties"];
+    if starter_env["MAX_RUNNING_EXECUTIONS"] != serde_json::json!({"Ref": "MaxRunningExecutions"}) {
+        return Err("the starter is not told MAX_RUNNING_EXECUTIONS".into());
+    }
+    if release["Metadata"]["BuildProperties"] != starter["Metadata"]["BuildProperties"] {
+        return Err(format!("{name} is not the starter's binary"));
+    }
+    if props["ReservedConcurrentExecutions"] != serde_json::json!({"Ref": "ReleaseConcurrency"}) {
+        return Err(format!(
+            "{name} has no reserved concurrency of its own (ReleaseConcurrency)"
+        ));
+    }
+    let env = props["Environment"]["Variables"].as_object().ok_or("no environment")?;
+    for (variable, value) in env {
+        if starter_env.get(variable) != Some(value) {
+            return Err(format!("{name}'s {variable} is not the starter's"));
+        }
+    }
+    for needed in ["STATE_MACHINE_ARN", "COORDINATION_TABLE", "MAX_RUNNING_EXECUTIONS"] {
+        if !env.contains_key(needed) {
+            return Err(format!("{name} is not told {needed}"));
+        }
+    }
+    let events: Vec<&Value> = props["Events"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, e)| e)
+        .collect();
+    let of = |kind: &str| events.iter().filter(|e| e["Type"] == kind).collect::<Vec<_>>();
+    let (rules, schedules) = (of("EventBridgeRule"), of("Schedule"));
+    let (Some(rule), 1, 1) = (rules.first(), rules.len(), events.len() - 1) else {
+        return Err(format!(
+            "{name} needs one status change rule and one schedule: {events:?}"
+        ));
+    };
+    let pattern = &rule["Properties"]["Pattern"];
+    let machine = &starter_env["STATE_MACHINE_ARN"];
+    if pattern["source"] != serde_json::json!(["aws.states"])
+        || pattern["detail-type"] != serde_json::json!(["Step Functions Execution Status Change"])
+        || pattern["detail"]["stateMachineArn"] != serde_json::json!([machine])
+    {
+        return Err(format!(
+            "{name}'s rule does not match this state machine's status changes: {pattern}"
+        ));
+    }
+    let dlq = &rule["Properties"]["DeadLetterConfig"]["Arn"];
+    let on_failure = &props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"];
+    if logical_id(dlq).is_none() || on_failure != dlq {
+        return Err(format!(
+            "{name}'s rule and failed invocations have no DLQ of this stack"
+        ));
+    }
+    if schedules.first().map(|s| &s["Properties"]["Schedule"]) != Some(&Value::from("rate(1 minute)")) {
+        return Err(format!("{name} does not run the reclaim every minute"));
+    }
+    Ok(())
+}
+
+/// The cap's policy: attached to exactly the starter's and the release function's roles; the
+/// cap's item actions on the items `running#<key>` and `running#<key>#…` only (the key:
+/// `RunningKey`, else the state machine's name), `Query` on the due-index for the key's
+/// partitions only, DescribeExecution's budget item, and `states:DescribeExecution` on this state
+/// machine's executions only. The release role's own: the DLQ's `SendMessage`, nothing else.
+fn check_cap_policy(t: &Template) -> Result<(), String> {
+    let policies = t.deployed_of_type("AWS::IAM::ManagedPolicy")?;
+    if !cap_expected(t)? {
+        return match policies.first() {
+            Some((name, _)) => Err(format!("{name} is deployed without a cap")),
+            None => Ok(()),
+        };
+    }
+    let [(name, policy)] = policies.as_slice() else {
+        return Err(format!("expected one cap policy, found {}", policies.len()));
+    };
+    let (starter_id, starter) = t.starter()?;
+    let releases = release_functions(t)?;
+    let (release_id, release) = releases.first().ok_or("no release function")?;
+    let role = |f: &Value| serde_json::json!({"Ref": logical_id(&f["Properties"]["Role"]).unwrap_or_default()});
+    let props = &policy["Properties"];
+    if props["Roles"] != serde_json::json!([role(starter), role(release)]) {
+        return Err(format!(
+            "{name} is not attached to {starter_id}'s and {release_id}'s roles alone"
+        ));
+    }
+    let machine = t.evaluate(&starter["Properties"])?.unwrap_or_default()["Environment"]["Variables"]
+        ["STATE_MACHINE_ARN"]
+        .clone();
+    let machine_name = serde_json::json!({"Fn::Select": [6, {"Fn::Split": [":", machine]}]});
+    let key = match text(t.params.get("RunningKey").unwrap_or(&Value::from(""))).as_str() {
+        "" => machine_name.clone(),
+        _ => serde_json::json!({"Ref": "RunningKey"}),
+    };
+    let sub = |pattern: &str| serde_json::json!({"Fn::Sub": [pattern, {"Key": key}]});
+    let (table, index) = match text(&t.params["CoordinationTable"]).as_str() {
+        "Create" => {
+            let id = t
+                .deployed_of_type("AWS::DynamoDB::Table")?
+                .first()
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            (
+                serde_json::json!({"Fn::GetAtt": [id, "Arn"]}),
+                Value::from(format!("${{{id}.Arn}}/index/due-index")),
+            )
+        }
+        existing => {
+            let arn = format!("arn:${{AWS::Partition}}:dynamodb:${{AWS::Region}}:${{AWS::AccountId}}:table/{existing}");
+            (Value::from(arn.clone()), Value::from(format!("{arn}/index/due-index")))
+        }
+    };
+    let statements = props["PolicyDocument"]["Statement"].as_array().ok_or("no statements")?;
+    let with_actions = |actions: &[&str]| statements.iter().find(|s| actions_of(s) == actions);
+    let items = with_actions(CAP_ACTIONS).ok_or("no statement of the cap's item actions")?;
+    check_table_statement_with(
+        t,
+        "cap items",
+        items,
+        CAP_ACTIONS,
+        &serde_json::json!([sub("running#${Key}"), sub("running#${Key}#*")]),
+        &table,
+    )?;
+    let query = with_actions(&["dynamodb:Query"]).ok_or("no Query statement")?;
+    check_table_statement_with(
+        t,
+        "cap index",
+        query,
+        &["dynamodb:Query"],
+        &serde_json::json!([sub("running#${Key}#due#*")]),
+        &index,
+    )?;
+    let budget = with_actions(COORDINATION_ACTIONS).ok_or("no statement of DescribeExecution's budget")?;
+    check_table_statement(
+        t,
+        "describe budget",
+        budget,
+        COORDINATION_ACTIONS,
+        DESCRIBE_BUDGET_KEYS,
+        &table,
+    )?;
+    let describe = with_actions(&["states:DescribeExecution"]).ok_or("no DescribeExecution statement")?;
+    let executions = serde_json::json!({"Fn::Sub": [
+        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${Machine}:*",
+        {"Machine": machine_name}
+    ]});
+    if describe["Resource"] != executions || describe["Effect"] != "Allow" {
+        return Err(format!(
+            "DescribeExecution is allowed on {}, not this state machine's executions",
+            describe["Resource"]
+        ));
+    }
+    if statements.len() != 4 {
+        return Err(format!("{name} has {} statements, not the cap's 4", statements.len()));
+    }
+    let (own, _) = policies_of(t, release)?;
+    let dlq = &release["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"];
+    match own.as_slice() {
+        [only] if actions_of(only) == ["sqs:SendMessage"] && &only["Resource"] == dlq => Ok(()),
+        _ => Err(format!(
+            "{release_id}'s role allows more than sending to its DLQ: {own:?}"
+        )),
+    }
+}
+
+/// With a cap: an alarm when it has been full (`Running ≥ RunningCap` of the release function,
+/// which reads the cap every minute) for `CapFullAlarmMinutes` minutes, and one on any
+/// `SlotsReclaimed` (starter's or release function's); each says what to do and notifies.
+fn check_cap_alarms(t: &Template) -> Result<(), String> {
+    let alarms = t.deployed_of_type("AWS::CloudWatch::Alarm")?;
+    let on = |metric: &str| -> Vec<&(String, Value)> {
+        alarms
+            .iter()
+            .filter(|(_, a)| alarm_metrics(a).iter().any(|m| m["MetricName"] == metric))
+            .collect()
+    };
+    let (full, reclaimed) = (on("RunningCap"), on("SlotsReclaimed"));
+    if !cap_expected(t)? {
+        return match full.len() + reclaimed.len() {
+            0 => Ok(()),
+            _ => Err("cap alarms without a cap".into()),
+        };
+    }
+    let releases = release_functions(t)?;
+    let release = serde_json::json!({"Ref": releases.first().ok_or("no release function")?.0});
+    let ([(name, alarm)], [(reclaim_name, reclaim)]) = (full.as_slice(), reclaimed.as_slice()) else {
+        return Err(format!(
+            "expected one cap-full and one reclaim alarm, found {} and {}",
+            full.len(),
+            reclaimed.len()
+        ));
+    };
+    let props = &alarm["Properties"];
+    let metric = |metric: &str| alarm_metrics(alarm).into_iter().find(|m| m["MetricName"] == metric);
+    let dimensions = serde_json::json!([{"Name": "FunctionName", "Value": release}]);
+    let (Some(held), Some(cap)) = (metric("Running"), metric("RunningCap")) else {
+        return Err(format!("{name} does not compare Running with RunningCap"));
+    };
+    let expression = format!("IF({} >= {}, 1, 0)", text(&held["Id"]), text(&cap["Id"]));
+    let returned: Vec<&Value> = props["Metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["ReturnData"] == true)
+        .collect();
+    if held["Dimensions"] != dimensions
+        || cap["Dimensions"] != dimensions
+        || returned.len() != 1
+        || returned[0]["Expression"] != expression.as_str()
+    {
+        return Err(format!(
+            "{name} does not alarm on {expression:?} of the release function alone"
+        ));
+    }
+    let minutes = serde_json::json!({"Ref": "CapFullAlarmMinutes"});
+    if props["EvaluationPeriods"] != minutes
+        || props["DatapointsToAlarm"] != minutes
+        || t.number(&props["Threshold"])? != 0.0
+    {
+        return Err(format!("{name} does not fire after CapFullAlarmMinutes full minutes"));
+    }
+    let reclaim_metrics = alarm_metrics(reclaim);
+    if reclaim_metrics.iter().all(|m| m["Dimensions"] != dimensions)
+        || t.number(&reclaim["Properties"]["Threshold"])? != 0.0
+    {
+        return Err(format!(
+            "{reclaim_name} does not fire on any slot the release function reclaims"
+        ));
+    }
+    for (name, alarm) in [(name, alarm), (reclaim_name, reclaim)] {
+        let mut description = Vec::new();
+        strings(&alarm["Properties"]["AlarmDescription"], &mut description);
+        if !description.concat().contains("docs/deploy.md") {
+            return Err(format!("{name} does not point to what to do (docs/deploy.md)"));
+        }
+        check_notifies(t, name, &alarm["Properties"])?;
+    }
+    Ok(())
+}
+
+fn capped() -> Template {
+    Template::load().with("MaxRunningExecutions", 50.into())
+}
+
+fn cap_modes() -> Vec<Template> {
+    vec![
+        Template::load(),
+        capped(),
+        capped().with("RunningKey", "database".into()),
+        capped().with("CoordinationTable", "shared".into()),
+        capped().with(
+            "StateMachineArn",
+            "arn:aws:states:us-east-1:123456789012:stateMachine:orders".into(),
+        ),
+        capped().with("MessagesPerExecution", 10.into()),
+        capped().with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into()),
+    ]
+}
+
+#[test]
+fn the_cap_brings_its_release_function_policy_alarms_and_index_when_asked() {
+    for t in cap_modes() {
+        let mode = format!(
+            "{:?}",
+            (
+                &t.params["MaxRunningExecutions"],
+                &t.params["CoordinationTable"],
+                &t.params["RunningKey"]
+            )
+        );
+        for check in [
+            check_release_function,
+            check_cap_policy,
+            check_cap_alarms,
+            check_rules,
+            check_references,
+            check_coordination,
+            check_least_privilege,
+        ] {
+            check(&t).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        }
+    }
+    assert!(check_rules(&capped().with("CoordinationTable", "None".into()))
+        .unwrap_err()
+        .contains("MaxRunningExecutions above 0 needs coordinated mode"));
+    check_dashboard_metrics(
+        &capped(),
+        &[
+            "Running",
+            "RunningCap",
+            "WaitingForSlot",
+            "SlotsReleased",
+            "SlotsReclaimed",
+            "ReleaseEvents",
+            "DuplicateReleaseEvents",
+        ],
+    )
+    .unwrap();
+}
+
+fn release_props(d: &mut Value) -> &mut Value {
+    &mut d["Resources"]["ReleaseFunction"]["Properties"]
+}
+
+fn cap_statement<'a>(d: &'a mut Value, sid: &str) -> &'a mut Value {
+    d["Resources"]["RunningCapPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["Sid"] == sid)
+        .unwrap()
+}
+
+#[test]
+fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_alarms() {
+    let broken = |edit: fn(&mut Value)| -> String {
+        let t = edited(edit).with("MaxRunningExecutions", 50.into());
+        [
+            check_release_function,
+            check_cap_policy,
+            check_cap_alarms,
+            check_coordination,
+        ]
+        .iter()
+        .find_map(|check| check(&t).err())
+        .unwrap_or_else(|| "passed".into())
+    };
+    type Case = (fn(&mut Value), &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            |d| release_props(d)["ReservedConcurrentExecutions"] = serde_json::json!({"Ref": "MaxConcurrency"}),
+            "reserved concurrency",
+        ),
+        (
+            |d| release_props(d)["Environment"]["Variables"]["RUNNING_KEY"] = "other".into(),
+            "RUNNING_KEY is not the starter's",
+        ),
+        (
+            |d| {
+                release_props(d)["Events"]["StatusChange"]["Properties"]["Pattern"]["detail"]["stateMachineArn"] =
+                    serde_json::json!(["arn:aws:states:us-east-1:123456789012:stateMachine:other"])
+            },
+            "this state machine",
+        ),
+        (
+            |d| {
+                release_props(d)["Events"]["StatusChange"]["Properties"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("DeadLetterConfig");
+            },
+            "DLQ",
+        ),
+        (
+            |d| {
+                release_props(d)["Events"].as_object_mut().unwrap().remove("Reclaim");
+            },
+            "one schedule",
+        ),
+        (
+            |d| {
+                cap_statement(d, "RunningCapItems")["Action"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push("dynamodb:Scan".into())
+            },
+            "cap's item actions",
+        ),
+        (
+            |d| {
+                cap_statement(d, "RunningCapItems")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                    serde_json::json!(["running#*"])
+            },
+            "condition",
+        ),
+        (
+            |d| {
+                cap_statement(d, "RunningCapIndex")["Resource"] =
+                    serde_json::json!({"Fn::GetAtt": ["CoordinationStore", "Arn"]})
+            },
+            "Resource",
+        ),
+        (
+            |d| cap_statement(d, "DescribeExecutions")["Resource"] = "*".into(),
+            "this state machine's executions",
+        ),
+        (
+            |d| d["Resources"]["RunningCapPolicy"]["Properties"]["Roles"] = serde_json::json!([{"Ref": "StarterRole"}]),
+            "attached",
+        ),
+        (
+            |d| {
+                d["Resources"]["ReleaseRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]["Action"] =
+                    "sqs:*".into()
+            },
+            "more than sending",
+        ),
+        (
+            |d| d["Resources"]["CapFullAlarm"]["Properties"]["EvaluationPeriods"] = 1.into(),
+            "CapFullAlarmMinutes",
+        ),
+        (
+            |d| d["Resources"]["CapFullAlarm"]["Properties"]["Metrics"][2]["Expression"] = "held".into(),
+            "alone",
+        ),
+        (
+            |d| {
+                d["Resources"].as_object_mut().unwrap().remove("SlotsReclaimedAlarm");
+            },
+            "expected one cap-full and one reclaim alarm",
+        ),
+        (
+            |d| {
+                d["Resources"]["CoordinationStore"]["Properties"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("GlobalSecondaryIndexes");
+            },
+            "due-index",
+        ),
+    ];
+    for (edit, expected) in cases {
+        let e = broken(edit);
+        assert!(e.contains(expected), "{expected:?} not in {e:?}");
+    }
+    // Deployed whatever the parameters say.
+    let t = edited(|d| {
+        d["Resources"]["ReleaseFunction"]
+            .as_object_mut()
+            .unwrap()
+            .remove("Condition");
+    });
+    assert!(check_release_function(&t).unwrap_err().contains("without a cap"));
+    // No rule for the cap without a table.
+    let t = edited(|d| {
+        d["Rules"].as_object_mut().unwrap().remove("RunningCap");
+    })
+    .with("MaxRunningExecutions", 50.into())
+    .with("CoordinationTable", "None".into());
+    assert!(check_release_function(&t).unwrap_err().contains("no rule rejects"));
 }

@@ -27,6 +27,13 @@ pub enum Failure {
         /// The SDK's error, on one line.
         message: String,
     },
+    /// `cap show` found no cap on running executions under the key (exit 1).
+    NoCap {
+        /// The table.
+        table: String,
+        /// The cap's key (`RUNNING_KEY`, not the `pk`).
+        key: String,
+    },
     /// The table answered something the command cannot act on (exit 2).
     Unexpected(String),
     /// `sync` found the account's quota in none of its sources (exit 2): what each one said.
@@ -37,7 +44,7 @@ impl Failure {
     /// The process exit code: 1 for "no budget", else 2.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::NoBudget { .. } => 1,
+            Failure::NoBudget { .. } | Failure::NoCap { .. } => 1,
             _ => 2,
         }
     }
@@ -52,6 +59,11 @@ impl fmt::Display for Failure {
                 "no budget under {} in table {table} yet: it is created by the first instance that starts, \
                  from its STARTS_PER_SECOND and STARTS_BURST; or create it with `set`",
                 budget_pk(key)
+            ),
+            Failure::NoCap { table, key } => write!(
+                f,
+                "no cap under running#{key} in table {table} yet: it is created by the first instance that starts \
+                 with MAX_RUNNING_EXECUTIONS and RUNNING_KEY {key}; or create it with `cap set --max N`"
             ),
             Failure::Store {
                 operation,

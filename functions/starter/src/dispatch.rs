@@ -141,6 +141,7 @@ impl Starter {
     fn emit(&self, tally: &Tally, elapsed: Duration, context: &Context) {
         let mut report: Report = tally.report(0, 0, elapsed);
         report.running = self.running().and_then(|r| r.cap().running());
+        report.running_cap = self.running().and_then(|r| r.cap().size());
         let doc = report.emf(
             &self.config().metrics_namespace,
             &context.env_config.function_name,

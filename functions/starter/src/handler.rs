@@ -39,6 +39,7 @@ use crate::start::claim::ClaimStore;
 use crate::start::classify::{classify, systemic_advice, Class};
 use crate::start::pace::Pacer;
 use crate::start::pacing::Pacing;
+use crate::start::running::cap::REFRESH;
 use crate::start::{StartError, StartExecution, StartRequest};
 
 /// The result of one batch.
@@ -336,6 +337,7 @@ impl Starter {
         let response = respond(&messages, &closed.dispositions);
         let mut report = tally.report(messages.len(), response.batch_item_failures.len(), started_at.elapsed());
         report.running = self.running.as_ref().and_then(|r| r.cap().running());
+        report.running_cap = self.running.as_ref().and_then(|r| r.cap().size());
         self.add_pacing_counts(&mut report).await;
         Ok(Outcome {
             response,
@@ -485,7 +487,8 @@ impl Invocation<'_> {
             Work::Start(plan) => match self.waits_in_line(unit) {
                 Some(waits) => waits.into(),
                 None => {
-                    let settled: Settled = self.start(plan, unit.carried).await.into();
+                    let hold = self.hold_until(unit);
+                    let settled: Settled = self.start(plan, unit.carried, hold).await.into();
                     if matches!(settled, Settled::Done(_)) {
                         self.confirm_started(plan).await;
                     }
@@ -503,8 +506,9 @@ impl Invocation<'_> {
     }
 
     /// Starts one execution carrying `carried` messages, pacing every attempt and retrying
-    /// within the invocation while attempts and time remain.
-    async fn start(&self, plan: &Plan, carried: u64) -> Attempt {
+    /// within the invocation while attempts and time remain; at a full cap, waiting for a running
+    /// slot until `hold` (if given), the start slot given back meanwhile.
+    async fn start(&self, plan: &Plan, carried: u64, hold: Option<Instant>) -> Attempt {
         let config = self.config();
         let pacing = &self.starter.pacing;
         let input = match self.claim_checked(&plan.input).await {
@@ -559,6 +563,19 @@ impl Invocation<'_> {
                     self.holding.fetch_sub(1, Ordering::Relaxed);
                     pacing.put_back(slot).await;
                     return settled;
+                }
+                Gate::Full(settled) => {
+                    self.holding.fetch_sub(1, Ordering::Relaxed);
+                    pacing.put_back(slot).await;
+                    match hold.filter(|until| Instant::now() + REFRESH < *until) {
+                        Some(_) => {
+                            // Not an attempt at StartExecution: the cap is read again, then tried.
+                            attempt -= 1;
+                            sleep(REFRESH).await;
+                            continue;
+                        }
+                        None => return settled,
+                    }
                 }
             };
             let result = timeout(self.call_timeout, self.starter.sfn.start_execution(&request))

@@ -36,8 +36,10 @@ use crate::start::running::RunningStore;
 /// Holders this many seconds older than a call timeout are no longer being started by another
 /// delivery: an attempt that took a slot has settled it by then.
 const SETTLE_AFTER_CALL: Duration = Duration::from_secs(2);
-/// A starter that finds the cap full settles at most this many due slots in one sweep.
+/// A starter that finds the cap full settles at most this many due slots in one sweep ...
 const STARTER_SWEEP_LIMIT: usize = 10;
+/// ... within this long (its invocation is billed meanwhile; the scheduled sweep does the rest).
+const STARTER_SWEEP_TIME: Duration = Duration::from_secs(1);
 
 /// The cap, as the starter uses it: the slots, and the reclaim's DescribeExecution, paced under
 /// its own quota (the shared budget `describe-execution`).
@@ -72,7 +74,17 @@ pub(super) enum Gate {
     Go(Option<Slot>),
     /// Do not call: the unit settles so.
     Stop(Attempt),
+    /// No slot is free: the unit settles so, unless it may wait in the invocation ([`HOLD`]).
+    Full(Attempt),
 }
+
+/// A due message (it came back from the line) that finds the cap full waits in its invocation up
+/// to this long for a slot, trying again each time the cap's view is stale (every
+/// [`crate::start::running::cap::REFRESH`]), its start slot given back meanwhile: the slot it is due
+/// for is usually a moment late (visibility timeouts are whole seconds, and a release comes by
+/// EventBridge), and coming back for it would cost a receive, while the next due messages would
+/// take the slots freed meanwhile.
+pub const HOLD: Duration = Duration::from_secs(1);
 
 impl Starter {
     /// Caps running executions (`MAX_RUNNING_EXECUTIONS`) with the slots in `store`; the reclaim
@@ -118,6 +130,14 @@ impl Starter {
 impl Invocation<'_> {
     fn cap(&self) -> Option<&Cap> {
         self.starter.running.as_ref().map(|r| &r.cap)
+    }
+
+    /// Until when `unit` may wait in the invocation for a running slot ([`HOLD`]): a message that
+    /// came back from the line, once the cap's completion rate is measured.
+    pub(super) fn hold_until(&self, unit: &Unit) -> Option<Instant> {
+        let cap = self.cap()?;
+        let head = &self.messages[*unit.members.first()?];
+        (head.is_comeback() && cap.measured()).then(|| (Instant::now() + HOLD).min(self.cutoff))
     }
 
     /// A unit that waits in line without trying: a fresh message while the line holds messages,
@@ -169,7 +189,7 @@ impl Invocation<'_> {
             } => self.held(cap, name, express, taken_at_ms, check_at_s),
             // Standard: it ran; StartExecution answers ExecutionAlreadyExists.
             Taken::Ended { .. } => Gate::Go(None),
-            Taken::Full { held, cap } => Gate::Stop(Attempt::Retry {
+            Taken::Full { held, cap } => Gate::Full(Attempt::Retry {
                 reason: format!("waiting for a running slot: {held} of {cap} held"),
                 comeback: Comeback::AtCap(None),
             }),
@@ -196,10 +216,11 @@ impl Invocation<'_> {
             });
         }
         if age < settle {
-            // A concurrent delivery may still be starting it, and give the slot back.
+            // A concurrent delivery may still be starting it, and give the slot back. It waits on
+            // the cap's slot: before its last receive it is re-sent, like any message at the cap.
             return Gate::Stop(Attempt::Retry {
                 reason: format!("another delivery is starting {name}"),
-                comeback: Comeback::At(Instant::now() + settle - age),
+                comeback: Comeback::AtCap(Some(Instant::now() + settle - age)),
             });
         }
         // Standard: StartExecution returns the running execution, or ExecutionAlreadyExists.
@@ -232,7 +253,8 @@ impl Invocation<'_> {
         if !at_cap || Instant::now() >= self.cutoff || !running.cap.sweep_due() {
             return;
         }
-        let sweep = running.sweep(STARTER_SWEEP_LIMIT, self.cutoff).await;
+        let latest = (Instant::now() + STARTER_SWEEP_TIME).min(self.cutoff);
+        let sweep = running.sweep(STARTER_SWEEP_LIMIT, latest).await;
         self.tally.add_many(Count::SlotsReclaimed, sweep.reclaimed);
     }
 }

@@ -6,7 +6,7 @@ use crate::close::dead_letter::AttributeValue;
 use crate::plan::event::{DUE_AT_ATTRIBUTE, MESSAGE_ID_ATTRIBUTE};
 use crate::start::memory::MemoryStore;
 use crate::start::running::describe::Described;
-use crate::start::running::tests::{status_change, FakeDescriber};
+use crate::start::running::tests::{history, status_change, FakeDescriber};
 use crate::start::running::{execution_arn, HolderState, Item, RunningStore};
 
 const KEY: &str = "demo";
@@ -94,6 +94,8 @@ fn received(id: &str, receive_count: u32) -> serde_json::Value {
 #[tokio::test(start_paused = true)]
 async fn no_more_executions_start_than_the_cap_and_no_start_slot_is_spent_waiting() {
     let c = setup(capped(3, &[("STARTS_PER_SECOND", "10"), ("STARTS_BURST", "6")]));
+    // Executions of this cap ran 60 s before: λ̂ = 3 / 60 s.
+    history(&c.store, KEY, 3, 60_000).await;
     let outcome = c.starter.process(batch(10), deadline_in(60_000)).await.unwrap();
     let r = &outcome.report;
     assert_eq!((r.started, r.waiting_for_slot, r.running), (3, 7, Some(3)));
@@ -106,10 +108,34 @@ async fn no_more_executions_start_than_the_cap_and_no_start_slot_is_spent_waitin
     let pacer = c.starter.pacer();
     assert!(pacer.reserve(now, now).is_some() && pacer.reserve(now, now).is_some());
     assert!(pacer.reserve(now, now).is_none(), "two tokens were left, no more");
-    // The waiting messages come back one expected completion apart (3 slots / 60 s: every 20 s).
+    // The waiting messages come back one expected completion apart (3 slots / 60 s: every 20 s, at
+    // the line's pace).
     let mut waits: Vec<u32> = (0..10).filter_map(|i| c.visibility(&format!("m-{i}"))).collect();
     waits.sort();
-    assert_eq!(waits, [20, 40, 60, 80, 100, 120, 140]);
+    let expected: Vec<u32> = (1..=7)
+        .map(|i| (f64::from(i) * 20.0 / crate::start::running::line::LINE_PACE).round() as u32)
+        .collect();
+    assert_eq!(waits, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_any_execution_ended_waiting_messages_probe_with_doubling_waits() {
+    let c = setup(capped(3, &[]));
+    c.starter.process(batch(10), deadline_in(60_000)).await.unwrap();
+    let waits: Vec<u32> = (0..10).filter_map(|i| c.visibility(&format!("m-{i}"))).collect();
+    assert_eq!(waits.len(), 7);
+    assert!(
+        waits.iter().all(|w| (3..=5).contains(w)),
+        "PROBE_WAIT, jittered: {waits:?}"
+    );
+    let back: Vec<serde_json::Value> = (0..10).map(|i| received(&format!("m-{i}"), 3)).collect();
+    c.starter.process(event(back), deadline_in(60_000)).await.unwrap();
+    let waits: Vec<u32> = (0..10).filter_map(|i| c.visibility(&format!("m-{i}"))).collect();
+    assert!(
+        waits.iter().any(|w| (12..=20).contains(w)),
+        "doubled twice at the third receive: {waits:?}"
+    );
+    assert_eq!(c.sfn.executions().len(), 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -137,6 +137,7 @@ impl Tally {
             release_events: get(&self.release_events),
             duplicate_release_events: get(&self.duplicate_release_events),
             running: None,
+            running_cap: None,
             lease_calls: 0,
             fallbacks: 0,
             lease_slots_dropped: 0,
@@ -197,6 +198,8 @@ pub struct Report {
     pub duplicate_release_events: u64,
     /// The cap: running slots held, all instances together, as this instance last saw them.
     pub running: Option<u64>,
+    /// The cap: its size (`RunningCap`), as this instance last saw it (it may change live).
+    pub running_cap: Option<u64>,
     /// Coordinated mode: calls to the coordination table.
     pub lease_calls: u64,
     /// Coordinated mode: starts paced by the static split because the table could not be used.
@@ -277,9 +280,11 @@ impl Report {
             declared.push(json!({"Name": name, "Unit": "Count"}));
             root.insert((*name).into(), json!(get(self)));
         }
-        if let Some(running) = self.running {
-            declared.push(json!({"Name": "Running", "Unit": "Count"}));
-            root.insert("Running".into(), json!(running));
+        for (name, value) in [("Running", self.running), ("RunningCap", self.running_cap)] {
+            if let Some(value) = value {
+                declared.push(json!({"Name": name, "Unit": "Count"}));
+                root.insert(name.into(), json!(value));
+            }
         }
         for (name, unit, value) in [
             ("PacingDelay", "Milliseconds", self.pacing_delay_ms),
@@ -323,6 +328,7 @@ impl Report {
             set(&mut report, doc.get(*name).and_then(Value::as_u64).unwrap_or(0));
         }
         report.running = doc.get("Running").and_then(Value::as_u64);
+        report.running_cap = doc.get("RunningCap").and_then(Value::as_u64);
         let float = |name: &str| doc.get(name).and_then(Value::as_f64).unwrap_or(0.0);
         report.pacing_delay_ms = float("PacingDelay");
         report.elapsed_ms = float("BatchDuration");
@@ -578,6 +584,7 @@ mod tests {
             release_events: 7,
             duplicate_release_events: 2,
             running: Some(20),
+            running_cap: Some(25),
             lease_calls: 4,
             fallbacks: 2,
             lease_slots_dropped: 3,

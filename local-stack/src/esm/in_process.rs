@@ -25,6 +25,8 @@ pub struct InProcess {
     kill: Option<Kill>,
     invocations: AtomicU64,
     killed: AtomicU64,
+    /// The messages of the killed invocations (a re-sent one under its first id).
+    killed_messages: Mutex<Vec<String>>,
     totals: Mutex<Report>,
 }
 
@@ -57,6 +59,7 @@ impl InProcess {
             kill: None,
             invocations: AtomicU64::new(0),
             killed: AtomicU64::new(0),
+            killed_messages: Mutex::new(Vec::new()),
             totals: Mutex::new(Report::default()),
         }
     }
@@ -70,6 +73,12 @@ impl InProcess {
     /// Invocations killed part-way (still running when their kill came).
     pub fn killed(&self) -> u64 {
         self.killed.load(Ordering::Relaxed)
+    }
+
+    /// The messages of the invocations killed part-way, by their first id (a re-sent message's
+    /// `sfn-pacer.message-id`): each such receive ended in a crash.
+    pub fn killed_messages(&self) -> Vec<String> {
+        self.killed_messages.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The handlers' counts (started, throttled, table calls, …), summed over invocations.
@@ -90,6 +99,16 @@ impl InProcess {
             .map(|k| k.after.min(budget));
         (budget, kill)
     }
+}
+
+/// A record's first id: the `sfn-pacer.message-id` it carries (re-sent), else its message id.
+fn first_id(record: &super::event::SqsMessage) -> String {
+    record
+        .message_attributes
+        .get(sfn_pacer::plan::event::MESSAGE_ID_ATTRIBUTE)
+        .and_then(|a| a.string_value.clone())
+        .or_else(|| record.message_id.clone())
+        .unwrap_or_default()
 }
 
 /// The runtime's error document, as Lambda returns it for a handler error.
@@ -115,10 +134,15 @@ impl Invoker for InProcess {
         let (budget, kill) = self.budget();
         let deadline_ms = now_epoch_ms().saturating_add(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX));
         let cut_off = kill.unwrap_or(budget);
+        let ids: Vec<String> = event.records.iter().map(first_id).collect();
         match tokio::time::timeout(cut_off, starter.process(event, deadline_ms)).await {
             Err(_) => {
                 if kill.is_some() {
                     self.killed.fetch_add(1, Ordering::Relaxed);
+                    self.killed_messages
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(ids);
                 }
                 InvokeOutcome::TimedOut(cut_off)
             }

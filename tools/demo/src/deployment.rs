@@ -106,6 +106,8 @@ pub struct FunctionSettings {
     pub messages_per_execution: u32,
     /// The coordination table; `None`: the static split.
     pub coordination: Option<Coordination>,
+    /// The cap on running executions (`--max-running`).
+    pub cap: Option<crate::cap::CapSettings>,
 }
 
 /// One deployment and its processes.
@@ -222,6 +224,7 @@ impl Deployment {
             env.push(("QUOTA_KEY", c.quota_key.clone()));
             env.push(("AWS_ENDPOINT_URL_DYNAMODB", c.endpoint.clone()));
         }
+        env.extend(settings.cap.iter().flat_map(crate::cap::CapSettings::env));
         env
     }
 

@@ -5,9 +5,11 @@
 //!   line, then the [`accounting`] per deployment, the budget check and the [`report`].
 //! - [`serve`]: moto on a fixed port and the function under plain `cargo lambda watch`, for
 //!   `make invoke`.
+//! - [`cap`]: `--max-running`: executions that end, their events delivered as EventBridge would.
 //! - [`emf`], [`rate`], [`accounting`]: the arithmetic, without a network.
 
 pub mod accounting;
+pub mod cap;
 pub mod deployment;
 pub mod emf;
 pub mod feed;

@@ -39,9 +39,10 @@ enum Commands {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Messages to produce, in all (dealt to the deployments in turn).
-    #[arg(long, value_name = "N", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    messages: u64,
+    /// Messages to produce, in all (dealt to the deployments in turn). Default: 3000, or with
+    /// --max-running 15 per slot of the cap.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    messages: Option<u64>,
     /// The global StartExecution budget, starts per second: every deployment's
     /// STARTS_PER_SECOND when coordinated, split evenly with --static-split.
     #[arg(long, value_name = "STARTS_PER_SECOND", default_value_t = 100.0)]
@@ -78,6 +79,19 @@ struct RunArgs {
     /// Seed of the generator (which messages are bad).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Cap running executions (every function's MAX_RUNNING_EXECUTIONS, one RUNNING_KEY shared by
+    /// the deployments): executions take --execution-seconds, then the local stack ends them and
+    /// delivers their status change events to the release function, as EventBridge would. The
+    /// report shows the peak of running executions against the cap. Needs the coordination table.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_running: Option<u32>,
+    /// With --max-running: how long each execution runs, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    execution_seconds: f64,
+    /// With --max-running: EventBridge drops 5 % of the status change events and sends 10 % twice
+    /// (a slot whose event was dropped comes back by the reclaim).
+    #[arg(long)]
+    event_faults: bool,
     /// Hard bound of the run, in seconds, from the producer's start.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
     max_seconds: f64,
@@ -154,6 +168,25 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
             a.messages_per_execution
         ));
     }
+    if a.static_split && a.max_running.is_some() {
+        return Err(
+            "--max-running needs the coordination table, so it cannot be combined with --static-split: \
+                    the cap's slots are items of the table"
+                .to_string(),
+        );
+    }
+    let cap = match a.max_running {
+        Some(max_running) => Some(sfn_pacer_demo::cap::CapSettings {
+            max_running,
+            execution_seconds: positive("execution-seconds", a.execution_seconds)?,
+            event_faults: a.event_faults,
+        }),
+        None if a.event_faults => return Err("--event-faults needs --max-running".to_string()),
+        None => None,
+    };
+    let messages = a
+        .messages
+        .unwrap_or_else(|| a.max_running.map_or(3000, |n| 15 * u64::from(n)).min(1_000_000));
     let (batch_size, raised) = batch_size(a.batch_size, a.messages_per_execution);
     if raised {
         eprintln!(
@@ -180,7 +213,8 @@ fn run_config(a: RunArgs) -> Result<RunConfig, String> {
         ));
     }
     Ok(RunConfig {
-        messages: a.messages,
+        messages,
+        cap,
         rate,
         burst,
         max_concurrency: a.max_concurrency,
@@ -314,6 +348,27 @@ mod tests {
         let cfg = config(&[]).unwrap();
         assert_eq!((cfg.messages_per_execution, cfg.batch_size), (1, 10));
         assert!((cfg.produce_rate - cfg.rate).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_cap_needs_the_table_and_sizes_the_run_by_the_cap() {
+        let cfg = config(&["--max-running", "20", "--execution-seconds", "2.5", "--event-faults"]).unwrap();
+        let cap = cfg.cap.unwrap();
+        assert_eq!(
+            (cap.max_running, cap.execution_seconds, cap.event_faults),
+            (20, 2.5, true)
+        );
+        assert_eq!(cfg.messages, 300, "15 per slot of the cap by default");
+        assert_eq!(
+            config(&["--max-running", "20", "--messages", "50"]).unwrap().messages,
+            50
+        );
+        assert_eq!(config(&[]).unwrap().messages, 3000);
+        assert!(config(&[]).unwrap().cap.is_none());
+        let e = config(&["--max-running", "20", "--static-split"]).unwrap_err();
+        assert!(e.contains("needs the coordination table") && !e.contains('\n'), "{e}");
+        assert!(config(&["--event-faults"]).unwrap_err().contains("needs --max-running"));
+        assert!(config(&["--max-running", "20", "--execution-seconds", "0"]).is_err());
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub struct Report {
     pub processes: Vec<ProcessRecord>,
     /// Where the logs are.
     pub log_dir: PathBuf,
+    /// The cap on running executions (`--max-running`).
+    pub cap: Option<crate::cap::CapReport>,
 }
 
 /// Appends one line of the report: a label column, then the text.
@@ -361,6 +363,9 @@ impl Report {
             deployment.render_into(&mut s);
         }
         self.render_budget(&mut s);
+        for (label, text) in self.cap.iter().flat_map(crate::cap::render) {
+            line(&mut s, 2, label, &text);
+        }
         self.render_timing(&mut s);
         line(&mut s, 2, "logs", &self.log_dir.display().to_string());
         if self.ok {

@@ -108,6 +108,8 @@ pub struct RunConfig {
     /// `MESSAGES_PER_EXECUTION` of every deployment's function (1 to 99; above 1 needs the
     /// coordination table: the demo's state machines are Standard).
     pub messages_per_execution: u32,
+    /// `--max-running`: the cap on running executions, and executions that end.
+    pub cap: Option<crate::cap::CapSettings>,
 }
 
 impl RunConfig {
@@ -278,6 +280,7 @@ async fn function_settings(cfg: &RunConfig, motos: &Motos) -> Result<FunctionSet
         instances: cfg.max_concurrency,
         messages_per_execution: cfg.messages_per_execution,
         coordination,
+        cap: cfg.cap,
     })
 }
 
@@ -639,10 +642,15 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     };
     let produce_t0 = start_deployments(cfg, &site, &mut deployments, &settings).await?;
 
+    let releases = start_releases(cfg, &motos, &deployments, &settings).await?;
     let mut must_run = motos.handles();
     must_run.extend(deployments.iter().flat_map(Deployment::must_run).cloned());
     let sqs = aws_sdk_sqs::Client::new(&motos.sqs.sdk_config().await);
     let watched = watch_run(cfg, &site, &mut deployments, &sqs, &must_run, produce_t0).await;
+    let cap = match releases {
+        Some(releases) => Some(releases.finish(watched.drain_seconds).await.map_err(DemoError::Run)?),
+        None => None,
+    };
     stop_deployments(sup, &mut deployments).await;
     let (reports, starts) = count_in_moto(cfg, &site, &deployments, &motos, watched.drain_seconds).await?;
     sup.stop(&motos.handles(), STOP_GRACE).await;
@@ -651,6 +659,7 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
     let peak = rate::peak_window_rate(&starts, rate::WINDOW_SECONDS);
     let budget = Budget::check(cfg.rate, cfg.burst, starts.len() as u64, watched.drain_seconds, peak);
     let mut problems = run_problems(cfg, &watched, &budget);
+    problems.extend(cap.iter().flat_map(crate::cap::CapReport::problems));
     let mut function = FunctionTotals::default();
     for (d, r) in deployments.iter().zip(&reports) {
         problems.extend(d.problems(&site, r));
@@ -671,9 +680,48 @@ pub async fn run(cfg: &RunConfig, sup: &Supervisor) -> Result<Report, DemoError>
         drained: watched.drained,
         processes: sup.records(),
         log_dir: run_dir.clone(),
+        cap,
     };
     write_json(cfg.report_json.as_deref(), &report)?;
     Ok(report)
+}
+
+/// With `--max-running`: the release function (in this process), the local stack's ender of
+/// executions and EventBridge's delivery of their events, started with the deployments.
+async fn start_releases(
+    cfg: &RunConfig,
+    motos: &Motos,
+    deployments: &[Deployment],
+    settings: &FunctionSettings,
+) -> Result<Option<crate::cap::Releases>, DemoError> {
+    let (Some(cap), Some(dynamodb), Some(first)) = (cfg.cap, &motos.dynamodb, deployments.first()) else {
+        return Ok(None);
+    };
+    let machines = deployments.iter().map(|d| d.state_machine_arn.clone()).collect();
+    let sfn_sdk = motos.sfn.sdk_config().await;
+    let releases = crate::cap::Releases::start(
+        cap,
+        first.function_env(settings),
+        &sfn_sdk,
+        &dynamodb.sdk_config().await,
+        machines,
+        cfg.seed,
+    )
+    .await
+    .map_err(DemoError::Setup)?;
+    eprintln!(
+        "      running executions cap {} (RUNNING_KEY {}), executions of {} s ended by the local stack, their \
+         events delivered to the release function{}",
+        cap.max_running,
+        crate::cap::RUNNING_KEY,
+        cap.execution_seconds,
+        if cap.event_faults {
+            " (5 % dropped, 10 % twice)"
+        } else {
+            ""
+        }
+    );
+    Ok(Some(releases))
 }
 
 /// Writes the report as JSON to `path`, if given.

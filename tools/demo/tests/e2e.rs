@@ -405,3 +405,42 @@ fn batch_executions_end_to_end() {
     run.assert_no_process_left(&TWO_DEPLOYMENTS_TWO_INSTANCES);
     run.clean_up();
 }
+
+/// `--max-running`: executions that take time and end, their status change events delivered to
+/// the release function with faults; never more running than the cap (moto's own times), every
+/// message accounted for, every slot free at the end.
+#[test]
+fn a_capped_run_end_to_end() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let run = run_demo(
+        "cap",
+        &[
+            "--max-running",
+            "8",
+            "--execution-seconds",
+            "1",
+            "--event-faults",
+            "--messages",
+            "80",
+            "--deployments",
+            "1",
+            "--max-concurrency",
+            "2",
+            "--bad-share",
+            "0",
+            "--max-seconds",
+            "90",
+        ],
+    );
+    run.assert_accounted(1, 80, 0);
+    let cap = &run.report["cap"];
+    assert_eq!(cap["cap"], 8, "{cap:#}");
+    let peak = cap["peak"].as_u64().expect("peak");
+    assert!((1..=8).contains(&peak), "{peak} running at once: {cap:#}");
+    assert_eq!(
+        (cap["executions"].as_u64(), cap["held_at_end"].as_u64()),
+        (Some(80), Some(0)),
+        "{cap:#}"
+    );
+    run.clean_up();
+}

@@ -7,6 +7,8 @@
 //! `B_eff − r_eff × max(0, tat − now)` slots now, clamped to `[0, B_eff]`, with the effective
 //! burst and rate of [`BudgetState::effective_burst`] and [`BudgetState::effective_rate`].
 
+pub mod cap;
+
 use sfn_pacer::aws::dynamo::budget_pk;
 use sfn_pacer::config::{WorkflowType, BURST_RESERVE};
 use sfn_pacer::start::budget::{BudgetState, Store, Update};

@@ -3,8 +3,11 @@
 //! next lease; `sync` sets it to a share of the account's own quota. The logic is in the
 //! libraries (`sfn_pacer_quota`, and `quota_sync` for the sync).
 //!
-//! Exit codes: 0 done; 1 `show` found no budget, or `sync` kept a budget changed by hand since
-//! the last sync; 2 usage, validation or AWS error (one line on stderr naming what failed).
+//! `cap` shows and sets the cap on running executions (`MAX_RUNNING_EXECUTIONS`), live.
+//!
+//! Exit codes: 0 done; 1 `show` found no budget (`cap show`: no cap), or `sync` kept a budget
+//! changed by hand since the last sync; 2 usage, validation or AWS error (one line on stderr naming
+//! what failed).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,6 +92,33 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show or change the cap on running executions (MAX_RUNNING_EXECUTIONS), live.
+    Cap {
+        /// The cap's key (the function's RUNNING_KEY: by default its state machine's name).
+        #[arg(long, env = "RUNNING_KEY", value_name = "KEY")]
+        running_key: String,
+        #[command(subcommand)]
+        command: CapCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CapCommand {
+    /// Print the cap, the slots held, the oldest holders and when each is next checked (Standard)
+    /// or expires (Express), and the waiting line.
+    Show {
+        /// How many of the oldest holders to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        oldest: usize,
+    },
+    /// Set the cap (or create it), without a redeploy: instances use it from their next read of
+    /// the cap (a fifth of a second while busy). Lowered below the slots held, no execution is
+    /// stopped: new starts wait until enough have ended.
+    Set {
+        /// The cap: running executions at most, 1 to 1,000,000.
+        #[arg(long, value_name = "N")]
+        max: u64,
+    },
 }
 
 #[tokio::main]
@@ -161,8 +191,51 @@ fn sync_args(cli: &Cli) -> Result<Option<SyncArgs>, Failure> {
     }))
 }
 
+/// `cap show` and `cap set`.
+async fn run_cap(cli: &Cli, store: &DynamoStore, key: &str, command: &CapCommand) -> Result<String, Failure> {
+    use sfn_pacer_quota::cap;
+    let table = cli.table.as_str();
+    let now_ms = sfn_pacer::handler::now_epoch_ms();
+    Ok(match command {
+        CapCommand::Show { oldest } => {
+            let shown = cap::show(store, table, key, *oldest).await?;
+            match cli.json {
+                true => cap::render_json(table, key, &shown, now_ms).to_string(),
+                false => cap::render_text(table, key, &shown, now_ms),
+            }
+        }
+        CapCommand::Set { max } => {
+            let (before, _) = cap::set(store, table, key, *max).await?;
+            let shown = cap::show(store, table, key, 10).await?;
+            match cli.json {
+                true => {
+                    let mut value = cap::render_json(table, key, &shown, now_ms);
+                    value["previous_cap"] = before.map(|b| b.settings.cap).into();
+                    value.to_string()
+                }
+                false => cap::render_set_text(table, key, before.as_ref(), &shown, now_ms),
+            }
+        }
+    })
+}
+
 /// Runs the command; the exit code when it did not fail (0, or 1 for a budget `sync` kept).
 async fn run(cli: Cli, key_on_command_line: bool) -> Result<u8, Failure> {
+    if let Command::Cap { running_key, command } = &cli.command {
+        sfn_pacer_quota::validate_key(running_key).map_err(|_| {
+            Failure::Usage(format!(
+                "--running-key must be 1 to 200 characters, without control characters, got {running_key:?}"
+            ))
+        })?;
+        if let CapCommand::Set { max } = command {
+            sfn_pacer_quota::cap::validate_cap(*max)?;
+        }
+        let sdk_config = cli.aws.sdk_loader().load().await;
+        let store = DynamoStore::new(&sdk_config, &cli.table, Duration::from_millis(cli.timeout_ms));
+        let output = run_cap(&cli, &store, running_key, command).await?;
+        println!("{}", output.trim_end());
+        return Ok(0);
+    }
     let key = quota_key(&cli, key_on_command_line)?;
     let sync_args = sync_args(&cli)?;
     let limits = match cli.command {

@@ -379,3 +379,117 @@ async fn sync_rejects_a_bad_share_before_any_call() {
     assert!(stderr(&out).contains("--share"), "{}", stderr(&out));
     assert!(fake.state().calls.is_empty());
 }
+
+/// `cap show` and `cap set` against moto: the cap's size, the slots held and the oldest holders;
+/// a change without a redeploy, read back by the function's own store; lowered below the slots
+/// held, nothing is stopped and no new slot is taken until enough are released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shows_and_sets_the_cap_on_running_executions() {
+    use sfn_pacer::start::running::{HolderState, RunningStore, Write, Written};
+    let moto = Moto::start().await.unwrap();
+    let sdk = moto.sdk_config().await;
+    create_coordination_table(&sdk, TABLE).await.unwrap();
+    let cap = |args: &[&str]| {
+        quota(
+            &moto,
+            &[&["--table", TABLE, "cap", "--running-key", "orders"][..], args].concat(),
+        )
+    };
+
+    let out = cap(&["show"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no cap under running#orders in table"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim_end().lines().count(), 1);
+
+    let out = cap(&["set", "--max", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("created the cap: 3 running executions"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Three executions take the three slots (as the starter does).
+    let store = DynamoStore::new(&sdk, TABLE, Duration::from_secs(5));
+    let now_ms = sfn_pacer::handler::now_epoch_ms();
+    let holder = |name: &str, ago_s: u64| sfn_pacer::start::running::Holder {
+        scope: "orders".into(),
+        name: name.into(),
+        shard: 0,
+        state: HolderState::Held,
+        attempt: 0,
+        execution_arn: format!("arn:aws:states:us-east-1:123456789012:execution:orders:{name}"),
+        taken_at_ms: now_ms - ago_s * 1000,
+        check_at_s: now_ms / 1000 + 300 - ago_s,
+        express: false,
+        released_at_ms: None,
+    };
+    for (name, ago_s) in [("middle", 20), ("oldest", 30), ("newest", 10)] {
+        let take = Write::Take {
+            holder: holder(name, ago_s),
+            above_cap: false,
+        };
+        assert!(matches!(
+            RunningStore::write(&store, "orders", &take).await.unwrap(),
+            Written::Applied(_)
+        ));
+    }
+    let out = cap(&["show", "--oldest", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (json["cap"].as_u64(), json["held"].as_u64(), json["free"].as_u64()),
+        (Some(3), Some(3), Some(0))
+    );
+    let oldest: Vec<&str> = json["oldest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(oldest, ["oldest", "middle"]);
+    assert_eq!(json["oldest"][0]["check_at_s"].as_u64(), Some(now_ms / 1000 + 270));
+    let text = stdout(&cap(&["show"]));
+    assert!(
+        text.contains("held            3 slots (0 free)") && text.contains("next check in 2"),
+        "{text}"
+    );
+
+    // Lowered below the slots held: nothing stops, no slot is free until two are released.
+    let out = cap(&["set", "--max", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("no new execution starts until 2 more end (none is stopped)"),
+        "{}",
+        stdout(&out)
+    );
+    let view = store.view("orders").await.unwrap().unwrap();
+    assert_eq!((view.settings.cap, view.held(), view.room()), (1, 3, 0));
+    let fourth = Write::Take {
+        holder: holder("fourth", 0),
+        above_cap: false,
+    };
+    assert!(matches!(
+        RunningStore::write(&store, "orders", &fourth).await.unwrap(),
+        Written::Refused(_)
+    ));
+    // Raised again: the room is there at once.
+    let out = cap(&["set", "--max", "5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let view = store.view("orders").await.unwrap().unwrap();
+    assert_eq!((view.settings.cap, view.held(), view.room()), (5, 3, 2));
+
+    // Validation: exit 2, one line naming the flag, nothing written.
+    let out = cap(&["set", "--max", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("sfn-pacer-quota: --max must be 1 to 1000000"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(store.view("orders").await.unwrap().unwrap().settings.cap, 5);
+}

@@ -1,10 +1,12 @@
 //! Messages that wait at the cap: when each comes back, and, before its last receive, its re-send.
 //!
 //! - Fresh messages join the waiting line, all of an invocation in ONE write
-//!   ([`Cap::join_line`]): each is due one expected completion after the one before it.
-//! - A message that came back and still found no slot waits about `1 / λ̂` per message ahead of it
-//!   in this invocation, jittered ([`line::retry_waits`]); a re-sent one that came back early
-//!   waits until its due time.
+//!   ([`Cap::join_line`]): each is due one expected completion after the one before it. So does a
+//!   due message that found no slot after waiting for one in its invocation (`HOLD`): it was one
+//!   more than the line counted, and at the front it would take the slots of those the line
+//!   counts. A re-sent one that came back early waits until its due time.
+//! - Before any execution of the cap has ended there is no line: waiting messages probe, their
+//!   waits doubling ([`line::probe_wait`]).
 //! - No message reaches the DLQ for waiting alone: on a standard queue, a waiting message whose
 //!   next receive would be its last (`receive count + 1 ≥ MAX_RECEIVE_COUNT`) is re-sent to its
 //!   queue (`SendMessageBatch`, `DelaySeconds` up to 15 minutes, its attributes, trace header and
@@ -104,23 +106,30 @@ impl Closing<'_> {
         }
     }
 
-    /// The due time of each waiting unit: given, in the line (fresh), or a short wait (back).
+    /// The due time of each waiting unit: given, else in the line (fresh messages, and due ones that
+    /// found no slot after their hold); before `λ̂` is measured, a probe ([`line::probe_wait`]).
     async fn due_times(&self, cap: &Cap, waiting: &[Waiting]) -> Vec<Instant> {
         let now = Instant::now();
-        let fresh: Vec<usize> = (0..waiting.len())
-            .filter(|&u| waiting[u].1.is_none() && !self.messages[waiting[u].0[0]].is_comeback())
-            .collect();
+        if !cap.measured() {
+            return waiting
+                .iter()
+                .map(|(members, given, _)| {
+                    let receives = self.messages[members[0]].receive_count();
+                    given.unwrap_or_else(|| now + line::probe_wait(receives, cap.expiry(), unit_random()))
+                })
+                .collect();
+        }
         let latest = match self.time_left() {
             Some(_) => self.hard_deadline,
             None => now,
         };
-        let mut in_line = cap.join_line(fresh.len(), latest).await.into_iter();
-        let mut again = line::retry_waits(waiting.len() - fresh.len(), cap.rate_per_second(), unit_random).into_iter();
-        (0..waiting.len())
-            .map(|u| match (waiting[u].1, fresh.contains(&u)) {
-                (Some(given), _) => given,
-                (None, true) => in_line.next().map_or(now + MIN_WAIT, |ms| cap.clock().instant(ms)),
-                (None, false) => now + again.next().unwrap_or(MIN_WAIT),
+        let joining = waiting.iter().filter(|(_, given, _)| given.is_none()).count();
+        let mut in_line = cap.join_line(joining, latest).await.into_iter();
+        waiting
+            .iter()
+            .map(|(_, given, _)| match given {
+                Some(given) => *given,
+                None => in_line.next().map_or(now + MIN_WAIT, |ms| cap.clock().instant(ms)),
             })
             .collect()
     }

@@ -8,7 +8,7 @@
 //! The per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
 
 mod claims;
-mod running;
+pub mod running;
 
 use std::collections::HashMap;
 use std::time::Duration;

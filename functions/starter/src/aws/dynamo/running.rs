@@ -14,12 +14,11 @@
 //! - line `running#K#line`: `tat` (N, ms).
 //!
 //! A release (what a workflow's own last state does for an exact Express release, through the
-//! DynamoDB integration, after a `GetItem` of its holder for `shard` and `attempt`) is one
-//! `TransactWriteItems` of two updates:
-//! - the holder: condition `#state = :held AND #shard = :shard AND #attempt <= :attempt`,
-//!   update `SET #state = :released, #released_at = :now_ms, #expires_at = :expires_s REMOVE #due`;
-//! - its shard: condition `attribute_exists(#pk) AND #held > :zero`, update
-//!   `SET #held = #held - :one, #freed = #freed + :one, #busy_ms = #busy_ms + :busy_ms`.
+//! DynamoDB integration, after a `GetItem` of its holder for `shard`, `attempt` and `taken_at`:
+//! `infra/state-machine-express-release.asl.json`) is one `TransactWriteItems` of two updates:
+//! - the holder: condition [`RELEASE_CONDITION`], update [`RELEASE_UPDATE`];
+//! - its shard: condition [`UNCOUNT_CONDITION`], update [`UNCOUNT_UPDATE`] (`:freed` 1, `:busy_ms`
+//!   the time since `taken_at`).
 
 use std::collections::HashMap;
 
@@ -190,6 +189,15 @@ fn put_if_absent(target: Target, pk: String, mut item: Attributes) -> Action {
 const HELD: &str = "held";
 const RELEASED: &str = "released";
 
+/// A release's condition on the holder (values `:held`, `:shard`, `:attempt`).
+pub const RELEASE_CONDITION: &str = "#state = :held AND #shard = :shard AND #attempt <= :attempt";
+/// A release's update of the holder (values `:released`, `:now_ms`, `:expires_s`).
+pub const RELEASE_UPDATE: &str = "SET #state = :released, #released_at = :now_ms, #expires_at = :expires_s REMOVE #due";
+/// The condition on the shard that uncounts a slot (value `:zero`).
+pub const UNCOUNT_CONDITION: &str = "attribute_exists(#pk) AND #held > :zero";
+/// The update of the shard that uncounts a slot (values `:one`, `:freed`, `:busy_ms`).
+pub const UNCOUNT_UPDATE: &str = "SET #held = #held - :one, #freed = #freed + :freed, #busy_ms = #busy_ms + :busy_ms";
+
 /// The actions of `write`, mirroring [`Write::actions`].
 fn actions(key: &str, write: &Write) -> Vec<Action> {
     let one = || (":one", num(1));
@@ -198,8 +206,8 @@ fn actions(key: &str, write: &Write) -> Vec<Action> {
         update(
             Target::Shard(i),
             shard_pk(key, i),
-            Some("attribute_exists(#pk) AND #held > :zero"),
-            "SET #held = #held - :one, #freed = #freed + :freed, #busy_ms = #busy_ms + :busy_ms",
+            Some(UNCOUNT_CONDITION),
+            UNCOUNT_UPDATE,
             vec![one(), zero(), (":freed", num(freed)), (":busy_ms", num(busy_ms))],
         )
     };
@@ -285,8 +293,8 @@ fn actions(key: &str, write: &Write) -> Vec<Action> {
             update(
                 Target::Holder,
                 holder_pk(key, scope, name),
-                Some("#state = :held AND #shard = :shard AND #attempt <= :attempt"),
-                "SET #state = :released, #released_at = :now_ms, #expires_at = :expires_s REMOVE #due",
+                Some(RELEASE_CONDITION),
+                RELEASE_UPDATE,
                 vec![
                     (":held", s(HELD)),
                     (":released", s(RELEASED)),

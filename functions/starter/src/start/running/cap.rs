@@ -6,7 +6,8 @@
 //! - a take writes only to a shard the instance believes has room; while none has, a take is
 //!   refused without a call, and the view is read again at most every [`REFRESH`];
 //! - a take refused on its shard updates the view from the refusal (the shard as it is) and tries
-//!   another shard, at most [`TAKE_TRIES`] writes per take;
+//!   another shard, at most [`TAKE_TRIES`] writes per take; so does a take throttled or whose
+//!   answer was lost (found again by its `taken_at`);
 //! - every table call is bounded by the call timeout and the caller's `latest`;
 //! - concurrent takes of one instance spread over shards: a take counts its slot in the view
 //!   before its write, and corrects it from the answer.
@@ -22,7 +23,7 @@ use super::{execution_arn, rebalance, seed, CapView, Found, Holder, HolderState,
 use crate::config::{Config, RunningCap, WorkflowType};
 use crate::start::claim::scope;
 use crate::start::clock::EpochClock;
-use crate::start::table::{bounded, StoreError};
+use crate::start::table::{bounded, StoreError, StoreErrorKind};
 
 /// A view without room is read again after this long, when a take needs a slot.
 pub const REFRESH: Duration = Duration::from_millis(200);
@@ -30,6 +31,41 @@ pub const REFRESH: Duration = Duration::from_millis(200);
 pub const TAKE_TRIES: usize = 4;
 /// A starter runs a reclaim sweep at most this often, when it finds the cap full.
 pub const STARTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A Standard slot is first checked after this many times the mean time a slot is held ...
+pub const FIRST_CHECK_MEANS: f64 = 3.0;
+/// ... and no sooner than this after its take (nor later than `RUNNING_EXPIRY_SECONDS`).
+pub const MIN_FIRST_CHECK: Duration = Duration::from_secs(60);
+
+/// A take's pause before it tries again after a throttle or a lost answer, at least; up to twice it.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether a failed call may succeed if made again now: throttled, or no answer (a 5xx, a reset,
+/// or the call timeout; not a permanent failure). The caller's own deadline stops the next call.
+fn retryable(e: &StoreError) -> bool {
+    matches!(
+        e.kind,
+        StoreErrorKind::Throttled | StoreErrorKind::Unknown | StoreErrorKind::Deadline
+    )
+}
+
+async fn pause() {
+    let jitter = rand::rng().random_range(1.0..2.0);
+    tokio::time::sleep(RETRY_PAUSE.mul_f64(jitter)).await;
+}
+
+/// The slot of a holder a refusal found, when this take wrote it (a write whose answer was lost,
+/// taken at one of `unanswered`).
+fn ours(found: &[Found], unanswered: &[u64]) -> Option<Slot> {
+    found.iter().find_map(|f| match f {
+        Found::Holder(Some(h)) if h.state == HolderState::Held && unanswered.contains(&h.taken_at_ms) => Some(Slot {
+            name: h.name.clone(),
+            shard: h.shard,
+            taken_at_ms: h.taken_at_ms,
+        }),
+        _ => None,
+    })
+}
 
 /// A slot taken by this instance, to keep or give back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +183,11 @@ impl Cap {
         lock(&self.cache).view.as_ref().map(CapView::held)
     }
 
+    /// The cap's size, as last seen.
+    pub fn size(&self) -> Option<u64> {
+        lock(&self.cache).view.as_ref().map(|v| v.settings.cap)
+    }
+
     /// The completion rate `λ̂`, slots per second (see [`Rate`]).
     pub fn rate_per_second(&self) -> f64 {
         let cache = lock(&self.cache);
@@ -157,12 +198,19 @@ impl Cap {
         cache.rate.per_second(cap, self.settings.expiry)
     }
 
-    /// Whether a fresh message (first receive) may try for a slot now, or must join the line.
+    /// Whether `λ̂` is measured: an execution of the cap has ended (as last seen).
+    pub fn measured(&self) -> bool {
+        lock(&self.cache).rate.measured()
+    }
+
+    /// Whether a fresh message (first receive) may try for a slot now, or must join the line
+    /// (there is no line before `λ̂` is measured).
     pub fn admits_fresh(&self) -> bool {
         let rate = self.rate_per_second();
         let cache = lock(&self.cache);
         let Some(view) = &cache.view else { return true };
-        line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate)
+        !cache.rate.measured()
+            || line::admits_fresh(view.line, view.room(), self.clock.now_ms(), rate, view.settings.cap)
     }
 
     /// Whether this instance should run a sweep now (at most one every [`STARTER_SWEEP_INTERVAL`]);
@@ -179,10 +227,22 @@ impl Cap {
 
     /// Takes a slot for the execution `name` (of `attempt`: 0, or one more than a tombstone's to
     /// count a new Express execution of that name), unless it would wait past `latest`.
+    ///
+    /// A write the table refused for capacity, or whose answer was lost, is tried again (after a
+    /// short pause, on a shard picked again), within [`TAKE_TRIES`] writes: a lost answer's write
+    /// may have been applied, and then the next one finds the holder it wrote (its `taken_at`),
+    /// which is this take's slot.
     pub async fn take(&self, name: &str, attempt: u32, latest: Instant) -> Taken {
+        let mut unanswered: Vec<u64> = Vec::new();
+        let mut failure = None;
         for _ in 0..TAKE_TRIES {
             let view = match self.current(latest).await {
                 Ok(view) => view,
+                Err(e) if retryable(&e) => {
+                    failure = Some(e);
+                    pause().await;
+                    continue;
+                }
                 Err(e) => return Taken::Failed(e),
             };
             let Some(shard) = self.reserve() else {
@@ -206,9 +266,23 @@ impl Cap {
                 }
                 Ok(Written::Refused(found)) => {
                     self.unreserve(shard);
+                    if let Some(slot) = ours(&found, &unanswered) {
+                        return Taken::Now(slot);
+                    }
                     if let Some(taken) = self.note(&found) {
                         return taken;
                     }
+                }
+                Err(e) if retryable(&e) => {
+                    self.unreserve(shard);
+                    if e.kind != StoreErrorKind::Throttled {
+                        unanswered.push(holder.taken_at_ms);
+                    }
+                    if Instant::now() >= latest {
+                        return Taken::Failed(e);
+                    }
+                    failure = Some(e);
+                    pause().await;
                 }
                 Err(e) => {
                     self.unreserve(shard);
@@ -216,10 +290,49 @@ impl Cap {
                 }
             }
         }
+        if let Some(e) = failure {
+            return Taken::Failed(e);
+        }
         let view = self.seen();
         Taken::Full {
             held: view.as_ref().map_or(0, CapView::held),
             cap: view.map_or(0, |v| v.settings.cap),
+        }
+    }
+
+    /// Writes `write`, trying again after a throttle or a lost answer, within [`TAKE_TRIES`] writes
+    /// and `latest`; with whether an earlier try's answer was lost (it may have been applied: a
+    /// refusal may then be this write's own doing).
+    pub(super) async fn write_retrying(&self, write: &Write, latest: Instant) -> Result<(Written, bool), StoreError> {
+        let mut lost = false;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match bounded(self.call_timeout, latest, self.store.write(self.key(), write)).await {
+                Ok(written) => return Ok((written, lost)),
+                Err(e) if retryable(&e) && tries < TAKE_TRIES && Instant::now() < latest => {
+                    lost |= e.kind != StoreErrorKind::Throttled;
+                    pause().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a holder, trying again after a throttle or a lost answer, as [`Cap::write_retrying`].
+    pub(super) async fn holder_retrying(
+        &self,
+        scope: &str,
+        name: &str,
+        latest: Instant,
+    ) -> Result<Option<Holder>, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match bounded(self.call_timeout, latest, self.store.holder(self.key(), scope, name)).await {
+                Err(e) if retryable(&e) && tries < TAKE_TRIES && Instant::now() < latest => pause().await,
+                read => return read,
+            }
         }
     }
 
@@ -248,7 +361,7 @@ impl Cap {
         if k == 0 {
             return Vec::new();
         }
-        let rate = self.rate_per_second();
+        let rate = self.rate_per_second() * line::LINE_PACE;
         let mut seen = self.seen().and_then(|v| v.line);
         for _ in 0..3 {
             let now_ms = self.clock.now_ms();
@@ -396,7 +509,24 @@ impl Cap {
         }
     }
 
-    /// A held holder for `name` on `shard`, taken now, checked after `RUNNING_EXPIRY_SECONDS`.
+    /// When a slot taken now is first checked by the reclaim, from now: Express, after
+    /// `RUNNING_EXPIRY_SECONDS` (it is then released); Standard, after [`FIRST_CHECK_MEANS`] × the
+    /// mean time a slot is held, at least [`MIN_FIRST_CHECK`], at most `RUNNING_EXPIRY_SECONDS`
+    /// (before that mean is measured, the latter): a slot whose event was lost comes back a few
+    /// durations after its execution ended, not a fixed five minutes later, and an execution that
+    /// runs long is described about `log2(age / first check)` times (see the reclaim).
+    pub fn first_check(&self) -> Duration {
+        let expiry = self.settings.expiry;
+        let mean = lock(&self.cache).rate.mean_held();
+        match (self.express, mean) {
+            (false, Some(mean)) => mean
+                .mul_f64(FIRST_CHECK_MEANS)
+                .clamp(MIN_FIRST_CHECK.min(expiry), expiry),
+            _ => expiry,
+        }
+    }
+
+    /// A held holder for `name` on `shard`, taken now, first checked after [`Cap::first_check`].
     fn holder(&self, name: &str, shard: u32, attempt: u32) -> Holder {
         let taken_at_ms = self.clock.now_ms();
         Holder {
@@ -407,7 +537,7 @@ impl Cap {
             attempt,
             execution_arn: execution_arn(&self.state_machine_arn, name),
             taken_at_ms,
-            check_at_s: taken_at_ms.div_ceil(1000) + self.settings.expiry.as_secs(),
+            check_at_s: taken_at_ms.div_ceil(1000) + self.first_check().as_secs(),
             express: self.express,
             released_at_ms: None,
         }

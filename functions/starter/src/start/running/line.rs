@@ -3,16 +3,27 @@
 //!
 //! ## The math (GCRA again: a queue as one number)
 //! `tat` is when the last message in line is due, ms since the epoch. `λ̂` is the cap's completion
-//! rate, slots per second ([`Rate`]). An invocation that defers `k` fresh messages writes ONE
-//! conditional update, `tat' = max(tat, now) + k / λ̂` ([`plan`]), and gives message `i`
-//! (0 ≤ i < k) the due time `max(tat, now) + (i + 1) / λ̂` ([`due_times`]): the line's messages come
-//! back one per expected completion, in the order they joined. A message that comes back is due:
-//! it tries first; a fresh message joins the back while the line is non-empty (unless more slots
-//! are free than the due messages of the next [`FRESH_ROOM_SECONDS`] would fill, which happens
-//! when `λ̂` underestimates the rate); a due message that still finds no slot waits about `1 / λ̂`
-//! per message ahead of it in its invocation, jittered ([`retry_waits`]), not a new place at the
-//! back. No message comes back sooner than [`MIN_WAIT`] (visibility timeouts are whole seconds;
-//! 0 would be a tight loop at the cap).
+//! rate, slots per second ([`Rate`]); the line runs at `μ = LINE_PACE × λ̂`. An invocation that
+//! defers `k` fresh messages writes ONE conditional update, `tat' = max(tat, now) + k / μ`
+//! ([`plan`]), and gives message `i` (0 ≤ i < k) the due time `max(tat, now) + (i + 1) / μ`
+//! ([`due_times`]): the line's messages come back one per expected completion, in the order they
+//! joined. A message that comes back is due:
+//! it tries first, and if the cap is full it waits for a slot in its invocation for a moment
+//! (`HOLD`: the slot it is due for is usually a moment late); a fresh message joins the back while
+//! the line is non-empty (unless more slots are free than the due messages of the next
+//! [`FRESH_ROOM_SECONDS`] would fill, which happens when `λ̂` underestimates the rate); a due
+//! message that still finds no slot joins the back too: it was one more than the line counted (a
+//! rate that overestimates, a release lost or late), and at the front it would take the slots of
+//! those the line counts. The line spaces its messages at [`LINE_PACE`] × `λ̂`, a little slack that
+//! absorbs the jitter of comebacks. No message comes back sooner than [`MIN_WAIT`] (visibility
+//! timeouts are whole seconds; 0 would be a tight loop at the cap).
+//!
+//! Before any execution of the cap has ended, `λ̂` is not measured, and a guess would poison the
+//! line: the due times it gives stay in the messages' visibility timeouts after the first
+//! releases tell the real rate. So until then there is no line: a waiting message probes, coming
+//! back after [`PROBE_WAIT`] × 2^(receives − 1), jittered, at most `RUNNING_EXPIRY_SECONDS`
+//! ([`probe_wait`]), and fresh messages try for a slot. A cap's releases are counted in its
+//! shards, so this happens once in a cap's life, not once per instance.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,9 +32,16 @@ use super::{CapView, Line, LineShape};
 
 /// A message deferred at the cap comes back no sooner than this.
 pub const MIN_WAIT: Duration = Duration::from_secs(1);
+/// The line spaces its messages at this share of `λ̂`: a slot or two of slack, which absorbs the
+/// jitter of comebacks (visibility timeouts are whole seconds) so that a due message rarely finds
+/// its slot not yet freed, and a message that missed finds one soon.
+pub const LINE_PACE: f64 = 0.98;
+/// The first wait of a message deferred before any execution of the cap has ended.
+pub const PROBE_WAIT: Duration = Duration::from_secs(4);
 /// Fresh messages may take slots while the line is non-empty only if more are free than the line's
-/// due messages of this many seconds take.
-pub const FRESH_ROOM_SECONDS: f64 = 2.0;
+/// due messages of this many seconds take (the slack [`LINE_PACE`] leaves is used, not the slots
+/// of the due messages about to come back).
+pub const FRESH_ROOM_SECONDS: f64 = 0.5;
 /// Readings older than this are dropped from the rate's window.
 pub const RATE_WINDOW: Duration = Duration::from_secs(300);
 /// The rate is measured over at least this much time between two readings.
@@ -55,6 +73,17 @@ impl Rate {
         {
             self.readings.pop_front();
         }
+    }
+
+    /// Whether an execution has ended (a release was counted): `λ̂` is then measured.
+    pub fn measured(&self) -> bool {
+        self.readings.back().is_some_and(|(_, freed, _)| *freed > 0)
+    }
+
+    /// The mean time a slot is held (`D̄`), once measured.
+    pub fn mean_held(&self) -> Option<Duration> {
+        let ms = self.windowed_mean_ms().or_else(|| self.overall_mean_ms())?;
+        Duration::try_from_secs_f64(ms / 1000.0).ok()
     }
 
     /// `λ̂` for a cap of `cap` slots, slots per second (positive).
@@ -109,21 +138,24 @@ pub fn due_times(after: Line, k: usize, per_second: f64) -> Vec<u64> {
         .collect()
 }
 
-/// The waits of `n` due messages that found no slot again, in their order: about `1 / λ̂` per
-/// message ahead, each scaled by a draw of `jitter` in `[0, 1)` (`0.5 + u`), at least [`MIN_WAIT`].
-pub fn retry_waits(n: usize, per_second: f64, jitter: impl Fn() -> f64) -> Vec<Duration> {
-    (1..=n)
-        .map(|ahead| {
-            let seconds = ahead as f64 / per_second * (0.5 + jitter().clamp(0.0, 1.0));
-            Duration::try_from_secs_f64(seconds)
-                .unwrap_or(Duration::MAX)
-                .max(MIN_WAIT)
-        })
-        .collect()
+/// The wait of a message deferred before `λ̂` is measured (no execution of the cap ended yet), at
+/// its `receives`-th receive: [`PROBE_WAIT`] × 2^(receives − 1), scaled by `0.75 + u / 2` for a draw
+/// `u` of `jitter` in `[0, 1)`, at most `expiry` (by then a slot has ended, or the reclaim looked at
+/// it), at least [`MIN_WAIT`].
+pub fn probe_wait(receives: u32, expiry: Duration, jitter: f64) -> Duration {
+    let doubled = PROBE_WAIT.saturating_mul(1u32 << receives.saturating_sub(1).min(16));
+    doubled
+        .mul_f64(0.75 + jitter.clamp(0.0, 1.0) / 2.0)
+        .min(expiry)
+        .max(MIN_WAIT)
 }
 
 /// Whether a fresh message may try for a slot: the line is empty at `now_ms`, or `room` slots are
-/// free beyond what the due messages of the next [`FRESH_ROOM_SECONDS`] take.
-pub fn admits_fresh(line: Option<Line>, room: u64, now_ms: u64, per_second: f64) -> bool {
-    line.is_none_or(|l| l.tat_ms <= now_ms) || room as f64 > (per_second * FRESH_ROOM_SECONDS).max(1.0)
+/// free beyond what the due messages of the next [`FRESH_ROOM_SECONDS`] take, or beyond the slack
+/// the line leaves in a cap of `cap` (`(1 − LINE_PACE) × cap`), whichever is fewer: that slack is
+/// for fresh messages to use.
+pub fn admits_fresh(line: Option<Line>, room: u64, now_ms: u64, per_second: f64, cap: u64) -> bool {
+    let slack = (1.0 - LINE_PACE) * cap as f64;
+    let reserved = (per_second * FRESH_ROOM_SECONDS).min(slack).max(1.0);
+    line.is_none_or(|l| l.tat_ms <= now_ms) || room as f64 > reserved
 }

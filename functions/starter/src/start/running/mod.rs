@@ -5,8 +5,8 @@
 //! - `running#K` ([`Settings`]): the cap `C`, the number of shards `S` ever used, a `version`, and
 //!   `rebalance` (set while the shards' caps wait for a [`Write::Rebalance`] after a change).
 //! - `running#K#shard#i`, `i < S` ([`Shard`]): `held`, `cap` (this shard's share of `C`),
-//!   `freed` (releases so far, monotonic) and `busy_ms` (the held time of those releases, monotonic:
-//!   the mean duration is `Σ busy_ms / Σ freed`). `S = clamp(⌈C / 16⌉, 1, 64)` ([`shards_for`]).
+//!   `freed` (releases so far, monotonic) and `busy_ms` (the held time of those releases, from the
+//!   take to the release, monotonic: the mean time a slot is held is `Σ busy_ms / Σ freed`). `S = clamp(⌈C / 16⌉, 1, 64)` ([`shards_for`]).
 //! - `running#K#holder#<scope>#<name>` ([`Holder`]): the execution's slot: its shard, `state`
 //!   (held, or released: a tombstone), the redrive `attempt` it is held for, its ARN, `taken_at`
 //!   (ms) and `check_at` (s: when the reclaim looks at it). While held, the index key `due` =

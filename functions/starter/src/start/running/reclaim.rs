@@ -176,11 +176,10 @@ impl Cap {
                         next_check_at_s: now_s + next_check_in(age, self.expiry()).as_secs(),
                         attempt: holder.attempt.max(redrive_count),
                     },
-                    Described::Ended { redrive_count, stop_ms } => Fate::Release {
+                    // The slot was held until now (its event was lost), not only while it ran.
+                    Described::Ended { redrive_count, .. } => Fate::Release {
                         attempt: holder.attempt.max(redrive_count),
-                        busy_ms: stop_ms
-                            .unwrap_or_else(|| self.clock().now_ms())
-                            .saturating_sub(holder.taken_at_ms),
+                        busy_ms: age.as_millis() as u64,
                     },
                     Described::NotFound if age >= grace(self.call_timeout()) => Fate::Release {
                         attempt: holder.attempt,

@@ -9,12 +9,15 @@
 //!   counted; new starts then wait until the cap has room). If the terminal event of the earlier
 //!   run was lost and the holder is still held, the holder moves to the new attempt.
 //! - Any other event frees nothing.
+//! - A read or write the table throttled, or whose answer was lost, is tried again (a few times,
+//!   within the time left) before the invocation fails: Lambda's own retry of the event comes a
+//!   minute later, and the slot is held meanwhile.
 
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::cap::Cap;
-use super::{due_partition, Holder, HolderState, Write, Written};
+use super::{due_partition, Found, Holder, HolderState, Write, Written};
 use crate::start::claim::scope;
 use crate::start::table::{bounded, StoreError};
 
@@ -103,16 +106,18 @@ pub enum Released {
     Ignored,
 }
 
+/// Whether a refusal found the tombstone a release at `released_at_ms` leaves.
+fn released_by(found: &[Found], released_at_ms: u64) -> bool {
+    found.iter().any(|f| {
+        matches!(f, Found::Holder(Some(h)) if h.state == HolderState::Released && h.released_at_ms == Some(released_at_ms))
+    })
+}
+
 impl Cap {
     /// Applies a status change event. A table failure is an error, so that the event is retried.
     pub async fn on_status_change(&self, change: &StatusChange, latest: Instant) -> Result<Released, StoreError> {
         let scope = scope(&change.state_machine_arn);
-        let holder = bounded(
-            self.call_timeout(),
-            latest,
-            self.store().holder(self.key(), scope, &change.name),
-        )
-        .await?;
+        let holder = self.holder_retrying(scope, &change.name, latest).await?;
         match change.status {
             Status::Ended => self.release_ended(change, holder, latest).await,
             Status::Running if change.redrive_count > 0 => self.retake(change, holder, latest).await,
@@ -132,19 +137,26 @@ impl Cap {
         let now_ms = self.clock().now_ms();
         let shard = h.shard;
         let write = Write::Release {
-            busy_ms: change.stop_ms.unwrap_or(now_ms).saturating_sub(h.taken_at_ms),
+            // How long the slot was held: until now, the event's delivery included (what the
+            // line's completion rate needs), not only while the execution ran.
+            busy_ms: now_ms.saturating_sub(h.taken_at_ms),
             scope: h.scope,
             name: h.name,
             shard,
             attempt: change.redrive_count,
             released_at_ms: now_ms,
         };
-        match bounded(self.call_timeout(), latest, self.store().write(self.key(), &write)).await? {
-            Written::Applied(_) => {
+        match self.write_retrying(&write, latest).await? {
+            (Written::Applied(_), _) => {
                 self.unreserve(shard);
                 Ok(Released::Freed)
             }
-            Written::Refused(_) => Ok(Released::Duplicate),
+            // An earlier try was applied and its answer lost: the tombstone is this release's.
+            (Written::Refused(found), true) if released_by(&found, now_ms) => {
+                self.unreserve(shard);
+                Ok(Released::Freed)
+            }
+            (Written::Refused(_), _) => Ok(Released::Duplicate),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::start::clock::EpochClock;
 use crate::start::memory::MemoryStore;
 use crate::start::pace::Pacer;
 use crate::start::pacing::Pacing;
+use crate::start::table::StoreError;
 
 const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:orders";
 const KEY: &str = "orders";
@@ -62,6 +63,42 @@ fn held(store: &MemoryStore) -> u64 {
 /// The slots the shards count, all together.
 async fn counted(store: &MemoryStore) -> u64 {
     store.view(KEY).await.unwrap().map_or(0, |v| v.held())
+}
+
+/// Writes into `store` the history of a cap of `cap` slots (created if absent) under `key` whose one ended execution
+/// ran `busy_ms`: its completion rate is then measured (`C / D̄`).
+pub(crate) async fn history(store: &MemoryStore, key: &str, cap: u64, busy_ms: u64) {
+    let holder = Holder {
+        scope: "history".into(),
+        name: "ended".into(),
+        shard: 0,
+        state: HolderState::Held,
+        attempt: 0,
+        execution_arn: "arn:aws:states:us-east-1:123456789012:execution:history:ended".into(),
+        taken_at_ms: 0,
+        check_at_s: 0,
+        express: false,
+        released_at_ms: None,
+    };
+    let release = Write::Release {
+        scope: "history".into(),
+        name: "ended".into(),
+        shard: 0,
+        attempt: 0,
+        busy_ms,
+        released_at_ms: busy_ms,
+    };
+    // The cap may exist already.
+    store.write(key, &seed(cap)).await.unwrap();
+    for write in [
+        Write::Take {
+            holder,
+            above_cap: false,
+        },
+        release,
+    ] {
+        assert!(matches!(store.write(key, &write).await.unwrap(), Written::Applied(_)));
+    }
 }
 
 /// A status change event of the execution `name` of `state_machine_arn`, as EventBridge sends it
@@ -163,6 +200,7 @@ async fn taking_and_freeing_are_idempotent() {
     );
     assert_eq!((held(&store), counted(&store).await), (1, 1));
     let latest = later();
+    tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(
         cap.on_status_change(&event("a", "SUCCEEDED", 0), latest).await.unwrap(),
         Released::Freed
@@ -180,7 +218,7 @@ async fn taking_and_freeing_are_idempotent() {
     );
     assert_eq!(counted(&store).await, 0);
     let view = store.view(KEY).await.unwrap().unwrap();
-    assert_eq!(view.freed(), (1, 5_000), "one release, held 5 s (start to stop)");
+    assert_eq!(view.freed(), (1, 5_000), "one release, held 5 s (take to release)");
     // The tombstone lives for the redrive window, and is out of the index.
     let tombstone = store
         .running_items(KEY)
@@ -191,7 +229,11 @@ async fn taking_and_freeing_are_idempotent() {
         })
         .unwrap();
     assert_eq!(tombstone.state, HolderState::Released);
-    assert_eq!(tombstone.expires_at_s(), Some(T0_MS / 1000 + TOMBSTONE_TTL.as_secs()));
+    assert_eq!(
+        tombstone.expires_at_s(),
+        Some(T0_MS / 1000 + 5 + TOMBSTONE_TTL.as_secs()),
+        "released 5 s in"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -254,6 +296,83 @@ async fn a_full_cap_refuses_without_a_call_until_its_view_is_stale() {
     tokio::time::advance(super::cap::REFRESH).await;
     assert!(matches!(take(&cap, "c").await, Taken::Full { .. }));
     assert_eq!(store.calls(), calls + 1, "a stale view is read once");
+}
+
+/// What the next writes through a [`Scripted`] store come to.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// Applied, and the answer lost.
+    Lost,
+    /// Throttled, not applied.
+    Throttled,
+}
+
+/// The in-memory table, with scripted failures of the next writes.
+struct Scripted {
+    inner: Arc<MemoryStore>,
+    next: Mutex<Vec<Next>>,
+}
+
+#[async_trait]
+impl RunningStore for Scripted {
+    async fn write(&self, key: &str, write: &Write) -> Result<Written, StoreError> {
+        let next = self.next.lock().unwrap().pop();
+        match next {
+            None => self.inner.write(key, write).await,
+            Some(Next::Throttled) => Err(StoreError::throttled("ThrottlingException")),
+            Some(Next::Lost) => {
+                self.inner.write(key, write).await?;
+                Err(StoreError::unknown("connection reset"))
+            }
+        }
+    }
+    async fn view(&self, key: &str) -> Result<Option<CapView>, StoreError> {
+        self.inner.view(key).await
+    }
+    async fn holder(&self, key: &str, scope: &str, name: &str) -> Result<Option<Holder>, StoreError> {
+        self.inner.holder(key, scope, name).await
+    }
+    async fn due(&self, key: &str, now_s: u64, limit: usize) -> Result<Vec<Holder>, StoreError> {
+        self.inner.due(key, now_s, limit).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_take_whose_answer_is_lost_or_throttled_tries_again_and_finds_its_own_slot() {
+    let store = Arc::new(MemoryStore::new());
+    let scripted = Arc::new(Scripted {
+        inner: store.clone(),
+        next: Mutex::new(vec![]),
+    });
+    let cap = Cap::new(scripted.clone(), &config(5, &[]), EpochClock::at(T0_MS)).unwrap();
+    let script = |next: Vec<Next>| *scripted.next.lock().unwrap() = next;
+    assert!(matches!(take(&cap, "warm").await, Taken::Now(_)), "the view is read");
+    // The first write is applied and its answer lost: the second finds the holder it wrote.
+    script(vec![Next::Lost]);
+    let Taken::Now(slot) = take(&cap, "a").await else {
+        panic!("a lost answer is not a failure of the take")
+    };
+    let holder = store.holder(KEY, "orders", "a").await.unwrap().unwrap();
+    assert_eq!((holder.shard, holder.taken_at_ms), (slot.shard, slot.taken_at_ms));
+    assert_eq!((held(&store), counted(&store).await), (2, 2), "one slot for a, not two");
+    // Throttled twice, then through.
+    script(vec![Next::Throttled, Next::Throttled]);
+    assert!(matches!(take(&cap, "b").await, Taken::Now(_)));
+    assert_eq!((held(&store), counted(&store).await), (3, 3));
+    // Throttled at every try: a failure, after TAKE_TRIES writes, nothing held.
+    script(vec![Next::Throttled; super::cap::TAKE_TRIES + 1]);
+    assert!(
+        matches!(take(&cap, "c").await, Taken::Failed(e) if e.kind == crate::start::table::StoreErrorKind::Throttled)
+    );
+    assert_eq!(scripted.next.lock().unwrap().len(), 1, "bounded");
+    assert_eq!(held(&store), 3);
+    // An unreachable table: a failure after a bounded number of calls.
+    script(vec![]);
+    store.set_failure(Some("connection refused"));
+    let calls = store.calls();
+    assert!(matches!(take(&cap, "d").await, Taken::Failed(_)));
+    let made = store.calls() - calls;
+    assert!(made <= 2 * super::cap::TAKE_TRIES as u64, "{made}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -323,7 +442,12 @@ async fn an_expired_slot_that_still_runs_is_checked_at_doubling_intervals_then_r
     let sweep = cap.sweep(&describer, &pacing(), 10, later()).await;
     assert_eq!(sweep.reclaimed, 1);
     assert_eq!(counted(&store).await, 0);
-    assert_eq!(store.view(KEY).await.unwrap().unwrap().freed(), (1, 400_000));
+    let held_ms = cap.clock().now_ms() - T0_MS;
+    assert_eq!(
+        store.view(KEY).await.unwrap().unwrap().freed(),
+        (1, held_ms),
+        "held until the reclaim, not only while it ran"
+    );
     // Its late event frees nothing.
     assert_eq!(
         cap.on_status_change(&event("long", "SUCCEEDED", 0), later())
@@ -520,22 +644,37 @@ fn the_waiting_line_gives_due_times_one_completion_apart() {
         }
     );
     assert_eq!(line::due_times(Line { tat_ms: 12_500 }, 2, rate), [12_000, 12_500]);
-    // A due message that found no slot again waits about 1/λ̂ per message ahead, at least 1 s.
-    let waits = line::retry_waits(3, rate, || 0.5);
-    assert_eq!(
-        waits,
-        [
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            Duration::from_millis(1_500)
-        ]
+    // Before any execution ended: probes, doubling, at most the expiry.
+    let expiry = Duration::from_secs(300);
+    assert_eq!(line::probe_wait(1, expiry, 0.5), line::PROBE_WAIT);
+    assert_eq!(line::probe_wait(3, expiry, 0.5), line::PROBE_WAIT * 4);
+    assert_eq!(line::probe_wait(9, expiry, 0.5), expiry);
+    assert_eq!(line::probe_wait(1, expiry, 0.0), line::PROBE_WAIT.mul_f64(0.75));
+    // Fresh messages try while the line is empty, or when more is free than it will take soon (at
+    // 2 slots/s, 1), or than the line's slack (2 % of a cap of 1,000 at 40 slots/s: 20).
+    assert!(line::admits_fresh(None, 0, 10_000, rate, 100));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 9_000 }), 0, 10_000, rate, 100));
+    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 1, 10_000, rate, 100));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 2, 10_000, rate, 100));
+    assert!(!line::admits_fresh(
+        Some(Line { tat_ms: 12_000 }),
+        20,
+        10_000,
+        40.0,
+        1_000
+    ));
+    assert!(line::admits_fresh(
+        Some(Line { tat_ms: 12_000 }),
+        21,
+        10_000,
+        40.0,
+        1_000
+    ));
+    assert!(
+        !line::admits_fresh(Some(Line { tat_ms: 12_000 }), 2, 10_000, 40.0, 100),
+        "slack 2 < 20"
     );
-    assert_eq!(line::retry_waits(1, 1000.0, || 0.0), [line::MIN_WAIT]);
-    // Fresh messages try while the line is empty, or when more is free than it will take soon.
-    assert!(line::admits_fresh(None, 0, 10_000, rate));
-    assert!(line::admits_fresh(Some(Line { tat_ms: 9_000 }), 0, 10_000, rate));
-    assert!(!line::admits_fresh(Some(Line { tat_ms: 12_000 }), 4, 10_000, rate));
-    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 5, 10_000, rate));
+    assert!(line::admits_fresh(Some(Line { tat_ms: 12_000 }), 3, 10_000, 40.0, 100));
 }
 
 #[tokio::test(start_paused = true)]
@@ -543,25 +682,35 @@ async fn invocations_join_one_shared_line_with_one_write_each() {
     let store = Arc::new(MemoryStore::new());
     let config = config(20, &[]);
     let a = cap_on(&store, &config);
+    a.read(later()).await.unwrap();
+    assert!(!a.measured(), "no execution has ended: no line");
+    // One execution ran 60 s: λ̂ = C / D̄ = 20 / 60 s; the line runs at LINE_PACE of it, a message
+    // every 3 s / LINE_PACE.
+    history(&store, KEY, 20, 60_000).await;
     let b = cap_on(&store, &config);
     for i in 0..20 {
         assert!(matches!(take(&a, &format!("e-{i}")).await, Taken::Now(_)));
     }
     a.read(later()).await.unwrap();
     b.read(later()).await.unwrap();
+    assert!(a.measured() && b.measured());
     assert!(
         b.admits_fresh(),
         "the line is empty: fresh messages try (and find the cap full)"
     );
-    // No release yet: λ̂ = C / RUNNING_EXPIRY = 20 / 60 s, a message every 3 s.
     assert!((a.rate_per_second() - 20.0 / 60.0).abs() < 1e-9);
     let calls = store.calls();
     let first = a.join_line(3, later()).await;
     assert_eq!(store.calls(), calls + 1, "one write for the invocation");
-    assert_eq!(first, [T0_MS + 3_000, T0_MS + 6_000, T0_MS + 9_000]);
+    let pace = 20.0 / 60.0 * line::LINE_PACE;
+    let nth = |i: usize| T0_MS + line::span_ms(i, pace);
+    assert_eq!(first, [nth(1), nth(2), nth(3)]);
     // The other instance's view of the line is stale: its write is refused, then joins the back.
     let second = b.join_line(2, later()).await;
-    assert_eq!(second, [T0_MS + 12_000, T0_MS + 15_000]);
+    assert_eq!(
+        second,
+        [nth(3) + line::span_ms(1, pace), nth(3) + line::span_ms(2, pace)]
+    );
     assert!(!b.admits_fresh(), "the line holds messages: fresh ones join the back");
 }
 
