@@ -23,7 +23,7 @@ use local_stack::esm::runner::{self as esm, EsmConfig};
 use local_stack::executions::{schedule, Delivered, Durations, EventBridge, EventFaults, Executions};
 use local_stack::sim::{DlqEntry, SimQueue, EMPTY_RECEIVES};
 use serde_json::{json, Value};
-use sfn_pacer::start::clock::EpochClock;
+use sfn_pacer::start::clock::Clock;
 use sfn_pacer::start::memory::{MemoryStore, TableFaults};
 use sfn_pacer::start::running::{HolderState, Item};
 use sfn_pacer::Starter;
@@ -193,12 +193,12 @@ pub fn run(plan: &Plan, seed: u64) -> Result<CapRun, BenchError> {
 }
 
 async fn run_on(plan: &Plan, seed: u64) -> Result<CapRun, BenchError> {
-    let clock = EpochClock::new();
+    let clock = Clock::following_runtime(sfn_pacer::handler::now_epoch_ms() as f64 / 1e3);
     let t0 = Instant::now();
     let store = Arc::new(MemoryStore::new().with_faults(plan.table).with_seed(seed));
     let queue = SimQueue::new("bench-running", MAX_RECEIVE_COUNT, VISIBILITY);
     let executions =
-        Arc::new(Executions::new(STATE_MACHINE_ARN, plan.durations, clock, seed).with_quota(QUOTA.0, QUOTA.1));
+        Arc::new(Executions::new(STATE_MACHINE_ARN, plan.durations, clock.clone(), seed).with_quota(QUOTA.0, QUOTA.1));
     let env = [
         ("STATE_MACHINE_ARN", STATE_MACHINE_ARN.to_string()),
         ("COORDINATION_TABLE", "bench-coordination".to_string()),
@@ -210,11 +210,9 @@ async fn run_on(plan: &Plan, seed: u64) -> Result<CapRun, BenchError> {
     ];
     let function = || -> Result<Arc<Starter>, BenchError> {
         Ok(Arc::new(
-            Starter::coordinated(config(&env)?, executions.clone(), queue.clone(), store.clone()).with_cap(
-                store.clone(),
-                executions.clone(),
-                store.clone(),
-            ),
+            Starter::coordinated(config(&env)?, executions.clone(), queue.clone(), store.clone())
+                .with_cap(store.clone(), executions.clone(), store.clone())
+                .with_clock(clock.clone()),
         ))
     };
     let release = function()?;

@@ -17,9 +17,9 @@ use aws_sdk_sfn::config::retry::RetryConfig;
 use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
 use local_stack::sim::{drive, DlqEntry, Mapping, RunReport, SimQueue, DEFAULT_BATCHING_WINDOW};
 use sfn_pacer::aws::SfnStarter;
-use sfn_pacer::start::budget::clock::Clock;
 use sfn_pacer::start::budget::{Store, Written};
 use sfn_pacer::start::classify::{classify, Class};
+use sfn_pacer::start::clock::Clock;
 use sfn_pacer::start::memory::{MemoryStore, TableFaults};
 use sfn_pacer::start::pacing::Pacing;
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
@@ -585,7 +585,7 @@ impl Builder {
         let starter = match self.mode {
             Mode::Static => Starter::new(cfg, sfn, queue.clone()),
             Mode::Shared(_) => Starter::coordinated(cfg, sfn, queue.clone(), self.store.clone())
-                .with_pacer_clock(Clock::system().skewed(skew)),
+                .with_clock(Clock::system().skewed(skew)),
         };
         Ok((Arc::new(starter), counted))
     }

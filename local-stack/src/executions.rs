@@ -30,7 +30,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use sfn_pacer::start::clock::EpochClock;
+use sfn_pacer::start::clock::Clock;
 use sfn_pacer::start::running::describe::{DescribeError, DescribeExecution, Described};
 use sfn_pacer::start::running::execution_arn;
 use sfn_pacer::start::{StartError, StartExecution, StartRequest, Started};
@@ -91,7 +91,7 @@ struct State {
 pub struct Executions {
     state_machine_arn: String,
     durations: Durations,
-    clock: EpochClock,
+    clock: Clock,
     origin: Instant,
     quota: Option<Mutex<TokenBucket>>,
     lost_answer_probability: f64,
@@ -103,7 +103,7 @@ pub struct Executions {
 impl Executions {
     /// Executions of `state_machine_arn` that each run for a draw of `durations`; epoch times
     /// (the events' `startDate`, `stopDate`) from `clock`; draws seeded with `seed`.
-    pub fn new(state_machine_arn: &str, durations: Durations, clock: EpochClock, seed: u64) -> Executions {
+    pub fn new(state_machine_arn: &str, durations: Durations, clock: Clock, seed: u64) -> Executions {
         Executions {
             state_machine_arn: state_machine_arn.to_string(),
             durations,
@@ -484,8 +484,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn executions_run_for_their_duration_and_keep_their_name() {
-        let sfn =
-            Executions::new(ARN, Durations::Fixed(Duration::from_secs(10)), EpochClock::at(0), 1).with_quota(2, 1.0);
+        let sfn = Executions::new(
+            ARN,
+            Durations::Fixed(Duration::from_secs(10)),
+            Clock::following_runtime(0 as f64 / 1000.0),
+            1,
+        )
+        .with_quota(2, 1.0);
         let arn = sfn.start_execution(&request("a", "{}")).await.unwrap().execution_arn;
         assert_eq!(arn, "arn:aws:states:us-east-1:123456789012:execution:sim:a");
         assert_eq!(

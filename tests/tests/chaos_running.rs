@@ -28,7 +28,7 @@ use local_stack::sim::{drive_with_kills, DlqEntry, Kill, Mapping, SimQueue, DEFA
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use sfn_pacer::start::clock::EpochClock;
+use sfn_pacer::start::clock::Clock;
 use sfn_pacer::start::memory::{MemoryStore, TableFaults};
 use sfn_pacer::start::running::Item;
 use sfn_pacer::{Config, Starter};
@@ -161,21 +161,19 @@ async fn chaos(seed: u64) {
         local_stack::cli::init_tracing("off");
     }
     let mut rng = StdRng::seed_from_u64(seed);
-    let clock = EpochClock::new();
+    let clock = Clock::following_runtime(sfn_pacer::handler::now_epoch_ms() as f64 / 1e3);
     let store = Arc::new(MemoryStore::new().with_faults(table_faults()).with_seed(seed));
     let queue = SimQueue::new("chaos-running", MAX_RECEIVE_COUNT, VISIBILITY);
     let executions = Arc::new(
-        Executions::new(STATE_MACHINE_ARN, DURATIONS, clock, seed)
+        Executions::new(STATE_MACHINE_ARN, DURATIONS, clock.clone(), seed)
             .with_quota(40, 20.0)
             .with_lost_answers(0.02),
     );
     let function = |config: Config| {
         Arc::new(
-            Starter::coordinated(config, executions.clone(), queue.clone(), store.clone()).with_cap(
-                store.clone(),
-                executions.clone(),
-                store.clone(),
-            ),
+            Starter::coordinated(config, executions.clone(), queue.clone(), store.clone())
+                .with_cap(store.clone(), executions.clone(), store.clone())
+                .with_clock(clock.clone()),
         )
     };
     let release = function(config());

@@ -32,11 +32,11 @@ use crate::metrics::{Count, Report, Tally};
 use crate::plan::claim_check::{check_in, ObjectStore, INPUT_PREFIX};
 use crate::plan::event::{messages, EventError, Message};
 use crate::plan::{plan, Plan, Rejection, MAX_INPUT_BYTES};
-use crate::start::budget::clock::Clock;
 use crate::start::budget::lease::SharedPacer;
 use crate::start::budget::{rules, BudgetState, Store};
 use crate::start::claim::ClaimStore;
 use crate::start::classify::{classify, systemic_advice, Class};
+use crate::start::clock::Clock;
 use crate::start::pace::Pacer;
 use crate::start::pacing::Pacing;
 use crate::start::running::cap::REFRESH;
@@ -234,13 +234,14 @@ impl Starter {
         }
     }
 
-    /// Coordinated mode: the shared pacer reads the time from `clock` (tests and benchmarks
-    /// model clock skew and thawed instances with it).
-    pub fn with_pacer_clock(mut self, clock: Clock) -> Starter {
+    /// The shared pacer and the cap read the time from `clock` (tests and benchmarks model
+    /// clock skew, thawed instances and simulated time with it); by default, the system's.
+    pub fn with_clock(mut self, clock: Clock) -> Starter {
         self.pacing = match self.pacing {
-            Pacing::Shared(shared) => Pacing::Shared(Box::new(shared.with_clock(clock))),
+            Pacing::Shared(shared) => Pacing::Shared(Box::new(shared.with_clock(clock.clone()))),
             local => local,
         };
+        self.running = self.running.map(|running| running.with_clock(clock));
         self
     }
 

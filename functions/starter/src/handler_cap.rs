@@ -25,7 +25,7 @@ use crate::config::WorkflowType;
 use crate::metrics::Count;
 use crate::start::budget::lease::SharedPacer;
 use crate::start::budget::{BudgetState, Store};
-use crate::start::clock::EpochClock;
+use crate::start::clock::Clock;
 use crate::start::pace::Pacer;
 use crate::start::pacing::Pacing;
 use crate::start::running::cap::{Cap, Slot, Taken};
@@ -50,6 +50,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// The cap and the describe pacer, reading the time from `clock`.
+    pub(crate) fn with_clock(self, clock: Clock) -> Running {
+        let pacing = match self.pacing {
+            Pacing::Shared(shared) => Pacing::Shared(Box::new(shared.with_clock(clock.clone()))),
+            local => local,
+        };
+        Running {
+            cap: self.cap.with_clock(clock),
+            pacing,
+            ..self
+        }
+    }
+
     /// The cap.
     pub fn cap(&self) -> &Cap {
         &self.cap
@@ -97,7 +110,7 @@ impl Starter {
         describer: Arc<dyn DescribeExecution>,
         budget: Arc<dyn Store>,
     ) -> Starter {
-        let Some(cap) = Cap::new(store, &self.config, EpochClock::new()) else {
+        let Some(cap) = Cap::new(store, &self.config, Clock::system()) else {
             return self;
         };
         let split = f64::from(self.config.max_concurrency);
@@ -149,7 +162,7 @@ impl Invocation<'_> {
             if due_ms > cap.clock().now_ms() + 1_000 {
                 return Some(Attempt::Retry {
                     reason: "waiting for a running slot until its due time".to_string(),
-                    comeback: Comeback::AtCap(Some(cap.clock().instant(due_ms))),
+                    comeback: Comeback::AtCap(Some(cap.clock().instant_ms(due_ms))),
                 });
             }
         }
@@ -212,7 +225,7 @@ impl Invocation<'_> {
             // the message waits until that slot expires, then starts, counted.
             return Gate::Stop(Attempt::Retry {
                 reason: format!("an earlier delivery's Express execution {name} holds the slot until it expires"),
-                comeback: Comeback::AtCap(Some(cap.clock().instant(check_at_s.saturating_mul(1000)))),
+                comeback: Comeback::AtCap(Some(cap.clock().instant_ms(check_at_s.saturating_mul(1000)))),
             });
         }
         if age < settle {

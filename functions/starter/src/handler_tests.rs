@@ -968,8 +968,8 @@ fn bad_input_invalid_unicode_in_the_event_is_a_clear_error_not_a_panic() {
 
 mod coordinated {
     use super::*;
-    use crate::start::budget::clock::Clock;
     use crate::start::budget::Store;
+    use crate::start::clock::Clock;
     use crate::start::memory::MemoryStore;
 
     fn coordinated(pairs: &[(&str, &str)], sfn: Arc<FakeSfn>, store: Arc<MemoryStore>) -> Starter {
@@ -986,7 +986,7 @@ mod coordinated {
         let mut all = vec![("COORDINATION_TABLE", "coordination")];
         all.extend_from_slice(pairs);
         Starter::coordinated(config(&all), sfn, queue, store)
-            .with_pacer_clock(Clock::following_runtime(now_epoch_ms() as f64 / 1e3))
+            .with_clock(Clock::following_runtime(now_epoch_ms() as f64 / 1e3))
     }
 
     #[tokio::test(start_paused = true)]

@@ -129,7 +129,7 @@ impl Closing<'_> {
             .iter()
             .map(|(_, given, _)| match given {
                 Some(given) => *given,
-                None => in_line.next().map_or(now + MIN_WAIT, |ms| cap.clock().instant(ms)),
+                None => in_line.next().map_or(now + MIN_WAIT, |ms| cap.clock().instant_ms(ms)),
             })
             .collect()
     }

@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock::Clock;
 use super::rules::{self, AfterError, Bound, SPREAD_MIN};
 use super::{BudgetState, LeaseAsk, LeasePlan, Store, Update, Written};
 use crate::close::backoff::unit_random;
+use crate::start::clock::Clock;
 use crate::start::pace::{Pacer, Slot, Source};
 use crate::start::table::{StoreError, StoreErrorKind};
 

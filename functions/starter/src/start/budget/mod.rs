@@ -22,7 +22,7 @@
 //! number at most `B + r × t`, the quota's own bucket, whatever the interleaving — provided a
 //! slot is used at its release time ([`SLOT_GRACE`]; a later slot is dropped, never used late).
 //! A slot released later than `θ_j − τ` (a slow answer) only comes later. Each lessee reads
-//! `now` from its own clock ([`clock`]): one whose clock is `δ` ahead gets its slots `δ` early
+//! `now` from its own clock ([`crate::start::clock`]): one whose clock is `δ` ahead gets its slots `δ` early
 //! in true time. The burst reserve (100 ms of refill) covers the grace and up to
 //! [`rules::MAX_SKEW`] of skew, with room for the network's jitter ([`rules`]).
 //!
@@ -49,7 +49,6 @@
 //! Its next lease books them too (`n + debt` slots of `tat`, `n` of them its own), so the
 //! budget accounts for them once the table answers again.
 
-pub mod clock;
 pub mod lease;
 pub mod rules;
 

@@ -22,7 +22,7 @@ use super::line::{self, Rate};
 use super::{execution_arn, rebalance, seed, CapView, Found, Holder, HolderState, Line, RunningStore, Write, Written};
 use crate::config::{Config, RunningCap, WorkflowType};
 use crate::start::claim::scope;
-use crate::start::clock::EpochClock;
+use crate::start::clock::Clock;
 use crate::start::table::{bounded, StoreError, StoreErrorKind};
 
 /// A view without room is read again after this long, when a take needs a slot.
@@ -120,7 +120,7 @@ pub struct Cap {
     state_machine_arn: String,
     express: bool,
     call_timeout: Duration,
-    clock: EpochClock,
+    clock: Clock,
     cache: Mutex<Cache>,
     reading: tokio::sync::Mutex<()>,
     last_sweep: Mutex<Option<Instant>>,
@@ -134,7 +134,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Cap {
     /// The cap of `config` (its `MAX_RUNNING_EXECUTIONS`, `RUNNING_KEY`, ...) in `store`; `None`
     /// when the config has no cap.
-    pub fn new(store: Arc<dyn RunningStore>, config: &Config, clock: EpochClock) -> Option<Cap> {
+    pub fn new(store: Arc<dyn RunningStore>, config: &Config, clock: Clock) -> Option<Cap> {
         Some(Cap {
             store,
             settings: config.running.clone()?,
@@ -158,8 +158,14 @@ impl Cap {
         self.store.as_ref()
     }
 
+    /// This cap, reading its times from `clock` (tests and simulations).
+    pub fn with_clock(mut self, clock: Clock) -> Cap {
+        self.clock = clock;
+        self
+    }
+
     /// The clock the cap's times are read from.
-    pub fn clock(&self) -> &EpochClock {
+    pub fn clock(&self) -> &Clock {
         &self.clock
     }
 

@@ -15,7 +15,7 @@ use super::line::{self, Rate};
 use super::release::{Released, StatusChange};
 use super::*;
 use crate::config::Config;
-use crate::start::clock::EpochClock;
+use crate::start::clock::Clock;
 use crate::start::memory::MemoryStore;
 use crate::start::pace::Pacer;
 use crate::start::pacing::Pacing;
@@ -39,7 +39,7 @@ fn config(cap: u32, more: &[(&str, &str)]) -> Config {
 }
 
 fn cap_on(store: &Arc<MemoryStore>, config: &Config) -> Cap {
-    Cap::new(store.clone(), config, EpochClock::at(T0_MS)).unwrap()
+    Cap::new(store.clone(), config, Clock::following_runtime(T0_MS as f64 / 1000.0)).unwrap()
 }
 
 fn setup(cap: u32) -> (Arc<MemoryStore>, Cap) {
@@ -344,7 +344,12 @@ async fn a_take_whose_answer_is_lost_or_throttled_tries_again_and_finds_its_own_
         inner: store.clone(),
         next: Mutex::new(vec![]),
     });
-    let cap = Cap::new(scripted.clone(), &config(5, &[]), EpochClock::at(T0_MS)).unwrap();
+    let cap = Cap::new(
+        scripted.clone(),
+        &config(5, &[]),
+        Clock::following_runtime(T0_MS as f64 / 1000.0),
+    )
+    .unwrap();
     let script = |next: Vec<Next>| *scripted.next.lock().unwrap() = next;
     assert!(matches!(take(&cap, "warm").await, Taken::Now(_)), "the view is read");
     // The first write is applied and its answer lost: the second finds the holder it wrote.
