@@ -80,6 +80,21 @@ impl Moto {
         Ok(moto)
     }
 
+    /// moto serving one request at a time (its DynamoDB transactions are not thread-safe: two at
+    /// once can fail with "dictionary changed size during iteration"), with the coordination
+    /// table `table` created, and an SDK config pointed at it: what the tests of the table's
+    /// stores start from. Stopped when dropped.
+    pub async fn with_coordination_table(table: &str) -> Result<(Moto, aws_config::SdkConfig), String> {
+        let options = MotoOptions {
+            single_threaded: true,
+            ..MotoOptions::default()
+        };
+        let moto = Moto::start_with(&options).await?;
+        let aws = moto.sdk_config().await;
+        create_coordination_table(&aws, table).await?;
+        Ok((moto, aws))
+    }
+
     /// moto as a child of `sup`, waiting until it answers.
     pub async fn start_in(sup: &Supervisor, options: &MotoOptions) -> Result<Moto, String> {
         let path = crate::paths::moto_server()?;

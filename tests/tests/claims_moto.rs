@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use local_stack::moto::{create_coordination_table, Moto, MotoOptions};
+use local_stack::moto::Moto;
 use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::start::claim::{claim_pk, execution_pk, ClaimRequest, ClaimStore, ClaimWrite, Record};
 
@@ -13,13 +13,7 @@ const TABLE: &str = "claims";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_record_is_trimmed_to_started_and_its_claims_stay() {
-    let options = MotoOptions {
-        single_threaded: true,
-        ..MotoOptions::default()
-    };
-    let moto = Moto::start_with(&options).await.unwrap();
-    let aws = moto.sdk_config().await;
-    create_coordination_table(&aws, TABLE).await.unwrap();
+    let (_moto, aws) = Moto::with_coordination_table(TABLE).await.unwrap();
     let store = DynamoStore::new(&aws, TABLE, Duration::from_secs(10));
     let keys = vec!["a".to_string(), "b".to_string()];
     let input = format!(r#"{{"items":[{{"body":"{}"}}]}}"#, "x".repeat(1024));

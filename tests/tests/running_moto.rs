@@ -20,7 +20,7 @@ use local_stack::esm::runner::{Queue as _, SHORT_POLL_PAUSE};
 use local_stack::esm::sqs::SqsQueue as EsmQueue;
 use local_stack::esm::{run, EsmConfig};
 use local_stack::events;
-use local_stack::moto::{create_coordination_table, list_executions_in, provision, Moto, MotoOptions, Stack, REGION};
+use local_stack::moto::{list_executions_in, provision, Moto, Stack, REGION};
 use serde_json::{json, Value};
 use sfn_pacer::aws::dynamo::DynamoStore;
 use sfn_pacer::start::memory::MemoryStore;
@@ -41,13 +41,7 @@ struct Local {
 }
 
 async fn local() -> Local {
-    let options = MotoOptions {
-        single_threaded: true,
-        ..MotoOptions::default()
-    };
-    let moto = Moto::start_with(&options).await.unwrap();
-    let aws = moto.sdk_config().await;
-    create_coordination_table(&aws, TABLE).await.unwrap();
+    let (moto, aws) = Moto::with_coordination_table(TABLE).await.unwrap();
     Local {
         sqs: aws_sdk_sqs::Client::new(&aws),
         sfn: aws_sdk_sfn::Client::new(&aws),
