@@ -366,6 +366,39 @@ async fn describe_and_list_executions() {
     assert_eq!(missing.unwrap_err().code(), Some("ExecutionDoesNotExist"));
 }
 
+#[tokio::test]
+async fn describe_state_machine_gives_the_workflow_type() {
+    let (_sfn, standard_client) = fake(Faults::default()).await;
+    let standard = standard_client
+        .describe_state_machine()
+        .state_machine_arn(SM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(standard.r#type().as_str(), "STANDARD");
+    assert_eq!(standard.name(), "sfn-pacer-fake");
+    let sfn = FakeSfn::builder()
+        .express(true)
+        .state_machine(SM)
+        .start()
+        .await
+        .unwrap();
+    let express = client(&sfn.endpoint()).await;
+    let described = express
+        .describe_state_machine()
+        .state_machine_arn(SM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.r#type().as_str(), "EXPRESS");
+    let missing = express
+        .describe_state_machine()
+        .state_machine_arn(format!("{SM}x"))
+        .send()
+        .await;
+    assert_eq!(missing.unwrap_err().code(), Some("StateMachineDoesNotExist"));
+}
+
 // ---------------------------------------------------------------- quota and throttling
 
 #[tokio::test]

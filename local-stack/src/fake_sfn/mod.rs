@@ -3,7 +3,7 @@
 //! [`FakeSfn`] is an HTTP/1.1 server on 127.0.0.1 that speaks enough of the Step Functions
 //! `awsJson1_0` protocol for the real `aws-sdk-sfn` client (pointed at it with `endpoint_url`)
 //! to work: `POST /` with `X-Amz-Target: AWSStepFunctions.StartExecution` (plus minimal
-//! `DescribeExecution` and `ListExecutions`). Errors come back as a non-2xx status with both the
+//! `DescribeExecution`, `ListExecutions` and `DescribeStateMachine`). Errors come back as a non-2xx status with both the
 //! `X-Amzn-ErrorType` header and a `{"__type": .., "message": ..}` body, which is what the SDK's
 //! error parser reads (header first, then `__type`).
 //!

@@ -112,6 +112,7 @@ async fn handle(
         },
         "AWSStepFunctions.DescribeExecution" => state.describe(&body),
         "AWSStepFunctions.ListExecutions" => state.list(&body),
+        "AWSStepFunctions.DescribeStateMachine" => state.describe_state_machine(&body),
         other => state.unknown_operation(other),
     };
     Ok(to_response(reply, &request_id))

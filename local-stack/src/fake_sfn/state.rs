@@ -739,6 +739,33 @@ impl FakeSfnState {
         }
     }
 
+    /// `DescribeStateMachine`: the machine's type (`EXPRESS` in Express mode, else `STANDARD`),
+    /// for the function's WORKFLOW_TYPE check at init; an unregistered ARN does not exist.
+    pub(crate) fn describe_state_machine(&self, body: &[u8]) -> Reply {
+        self.lock().stats.other_operations += 1;
+        let arn = match serde_json::from_slice::<ListBody>(body) {
+            Ok(ListBody {
+                state_machine_arn: Some(arn),
+                ..
+            }) => arn,
+            _ => return Reply::error(ErrorKind::Validation, "stateMachineArn must not be null"),
+        };
+        if !self.inner.state_machines.is_empty() && !self.inner.state_machines.contains(&arn) {
+            let message = format!("State Machine Does Not Exist: '{arn}'");
+            return Reply::error(ErrorKind::StateMachineDoesNotExist, &message);
+        }
+        let name = arn.rsplit(':').next().unwrap_or_default();
+        Reply::ok(json!({
+            "stateMachineArn": arn,
+            "name": name,
+            "status": "ACTIVE",
+            "definition": "{}",
+            "roleArn": "arn:aws:iam::123456789012:role/fake-sfn",
+            "type": if self.inner.express { "EXPRESS" } else { "STANDARD" },
+            "creationDate": epoch_seconds(self.inner.start_wall),
+        }))
+    }
+
     /// `ListExecutions`: newest first, at most `maxResults` (default 100), no pagination.
     pub(crate) fn list(&self, body: &[u8]) -> Reply {
         let mut locked = self.lock();
