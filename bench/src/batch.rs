@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::gather::GatherConfig;
 use local_stack::esm::in_process::InProcess;
 use local_stack::esm::runner::{self as esm, EsmConfig, StopReason};
 use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
@@ -561,12 +561,7 @@ async fn starters(
 /// `shutdown` does (the producer is done and the queue is empty), not on the first empty check.
 fn mapping(plan: &Plan, settings: &Settings, queue: &SimQueue) -> EsmConfig {
     EsmConfig {
-        gather: GatherConfig {
-            batch_size: plan.batch_size,
-            window: plan.batching_window,
-            wait_seconds: 0,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        },
+        gather: GatherConfig::new(plan.batch_size, plan.batching_window, 0),
         max_concurrency: plan.instances,
         function_timeout: settings.function_timeout,
         queue_arn: queue.arn().to_string(),

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::gather::GatherConfig;
 use local_stack::esm::in_process::InProcess;
 use local_stack::esm::runner::{self as esm, EsmConfig};
 use local_stack::executions::{schedule, Delivered, Durations, EventBridge, EventFaults, Executions};
@@ -232,12 +232,7 @@ async fn run_on(plan: &Plan, seed: u64) -> Result<CapRun, BenchError> {
         }
     };
     let mapping = EsmConfig {
-        gather: GatherConfig {
-            batch_size: 10,
-            window: Duration::ZERO,
-            wait_seconds: 0,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        },
+        gather: GatherConfig::new(10, Duration::ZERO, 0),
         max_concurrency: INSTANCES,
         function_timeout: FUNCTION_TIMEOUT,
         queue_arn: queue.arn().to_string(),

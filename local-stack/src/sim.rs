@@ -37,7 +37,7 @@ use sfn_pacer::Starter;
 use tokio::time::Instant;
 
 use crate::esm::event::{ReceivedMessage, SqsMessage};
-use crate::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use crate::esm::gather::GatherConfig;
 use crate::esm::in_process::InProcess;
 pub use crate::esm::in_process::Kill;
 use crate::esm::runner::{self as esm, EsmConfig, QueueCounts, ReceiptEntry};
@@ -574,12 +574,7 @@ pub async fn drive_with_kills(
     let pollers = starters.len();
     let invoker = Arc::new(InProcess::new(starters, mapping.function_timeout, mapping.short_deadline).with_kill(kill));
     let config = EsmConfig {
-        gather: GatherConfig {
-            batch_size: mapping.batch_size,
-            window: mapping.batching_window,
-            wait_seconds: 0,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        },
+        gather: GatherConfig::new(mapping.batch_size, mapping.batching_window, 0),
         max_concurrency: pollers,
         function_timeout: mapping.function_timeout,
         queue_arn: queue.arn().to_string(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sfn::types::ExecutionStatus;
 use local_stack::esm::event::sqs_event;
-use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::gather::GatherConfig;
 use local_stack::esm::in_process::InProcess;
 use local_stack::esm::runner::{Queue as _, SHORT_POLL_PAUSE};
 use local_stack::esm::sqs::SqsQueue as EsmQueue;
@@ -401,12 +401,7 @@ async fn long_wait(max_receive_count: u32) -> sfn_pacer::metrics::Report {
         })
     };
     let mapping = EsmConfig {
-        gather: GatherConfig {
-            batch_size: 10,
-            window: Duration::ZERO,
-            wait_seconds: 0,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        },
+        gather: GatherConfig::new(10, Duration::ZERO, 0),
         max_concurrency: 1,
         function_timeout: Duration::from_secs(30),
         queue_arn: stack.queue_arn.clone(),

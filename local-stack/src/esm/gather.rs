@@ -35,6 +35,19 @@ pub struct GatherConfig {
     pub max_payload_bytes: usize,
 }
 
+impl GatherConfig {
+    /// A mapping's batching: `batch_size` messages, a `window`, receives long-polling for
+    /// `wait_seconds` while no batch is open, and Lambda's 6 MB payload limit.
+    pub fn new(batch_size: usize, window: Duration, wait_seconds: i32) -> Self {
+        GatherConfig {
+            batch_size,
+            window,
+            wait_seconds,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
 /// What the poller does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -153,12 +166,7 @@ mod tests {
     use super::*;
 
     fn config(batch_size: usize, window_ms: u64) -> GatherConfig {
-        GatherConfig {
-            batch_size,
-            window: Duration::from_millis(window_ms),
-            wait_seconds: 20,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        }
+        GatherConfig::new(batch_size, Duration::from_millis(window_ms), 20)
     }
 
     fn msgs(n: usize, body_len: usize) -> Vec<ReceivedMessage> {

@@ -452,7 +452,6 @@ async fn delete_with_retry<Q: Queue>(queue: &Q, chunk: &[ReceiptEntry]) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::esm::gather::MAX_PAYLOAD_BYTES;
     use crate::sim::SimQueue;
     use std::sync::Mutex;
 
@@ -514,12 +513,7 @@ mod tests {
 
     fn config(batch_size: usize, window_ms: u64) -> EsmConfig {
         EsmConfig {
-            gather: GatherConfig {
-                batch_size,
-                window: Duration::from_millis(window_ms),
-                wait_seconds: 1,
-                max_payload_bytes: MAX_PAYLOAD_BYTES,
-            },
+            gather: GatherConfig::new(batch_size, Duration::from_millis(window_ms), 1),
             max_concurrency: 2,
             function_timeout: Duration::from_secs(2),
             queue_arn: "arn:aws:sqs:us-east-1:123456789012:q".into(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 
 use local_stack::esm::event::region_from_arn;
-use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::gather::GatherConfig;
 use local_stack::esm::invoke::HttpInvoker;
 use local_stack::esm::runner::{self, EsmConfig, StopReason, Summary, SHORT_POLL_PAUSE};
 use local_stack::esm::sqs::SqsQueue;
@@ -208,12 +208,7 @@ async fn run(cli: Cli) -> Result<Summary, String> {
         max_concurrency = cli.max_concurrency, "polling"
     );
     let config = EsmConfig {
-        gather: GatherConfig {
-            batch_size,
-            window,
-            wait_seconds: cli.wait_seconds,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        },
+        gather: GatherConfig::new(batch_size, window, cli.wait_seconds),
         max_concurrency: usize::from(cli.max_concurrency),
         function_timeout,
         queue_arn: info.arn.clone(),

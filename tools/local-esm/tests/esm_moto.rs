@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use local_stack::esm::gather::{GatherConfig, MAX_PAYLOAD_BYTES};
+use local_stack::esm::gather::GatherConfig;
 use local_stack::esm::invoke::HttpInvoker;
 use local_stack::esm::runner::{self, EsmConfig, StopReason};
 use local_stack::esm::sqs::SqsQueue;
@@ -199,12 +199,7 @@ async fn acknowledged_are_deleted_failures_retried_then_redriven_to_the_dlq() {
 
     let info = SqsQueue::resolve(&client, Some(&url), None).await.unwrap();
     let config = EsmConfig {
-        gather: GatherConfig {
-            batch_size: 10,
-            window: Duration::ZERO,
-            wait_seconds: 1,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        },
+        gather: GatherConfig::new(10, Duration::ZERO, 1),
         max_concurrency: 2,
         function_timeout: Duration::from_secs(5),
         queue_arn: info.arn.clone(),
