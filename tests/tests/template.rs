@@ -3537,13 +3537,19 @@ fn quota_sync_is_off_by_default_and_least_privilege_when_scheduled() {
         .contains("QuotaSyncSchedule needs coordinated mode"));
 }
 
-fn sync_statement<'a>(d: &'a mut Value, sid: &str) -> &'a mut Value {
-    d["Resources"]["QuotaSyncRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+/// The statement `sid` of a policy document's `Statement` list, to edit.
+fn statement_mut<'a>(statements: &'a mut Value, sid: &str) -> &'a mut Value {
+    statements
         .as_array_mut()
         .unwrap()
         .iter_mut()
         .find(|s| s["Sid"] == sid)
         .unwrap()
+}
+
+fn sync_statement<'a>(d: &'a mut Value, sid: &str) -> &'a mut Value {
+    let role = &mut d["Resources"]["QuotaSyncRole"]["Properties"];
+    statement_mut(&mut role["Policies"][0]["PolicyDocument"]["Statement"], sid)
 }
 
 #[test]
@@ -4168,12 +4174,10 @@ fn release_props(d: &mut Value) -> &mut Value {
 }
 
 fn cap_statement<'a>(d: &'a mut Value, sid: &str) -> &'a mut Value {
-    d["Resources"]["RunningCapPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["Sid"] == sid)
-        .unwrap()
+    statement_mut(
+        &mut d["Resources"]["RunningCapPolicy"]["Properties"]["PolicyDocument"]["Statement"],
+        sid,
+    )
 }
 
 #[test]
