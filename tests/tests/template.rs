@@ -3871,8 +3871,13 @@ fn check_release_function(t: &Template) -> Result<(), String> {
         return Err(format!("expected one release function, found {}", releases.len()));
     };
     let props = &release["Properties"];
-    if starter_env["MAX_RUNNING_EXECUTIONS"] != serde_json::json!({"Ref": "MaxRunningExecutions"}) {
-        return Err("the starter is not told MAX_RUNNING_EXECUTIONS".into());
+    for (variable, parameter) in [
+        ("MAX_RUNNING_EXECUTIONS", "MaxRunningExecutions"),
+        ("RUNNING_EXPIRY_SECONDS", "RunningExpirySeconds"),
+    ] {
+        if starter_env[variable] != serde_json::json!({ "Ref": parameter }) {
+            return Err(format!("the starter is not told {variable} ({parameter})"));
+        }
     }
     if release["Metadata"]["BuildProperties"] != starter["Metadata"]["BuildProperties"] {
         return Err(format!("{name} is not the starter's binary"));
@@ -3888,7 +3893,12 @@ fn check_release_function(t: &Template) -> Result<(), String> {
             return Err(format!("{name}'s {variable} is not the starter's"));
         }
     }
-    for needed in ["STATE_MACHINE_ARN", "COORDINATION_TABLE", "MAX_RUNNING_EXECUTIONS"] {
+    for needed in [
+        "STATE_MACHINE_ARN",
+        "COORDINATION_TABLE",
+        "MAX_RUNNING_EXECUTIONS",
+        "RUNNING_EXPIRY_SECONDS",
+    ] {
         if !env.contains_key(needed) {
             return Err(format!("{name} is not told {needed}"));
         }
@@ -4203,6 +4213,20 @@ fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_
         (
             |d| release_props(d)["Environment"]["Variables"]["RUNNING_KEY"] = "other".into(),
             "RUNNING_KEY is not the starter's",
+        ),
+        (
+            |d| {
+                let variables = release_props(d)["Environment"]["Variables"].as_object_mut().unwrap();
+                variables.remove("RUNNING_EXPIRY_SECONDS");
+            },
+            "is not told RUNNING_EXPIRY_SECONDS",
+        ),
+        (
+            |d| {
+                let starter = &mut d["Resources"]["StarterFunction"]["Properties"];
+                starter["Environment"]["Variables"]["RUNNING_EXPIRY_SECONDS"] = 300.into();
+            },
+            "the starter is not told RUNNING_EXPIRY_SECONDS (RunningExpirySeconds)",
         ),
         (
             |d| {
