@@ -2354,19 +2354,17 @@ fn batch_item_failures_check_rejects_a_missing_response_type() {
 
 #[test]
 fn least_privilege_check_rejects_wildcards() {
-    let statement = |d: &mut Value| -> Value {
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0].clone()
-    };
+    let statement = |d: &mut Value| -> Value { starter_statements(d)[0].clone() };
     let t = edited(|d| {
         let mut s = statement(d);
         s["Resource"] = "*".into();
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0] = s;
+        starter_statements(d)[0] = s;
     });
     assert!(check_least_privilege(&t).is_err());
     let t = edited(|d| {
         let mut s = statement(d);
         s["Action"] = Value::from(vec!["sqs:*"]);
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0] = s;
+        starter_statements(d)[0] = s;
     });
     assert!(check_least_privilege(&t).is_err());
     let t = edited(|d| {
@@ -2406,24 +2404,29 @@ fn short_form_tags_are_rewritten_to_long_form() {
     );
 }
 
-/// The role's coordination statement, wherever it sits (inside its `Fn::If`).
-fn coordination_statement(d: &mut Value) -> &mut Value {
-    let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+/// The starter role's policy statements, to edit.
+fn starter_statements(d: &mut Value) -> &mut Value {
+    &mut d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+}
+
+/// The starter role's statement kept under `condition` (the `then` of its `Fn::If`).
+fn conditional_statement<'a>(d: &'a mut Value, condition: &str) -> &'a mut Value {
+    let conditional = starter_statements(d)
         .as_array_mut()
-        .unwrap();
-    let conditional = statements
+        .unwrap()
         .iter_mut()
-        .find(|s| s["Fn::If"][0] == "UseCoordination")
-        .expect("a conditional statement");
+        .find(|s| s["Fn::If"][0] == condition)
+        .unwrap_or_else(|| panic!("a statement under {condition}"));
     &mut conditional["Fn::If"][1]
 }
 
-fn table_id(d: &Value) -> String {
+/// The logical id of the resource of type `kind`.
+fn resource_id(d: &Value, kind: &str) -> String {
     let resources = d["Resources"].as_object().unwrap();
     let (name, _) = resources
         .iter()
-        .find(|(_, r)| r["Type"] == "AWS::DynamoDB::Table")
-        .expect("a table");
+        .find(|(_, r)| r["Type"] == kind)
+        .unwrap_or_else(|| panic!("a {kind}"));
     name.clone()
 }
 
@@ -2439,14 +2442,14 @@ fn coordination_check_rejects_a_table_that_is_not_on_demand_encrypted_or_keyed_b
     ];
     for edit in edits {
         let t = edited(|d| {
-            let id = table_id(d);
+            let id = resource_id(d, "AWS::DynamoDB::Table");
             edit(&mut d["Resources"][&id]["Properties"]);
         });
         assert!(check_coordination(&t).is_err());
     }
     // A table created whatever the parameter says.
     let t = edited(|d| {
-        let id = table_id(d);
+        let id = resource_id(d, "AWS::DynamoDB::Table");
         d["Resources"][&id].as_object_mut().unwrap().remove("Condition");
     })
     .with("CoordinationTable", "None".into());
@@ -2457,16 +2460,16 @@ fn coordination_check_rejects_a_table_that_is_not_on_demand_encrypted_or_keyed_b
 fn coordination_check_rejects_more_actions_other_tables_and_missing_wiring() {
     let broken: [fn(&mut Value); 5] = [
         |d| {
-            coordination_statement(d)["Action"]
+            conditional_statement(d, "UseCoordination")["Action"]
                 .as_array_mut()
                 .unwrap()
                 .push("dynamodb:Scan".into())
         },
-        |d| coordination_statement(d)["Action"] = Value::from(vec!["dynamodb:*"]),
-        |d| coordination_statement(d)["Resource"] = "*".into(),
+        |d| conditional_statement(d, "UseCoordination")["Action"] = Value::from(vec!["dynamodb:*"]),
+        |d| conditional_statement(d, "UseCoordination")["Resource"] = "*".into(),
         |d| {
-            coordination_statement(d)["Resource"] = Value::from(vec![
-                serde_json::json!({"Fn::GetAtt": [table_id(d), "Arn"]}),
+            conditional_statement(d, "UseCoordination")["Resource"] = Value::from(vec![
+                serde_json::json!({"Fn::GetAtt": [resource_id(d, "AWS::DynamoDB::Table"), "Arn"]}),
                 serde_json::json!({"Fn::Sub": "${CoordinationStore.Arn}/index/*"}),
             ])
         },
@@ -2485,17 +2488,14 @@ fn coordination_check_rejects_more_actions_other_tables_and_missing_wiring() {
     }
     // The statement kept when coordination is off.
     let t = edited(|d| {
-        let statement = coordination_statement(d).clone();
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-            .as_array_mut()
-            .unwrap()
-            .push(statement);
+        let statement = conditional_statement(d, "UseCoordination").clone();
+        starter_statements(d).as_array_mut().unwrap().push(statement);
     })
     .with("CoordinationTable", "None".into());
     assert!(check_coordination(&t).is_err());
     // An existing table's ARN that names another table.
     let t = edited(|d| {
-        coordination_statement(d)["Resource"]["Fn::If"][2] =
+        conditional_statement(d, "UseCoordination")["Resource"]["Fn::If"][2] =
             serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/other"})
     })
     .with("CoordinationTable", "shared-budget".into());
@@ -2767,27 +2767,6 @@ fn claim_check_bucket_is_private_expiring_and_wired_only_when_asked() {
     }
 }
 
-/// The function role's claim-check statement (inside its `Fn::If`).
-fn claim_check_statement(d: &mut Value) -> &mut Value {
-    let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-        .as_array_mut()
-        .unwrap();
-    let conditional = statements
-        .iter_mut()
-        .find(|s| s["Fn::If"][0] == "UseClaimCheck")
-        .expect("a claim-check statement");
-    &mut conditional["Fn::If"][1]
-}
-
-fn bucket_id(d: &Value) -> String {
-    let resources = d["Resources"].as_object().unwrap();
-    let (name, _) = resources
-        .iter()
-        .find(|(_, r)| r["Type"] == "AWS::S3::Bucket")
-        .expect("a bucket");
-    name.clone()
-}
-
 #[test]
 fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
     let edits: [fn(&mut Value); 6] = [
@@ -2806,7 +2785,7 @@ fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
     ];
     for (i, edit) in edits.into_iter().enumerate() {
         let t = edited(|d| {
-            let id = bucket_id(d);
+            let id = resource_id(d, "AWS::S3::Bucket");
             edit(&mut d["Resources"][&id]["Properties"]);
         });
         assert!(check_claim_check(&t).is_err(), "edit {i} passes");
@@ -2819,7 +2798,7 @@ fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
     assert!(check_claim_check(&t).is_err());
     // A bucket created whatever the parameter says.
     let t = edited(|d| {
-        let id = bucket_id(d);
+        let id = resource_id(d, "AWS::S3::Bucket");
         d["Resources"][&id].as_object_mut().unwrap().remove("Condition");
     })
     .with("ClaimCheckBucket", "None".into());
@@ -2829,12 +2808,12 @@ fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
 #[test]
 fn claim_check_check_rejects_more_actions_wider_resources_and_missing_wiring() {
     let broken: [fn(&mut Value); 6] = [
-        |d| claim_check_statement(d)["Action"] = Value::from(vec!["s3:PutObject", "s3:GetObject"]),
-        |d| claim_check_statement(d)["Action"] = "s3:*".into(),
-        |d| claim_check_statement(d)["Resource"] = "*".into(),
+        |d| conditional_statement(d, "UseClaimCheck")["Action"] = Value::from(vec!["s3:PutObject", "s3:GetObject"]),
+        |d| conditional_statement(d, "UseClaimCheck")["Action"] = "s3:*".into(),
+        |d| conditional_statement(d, "UseClaimCheck")["Resource"] = "*".into(),
         // The whole bucket, not the prefix.
         |d| {
-            claim_check_statement(d)["Resource"] = serde_json::json!({"Fn::If": ["CreateClaimCheckBucket",
+            conditional_statement(d, "UseClaimCheck")["Resource"] = serde_json::json!({"Fn::If": ["CreateClaimCheckBucket",
                 {"Fn::Sub": "${ClaimCheckStore.Arn}/*"},
                 {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ClaimCheckBucket}/*"}]})
         },
@@ -2859,21 +2838,18 @@ fn claim_check_check_rejects_more_actions_wider_resources_and_missing_wiring() {
     }
     // Wildcards the least-privilege check rejects outright.
     for resource in ["*", "arn:aws:s3:::*/sfn-pacer/*", "arn:aws:s3:::inputs/*"] {
-        let t = edited(|d| claim_check_statement(d)["Resource"] = resource.into());
+        let t = edited(|d| conditional_statement(d, "UseClaimCheck")["Resource"] = resource.into());
         assert!(check_least_privilege(&t).is_err(), "{resource} passes");
     }
-    let t = edited(|d| claim_check_statement(d)["Action"] = "s3:Put*".into());
+    let t = edited(|d| conditional_statement(d, "UseClaimCheck")["Action"] = "s3:Put*".into());
     assert!(check_least_privilege(&t).is_err());
     // The prefix wildcard is only for S3 actions.
-    let t = edited(|d| claim_check_statement(d)["Action"] = "sqs:SendMessage".into());
+    let t = edited(|d| conditional_statement(d, "UseClaimCheck")["Action"] = "sqs:SendMessage".into());
     assert!(check_least_privilege(&t).is_err());
     // Kept when claim-check is off.
     let t = edited(|d| {
-        let statement = claim_check_statement(d).clone();
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-            .as_array_mut()
-            .unwrap()
-            .push(statement);
+        let statement = conditional_statement(d, "UseClaimCheck").clone();
+        starter_statements(d).as_array_mut().unwrap().push(statement);
     })
     .with("ClaimCheckBucket", "None".into());
     assert!(check_claim_check(&t).is_err());
@@ -2886,7 +2862,7 @@ fn claim_check_check_rejects_more_actions_wider_resources_and_missing_wiring() {
     assert!(check_claim_check(&t).is_err());
     // An existing bucket's ARN that names another bucket.
     let t = edited(|d| {
-        claim_check_statement(d)["Resource"]["Fn::If"][2] =
+        conditional_statement(d, "UseClaimCheck")["Resource"]["Fn::If"][2] =
             serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:s3:::other/sfn-pacer/*"})
     })
     .with("ClaimCheckBucket", "my-inputs.example".into());
@@ -3013,64 +2989,58 @@ fn dashboard_graphs_the_batch_metrics() {
 
 // ------------------------------------------------------- batch executions: the checks do fail
 
-/// The role's claims statement (inside its `Fn::If`).
-fn claims_statement(d: &mut Value) -> &mut Value {
-    let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-        .as_array_mut()
-        .unwrap();
-    let conditional = statements
-        .iter_mut()
-        .find(|s| s["Fn::If"][0] == "UseClaims")
-        .expect("a claims statement");
-    &mut conditional["Fn::If"][1]
-}
-
 #[test]
 fn coordination_check_rejects_missing_wider_or_misplaced_claims() {
     let batch = |t: Template| t.with("MessagesPerExecution", 10.into());
     let broken: [fn(&mut Value); 8] = [
         // No claims statement.
         |d| {
-            d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            starter_statements(d)
                 .as_array_mut()
                 .unwrap()
                 .retain(|s| s["Fn::If"][0] != "UseClaims");
         },
         // Claims may be changed or deleted.
         |d| {
-            claims_statement(d)["Action"]
+            conditional_statement(d, "UseClaims")["Action"]
                 .as_array_mut()
                 .unwrap()
                 .push("dynamodb:UpdateItem".into())
         },
         |d| {
-            claims_statement(d)["Action"]
+            conditional_statement(d, "UseClaims")["Action"]
                 .as_array_mut()
                 .unwrap()
                 .push("dynamodb:DeleteItem".into())
         },
         // The claims cannot be read back after a refused transaction.
         |d| {
-            claims_statement(d)["Action"]
+            conditional_statement(d, "UseClaims")["Action"]
                 .as_array_mut()
                 .unwrap()
                 .retain(|a| a != "dynamodb:BatchGetItem")
         },
         // On any item, or without the execution records.
         |d| {
-            claims_statement(d).as_object_mut().unwrap().remove("Condition");
+            conditional_statement(d, "UseClaims")
+                .as_object_mut()
+                .unwrap()
+                .remove("Condition");
         },
         |d| {
-            claims_statement(d)["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+            conditional_statement(d, "UseClaims")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
                 Value::from(vec!["claim#*"])
         },
         // The budget statement widened to the claims instead.
         |d| {
-            coordination_statement(d)["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
-                Value::from(vec!["quota#*", "claim#*", "execution#*"])
+            conditional_statement(d, "UseCoordination")["Condition"]["ForAllValues:StringLike"]
+                ["dynamodb:LeadingKeys"] = Value::from(vec!["quota#*", "claim#*", "execution#*"])
         },
         // Another table.
-        |d| claims_statement(d)["Resource"] = serde_json::json!({"Fn::GetAtt": ["ClaimCheckStore", "Arn"]}),
+        |d| {
+            conditional_statement(d, "UseClaims")["Resource"] =
+                serde_json::json!({"Fn::GetAtt": ["ClaimCheckStore", "Arn"]})
+        },
     ];
     for (i, edit) in broken.into_iter().enumerate() {
         for table in ["Create", "shared-budget"] {
@@ -3174,7 +3144,7 @@ fn state_machine_checks_reject_a_fixed_choice_and_dangling_references() {
     // Every place that may name the sample state machine, back to naming the single one.
     let single_only: [fn(&mut Value); 5] = [
         |d| d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]["STATE_MACHINE_ARN"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
-        |d| d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
+        |d| starter_statements(d)[0]["Resource"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
         |d| d["Resources"]["ExecutionThrottledAlarm"]["Properties"]["Dimensions"][0]["Value"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
         |d| d["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][1]["StateMachine"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
         |d| d["Outputs"]["StateMachineArn"]["Value"] = serde_json::json!({"Fn::If": ["CreateStateMachine", {"Ref": "SampleStateMachine"}, {"Ref": "StateMachineArn"}]}),
@@ -3760,9 +3730,7 @@ fn the_function_may_describe_only_the_state_machine_it_starts() {
 #[test]
 fn describe_check_rejects_a_missing_or_wider_statement() {
     let describe = |d: &mut Value| -> usize {
-        let statements = d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-            .as_array()
-            .unwrap();
+        let statements = starter_statements(d).as_array().unwrap();
         statements
             .iter()
             .position(|s| s["Sid"] == "DescribeStateMachine")
@@ -3770,15 +3738,12 @@ fn describe_check_rejects_a_missing_or_wider_statement() {
     };
     let t = edited(|d| {
         let i = describe(d);
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-            .as_array_mut()
-            .unwrap()
-            .remove(i);
+        starter_statements(d).as_array_mut().unwrap().remove(i);
     });
     assert!(check_describe_state_machine(&t).is_err());
     let t = edited(|d| {
         let i = describe(d);
-        d["Resources"]["StarterRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][i]["Resource"] = serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:other"});
+        starter_statements(d)[i]["Resource"] = serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:other"});
     });
     assert!(check_describe_state_machine(&t).is_err());
 }
