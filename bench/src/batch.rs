@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use local_stack::esm::gather::GatherConfig;
 use local_stack::esm::in_process::InProcess;
 use local_stack::esm::runner::{self as esm, EsmConfig, StopReason};
-use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
+use local_stack::fake_sfn::FakeSfnHandle;
 use local_stack::sim::{DlqEntry, SimQueue};
 use serde_json::{json, Value};
 use sfn_pacer::aws::SfnStarter;
@@ -499,16 +499,7 @@ pub fn run(
     progress: ProgressFn<'_>,
 ) -> Result<BatchRun, BenchError> {
     let (burst, rate) = plan.account;
-    let sfn: FakeSfnHandle = runtimes
-        .server
-        .block_on(
-            FakeSfn::builder()
-                .bucket(burst, rate)
-                .latency(settings.response_latency, settings.response_jitter)
-                .seed(settings.seed)
-                .start(),
-        )
-        .map_err(|e| format!("starting the fake Step Functions endpoint: {e}"))?;
+    let sfn = settings.fake_sfn(runtimes, burst, rate)?;
     let result = runtimes.client.block_on(run_on(&sfn, plan, settings, run_id, progress));
     runtimes.server.block_on(sfn.shutdown());
     result

@@ -128,6 +128,21 @@ pub struct Settings {
     pub seed: u64,
 }
 
+impl Settings {
+    /// A fresh FakeSfn on the server runtime: the account's bucket (`burst`, `rate` per second)
+    /// and these settings' response latency and seed.
+    pub fn fake_sfn(&self, runtimes: &Runtimes, burst: u64, rate: f64) -> Result<FakeSfnHandle, BenchError> {
+        let builder = FakeSfn::builder()
+            .bucket(burst, rate)
+            .latency(self.response_latency, self.response_jitter)
+            .seed(self.seed);
+        runtimes
+            .server
+            .block_on(builder.start())
+            .map_err(|e| format!("starting the fake Step Functions endpoint: {e}").into())
+    }
+}
+
 /// The measurements of one run.
 #[derive(Debug, Clone)]
 pub struct DrainResult {
@@ -284,16 +299,7 @@ pub fn run(
     run_id: u64,
     progress: ProgressFn<'_>,
 ) -> Result<DrainResult, BenchError> {
-    let sfn: FakeSfnHandle = runtimes
-        .server
-        .block_on(
-            FakeSfn::builder()
-                .bucket(scenario.burst, scenario.refill_per_second)
-                .latency(settings.response_latency, settings.response_jitter)
-                .seed(settings.seed)
-                .start(),
-        )
-        .map_err(|e| format!("starting the fake Step Functions endpoint: {e}"))?;
+    let sfn = settings.fake_sfn(runtimes, scenario.burst, scenario.refill_per_second)?;
     let result = runtimes
         .client
         .block_on(run_on(&sfn, strategy, scenario, settings, run_id, progress));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sfn::config::retry::RetryConfig;
-use local_stack::fake_sfn::{FakeSfn, FakeSfnHandle};
+use local_stack::fake_sfn::FakeSfnHandle;
 use local_stack::sim::{drive, DlqEntry, Mapping, RunReport, SimQueue, DEFAULT_BATCHING_WINDOW};
 use sfn_pacer::aws::SfnStarter;
 use sfn_pacer::start::budget::{Store, Written};
@@ -594,16 +594,7 @@ impl Builder {
 /// Runs one plan against a fresh FakeSfn.
 pub fn run(runtimes: &Runtimes, plan: &Plan, settings: &Settings, run_id: u64) -> Result<SharedRun, BenchError> {
     let (burst, rate) = plan.account;
-    let sfn: FakeSfnHandle = runtimes
-        .server
-        .block_on(
-            FakeSfn::builder()
-                .bucket(burst, rate)
-                .latency(settings.response_latency, settings.response_jitter)
-                .seed(settings.seed)
-                .start(),
-        )
-        .map_err(|e| format!("starting the fake Step Functions endpoint: {e}"))?;
+    let sfn = settings.fake_sfn(runtimes, burst, rate)?;
     let result = runtimes.client.block_on(run_on(&sfn, plan, settings, run_id));
     runtimes.server.block_on(sfn.shutdown());
     result
