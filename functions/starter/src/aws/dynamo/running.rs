@@ -198,10 +198,18 @@ pub const UNCOUNT_CONDITION: &str = "attribute_exists(#pk) AND #held > :zero";
 /// The update of the shard that uncounts a slot (values `:one`, `:freed`, `:busy_ms`).
 pub const UNCOUNT_UPDATE: &str = "SET #held = #held - :one, #freed = #freed + :freed, #busy_ms = #busy_ms + :busy_ms";
 
+/// The value `:one`.
+fn one() -> (&'static str, AttributeValue) {
+    (":one", num(1))
+}
+
+/// The value `:zero`.
+fn zero() -> (&'static str, AttributeValue) {
+    (":zero", num(0))
+}
+
 /// The actions of `write`, mirroring [`Write::actions`].
 fn actions(key: &str, write: &Write) -> Vec<Action> {
-    let one = || (":one", num(1));
-    let zero = || (":zero", num(0));
     let uncount = |i: u32, freed: u64, busy_ms: u64| {
         update(
             Target::Shard(i),
@@ -212,57 +220,8 @@ fn actions(key: &str, write: &Write) -> Vec<Action> {
         )
     };
     match write {
-        Write::Seed { settings, shards } => {
-            let mut out = vec![put_if_absent(
-                Target::Settings,
-                settings_pk(key),
-                HashMap::from([
-                    ("kind".to_string(), s("running")),
-                    ("cap".to_string(), num(settings.cap)),
-                    ("shards".to_string(), num(settings.shards.into())),
-                    ("version".to_string(), num(settings.version)),
-                    ("rebalance".to_string(), AttributeValue::Bool(settings.rebalance)),
-                ]),
-            )];
-            for (i, shard) in (0u32..).zip(shards) {
-                out.push(put_if_absent(
-                    Target::Shard(i),
-                    shard_pk(key, i),
-                    HashMap::from([
-                        ("kind".to_string(), s("running-shard")),
-                        ("held".to_string(), num(shard.held)),
-                        ("cap".to_string(), num(shard.cap)),
-                        ("freed".to_string(), num(shard.freed)),
-                        ("busy_ms".to_string(), num(shard.busy_ms)),
-                    ]),
-                ));
-            }
-            out
-        }
-        Write::Take { holder, above_cap } => {
-            let pk = holder_pk(key, &holder.scope, &holder.name);
-            let put = Action {
-                target: Target::Holder,
-                kind: ActionKind::Put(holder_item(key, holder)),
-                pk,
-                condition: Some("attribute_not_exists(#pk) OR (#state = :released AND #attempt < :attempt)".into()),
-                values: vec![(":released", s(RELEASED)), (":attempt", num(holder.attempt.into()))],
-            };
-            let room = match above_cap {
-                true => "attribute_exists(#pk)",
-                false => "attribute_exists(#pk) AND #held < #cap",
-            };
-            vec![
-                put,
-                update(
-                    Target::Shard(holder.shard),
-                    shard_pk(key, holder.shard),
-                    Some(room),
-                    "SET #held = #held + :one",
-                    vec![one()],
-                ),
-            ]
-        }
+        Write::Seed { settings, shards } => seed(key, settings, shards),
+        Write::Take { holder, above_cap } => take(key, holder, *above_cap),
         Write::GiveBack {
             scope,
             name,
@@ -327,76 +286,141 @@ fn actions(key: &str, write: &Write) -> Vec<Action> {
                 (":attempt", num((*attempt).into())),
             ],
         )],
-        Write::SetCap { version, cap, shards } => {
-            let mut out = vec![update(
-                Target::Settings,
-                settings_pk(key),
-                Some("#version = :version"),
-                "SET #cap = :cap, #shards = :shards, #version = #version + :one, #rebalance = :true",
-                vec![
-                    (":version", num(*version)),
-                    (":cap", num(*cap)),
-                    (":shards", num((*shards).into())),
-                    one(),
-                    (":true", AttributeValue::Bool(true)),
-                ],
-            )];
-            for i in 0..*shards {
-                out.push(update(
-                    Target::Shard(i),
-                    shard_pk(key, i),
-                    None,
-                    "SET #cap = :zero, #kind = :kind, #held = if_not_exists(#held, :zero), \
-                     #freed = if_not_exists(#freed, :zero), #busy_ms = if_not_exists(#busy_ms, :zero)",
-                    vec![zero(), (":kind", s("running-shard"))],
-                ));
-            }
-            out
-        }
-        Write::Rebalance { version, held, caps } => {
-            let mut out = vec![update(
-                Target::Settings,
-                settings_pk(key),
-                Some("#version = :version AND #rebalance = :true"),
-                "SET #version = #version + :one, #rebalance = :false",
-                vec![
-                    (":version", num(*version)),
-                    one(),
-                    (":true", AttributeValue::Bool(true)),
-                    (":false", AttributeValue::Bool(false)),
-                ],
-            )];
-            for (i, (&h, &c)) in (0u32..).zip(held.iter().zip(caps)) {
-                out.push(update(
-                    Target::Shard(i),
-                    shard_pk(key, i),
-                    Some("#held <= :held"),
-                    "SET #cap = :cap",
-                    vec![(":held", num(h)), (":cap", num(c))],
-                ));
-            }
-            out
-        }
-        Write::Line(shape) => {
-            let (condition, set, values) = match shape {
-                LineShape::FromNow { now_ms, tat_ms } => (
-                    "attribute_not_exists(#pk) OR #tat < :now",
-                    "SET #tat = :tat, #kind = :kind",
-                    vec![
-                        (":now", num(*now_ms)),
-                        (":tat", num(*tat_ms)),
-                        (":kind", s("running-line")),
-                    ],
-                ),
-                LineShape::Extend { now_ms, delta_ms } => (
-                    "#tat >= :now",
-                    "SET #tat = #tat + :delta",
-                    vec![(":now", num(*now_ms)), (":delta", num(*delta_ms))],
-                ),
-            };
-            vec![update(Target::Line, line_pk(key), Some(condition), set, values)]
-        }
+        Write::SetCap { version, cap, shards } => set_cap(key, *version, *cap, *shards),
+        Write::Rebalance { version, held, caps } => rebalance(key, *version, held, caps),
+        Write::Line(shape) => vec![line(key, shape)],
     }
+}
+
+/// [`Write::Seed`]: the settings and every shard, each only if absent.
+fn seed(key: &str, settings: &Settings, shards: &[Shard]) -> Vec<Action> {
+    let mut out = vec![put_if_absent(
+        Target::Settings,
+        settings_pk(key),
+        HashMap::from([
+            ("kind".to_string(), s("running")),
+            ("cap".to_string(), num(settings.cap)),
+            ("shards".to_string(), num(settings.shards.into())),
+            ("version".to_string(), num(settings.version)),
+            ("rebalance".to_string(), AttributeValue::Bool(settings.rebalance)),
+        ]),
+    )];
+    for (i, shard) in (0u32..).zip(shards) {
+        out.push(put_if_absent(
+            Target::Shard(i),
+            shard_pk(key, i),
+            HashMap::from([
+                ("kind".to_string(), s("running-shard")),
+                ("held".to_string(), num(shard.held)),
+                ("cap".to_string(), num(shard.cap)),
+                ("freed".to_string(), num(shard.freed)),
+                ("busy_ms".to_string(), num(shard.busy_ms)),
+            ]),
+        ));
+    }
+    out
+}
+
+/// [`Write::Take`]: the holder if absent (or a tombstone of an earlier attempt), counted on its
+/// shard while it has room (or `above_cap`).
+fn take(key: &str, holder: &Holder, above_cap: bool) -> Vec<Action> {
+    let pk = holder_pk(key, &holder.scope, &holder.name);
+    let put = Action {
+        target: Target::Holder,
+        kind: ActionKind::Put(holder_item(key, holder)),
+        pk,
+        condition: Some("attribute_not_exists(#pk) OR (#state = :released AND #attempt < :attempt)".into()),
+        values: vec![(":released", s(RELEASED)), (":attempt", num(holder.attempt.into()))],
+    };
+    let room = match above_cap {
+        true => "attribute_exists(#pk)",
+        false => "attribute_exists(#pk) AND #held < #cap",
+    };
+    vec![
+        put,
+        update(
+            Target::Shard(holder.shard),
+            shard_pk(key, holder.shard),
+            Some(room),
+            "SET #held = #held + :one",
+            vec![one()],
+        ),
+    ]
+}
+
+/// [`Write::SetCap`]: the new cap (version + 1, rebalance pending), every shard frozen.
+fn set_cap(key: &str, version: u64, cap: u64, shards: u32) -> Vec<Action> {
+    let mut out = vec![update(
+        Target::Settings,
+        settings_pk(key),
+        Some("#version = :version"),
+        "SET #cap = :cap, #shards = :shards, #version = #version + :one, #rebalance = :true",
+        vec![
+            (":version", num(version)),
+            (":cap", num(cap)),
+            (":shards", num(shards.into())),
+            one(),
+            (":true", AttributeValue::Bool(true)),
+        ],
+    )];
+    for i in 0..shards {
+        out.push(update(
+            Target::Shard(i),
+            shard_pk(key, i),
+            None,
+            "SET #cap = :zero, #kind = :kind, #held = if_not_exists(#held, :zero), \
+             #freed = if_not_exists(#freed, :zero), #busy_ms = if_not_exists(#busy_ms, :zero)",
+            vec![zero(), (":kind", s("running-shard"))],
+        ));
+    }
+    out
+}
+
+/// [`Write::Rebalance`]: each shard's new cap, while it holds no more than was read.
+fn rebalance(key: &str, version: u64, held: &[u64], caps: &[u64]) -> Vec<Action> {
+    let mut out = vec![update(
+        Target::Settings,
+        settings_pk(key),
+        Some("#version = :version AND #rebalance = :true"),
+        "SET #version = #version + :one, #rebalance = :false",
+        vec![
+            (":version", num(version)),
+            one(),
+            (":true", AttributeValue::Bool(true)),
+            (":false", AttributeValue::Bool(false)),
+        ],
+    )];
+    for (i, (&h, &c)) in (0u32..).zip(held.iter().zip(caps)) {
+        out.push(update(
+            Target::Shard(i),
+            shard_pk(key, i),
+            Some("#held <= :held"),
+            "SET #cap = :cap",
+            vec![(":held", num(h)), (":cap", num(c))],
+        ));
+    }
+    out
+}
+
+/// [`Write::Line`]: the line's `tat`, from now when it is in the past, or extended.
+fn line(key: &str, shape: &LineShape) -> Action {
+    let (condition, set, values) = match shape {
+        LineShape::FromNow { now_ms, tat_ms } => (
+            "attribute_not_exists(#pk) OR #tat < :now",
+            "SET #tat = :tat, #kind = :kind",
+            vec![
+                (":now", num(*now_ms)),
+                (":tat", num(*tat_ms)),
+                (":kind", s("running-line")),
+            ],
+        ),
+        LineShape::Extend { now_ms, delta_ms } => (
+            "#tat >= :now",
+            "SET #tat = #tat + :delta",
+            vec![(":now", num(*now_ms)), (":delta", num(*delta_ms))],
+        ),
+    };
+    update(Target::Line, line_pk(key), Some(condition), set, values)
 }
 
 /// The expressions' placeholders (`#name` → `name`) of an action.
