@@ -199,100 +199,125 @@ pub struct Quota {
     pub notes: Vec<String>,
 }
 
+/// What a read found so far: each quantity's reading, and what failed or was missing.
+#[derive(Default)]
+struct Search {
+    found: [Option<Reading>; 2],
+    notes: Vec<String>,
+}
+
+impl Search {
+    /// The quantities not found yet.
+    fn missing(&self) -> Vec<Quantity> {
+        Quantity::BOTH
+            .into_iter()
+            .filter(|q| self.found[*q as usize].is_none())
+            .collect()
+    }
+
+    fn found(&mut self, quantity: Quantity, value: f64, source: Source) {
+        self.found[quantity as usize] = Some(Reading { value, source });
+    }
+
+    /// Service Quotas' applied values: listed by name, each read with GetServiceQuota.
+    async fn applied(&mut self, quotas: &dyn ServiceQuotas, workflow_type: WorkflowType) {
+        let listed = match quotas.list_applied(SERVICE_CODE).await {
+            Ok(listed) => listed,
+            Err(e) => return self.notes.push(format!("ListServiceQuotas: {}", e.0)),
+        };
+        for quantity in Quantity::BOTH {
+            let Some(quota) = listed.iter().find(|q| quantity.matches(workflow_type, &q.name)) else {
+                self.notes
+                    .push(format!("ListServiceQuotas lists no applied {}", quantity.describe()));
+                continue;
+            };
+            let code = &quota.code;
+            match quotas.get_applied(SERVICE_CODE, code).await {
+                Ok(Some(value)) if quantity.valid(value) => {
+                    self.found(quantity, value, Source::Applied { code: code.clone() })
+                }
+                Ok(Some(value)) => self
+                    .notes
+                    .push(format!("GetServiceQuota {code}: unusable value {value}")),
+                Ok(None) => self.notes.push(format!("GetServiceQuota {code}: no applied value")),
+                Err(e) => self.notes.push(format!("GetServiceQuota {code}: {}", e.0)),
+            }
+        }
+    }
+
+    /// AWS's defaults, for what [`Search::applied`] did not find.
+    async fn defaults(&mut self, quotas: &dyn ServiceQuotas, workflow_type: WorkflowType) {
+        let listed = match quotas.list_defaults(SERVICE_CODE).await {
+            Ok(listed) => listed,
+            Err(e) => return self.notes.push(format!("ListAWSDefaultServiceQuotas: {}", e.0)),
+        };
+        for quantity in self.missing() {
+            let quota = listed.iter().find(|q| quantity.matches(workflow_type, &q.name));
+            match quota.map(|q| (q, q.value)) {
+                Some((q, Some(value))) if quantity.valid(value) => {
+                    self.found(quantity, value, Source::Default { code: q.code.clone() })
+                }
+                Some((q, value)) => self.notes.push(format!(
+                    "ListAWSDefaultServiceQuotas {}: unusable value {value:?}",
+                    q.code
+                )),
+                None => self
+                    .notes
+                    .push(format!("ListAWSDefaultServiceQuotas lists no {}", quantity.describe())),
+            }
+        }
+    }
+
+    /// CloudWatch's `ProvisionedBucketSize` and `ProvisionedRefillRate`, for what is still missing.
+    async fn metrics(&mut self, metrics: &dyn Metrics) {
+        let wanted = self.missing();
+        let names: Vec<&str> = wanted.iter().map(|q| q.metric_name()).collect();
+        let values = match metrics.latest(&names, METRIC_WINDOW).await {
+            Ok(values) => values,
+            Err(e) => return self.notes.push(format!("GetMetricData: {}", e.0)),
+        };
+        for (quantity, value) in wanted.into_iter().zip(values) {
+            let name = quantity.metric_name();
+            match value {
+                Some(value) if quantity.valid(value) => self.found(quantity, value, Source::Metric { name }),
+                Some(value) => self.notes.push(format!("{name}: unusable value {value}")),
+                None => self.notes.push(format!(
+                    "{name}: no datapoint in the last {} hours (the metric exists while StartExecution is called)",
+                    METRIC_WINDOW.lookback_seconds / 3600
+                )),
+            }
+        }
+    }
+}
+
 /// Reads the StartExecution quota of `workflow_type` (see the module's docs for the order).
 pub async fn read_quota(
     quotas: &dyn ServiceQuotas,
     metrics: &dyn Metrics,
     workflow_type: WorkflowType,
 ) -> Result<Quota, Failure> {
-    let mut found: [Option<Reading>; 2] = [None, None];
-    let mut notes = Vec::new();
-    let missing = |found: &[Option<Reading>; 2]| -> Vec<Quantity> {
-        Quantity::BOTH
-            .into_iter()
-            .filter(|q| found[*q as usize].is_none())
-            .collect()
-    };
-
-    match quotas.list_applied(SERVICE_CODE).await {
-        Err(e) => notes.push(format!("ListServiceQuotas: {}", e.0)),
-        Ok(listed) => {
-            for quantity in Quantity::BOTH {
-                let Some(quota) = listed.iter().find(|q| quantity.matches(workflow_type, &q.name)) else {
-                    notes.push(format!("ListServiceQuotas lists no applied {}", quantity.describe()));
-                    continue;
-                };
-                match quotas.get_applied(SERVICE_CODE, &quota.code).await {
-                    Ok(Some(value)) if quantity.valid(value) => {
-                        let source = Source::Applied {
-                            code: quota.code.clone(),
-                        };
-                        found[quantity as usize] = Some(Reading { value, source });
-                    }
-                    Ok(Some(value)) => notes.push(format!("GetServiceQuota {}: unusable value {value}", quota.code)),
-                    Ok(None) => notes.push(format!("GetServiceQuota {}: no applied value", quota.code)),
-                    Err(e) => notes.push(format!("GetServiceQuota {}: {}", quota.code, e.0)),
-                }
-            }
+    let mut search = Search::default();
+    search.applied(quotas, workflow_type).await;
+    if !search.missing().is_empty() {
+        search.defaults(quotas, workflow_type).await;
+    }
+    if !search.missing().is_empty() {
+        match workflow_type {
+            WorkflowType::Standard => search.metrics(metrics).await,
+            WorkflowType::Express => search.notes.push(
+                "CloudWatch not read for Express: its StartExecution metrics do not say which bucket they report"
+                    .into(),
+            ),
         }
     }
-
-    if !missing(&found).is_empty() {
-        match quotas.list_defaults(SERVICE_CODE).await {
-            Err(e) => notes.push(format!("ListAWSDefaultServiceQuotas: {}", e.0)),
-            Ok(listed) => {
-                for quantity in missing(&found) {
-                    let quota = listed.iter().find(|q| quantity.matches(workflow_type, &q.name));
-                    match quota.map(|q| (q, q.value)) {
-                        Some((q, Some(value))) if quantity.valid(value) => {
-                            let source = Source::Default { code: q.code.clone() };
-                            found[quantity as usize] = Some(Reading { value, source });
-                        }
-                        Some((q, value)) => notes.push(format!(
-                            "ListAWSDefaultServiceQuotas {}: unusable value {value:?}",
-                            q.code
-                        )),
-                        None => notes.push(format!("ListAWSDefaultServiceQuotas lists no {}", quantity.describe())),
-                    }
-                }
-            }
-        }
-    }
-
-    let wanted = missing(&found);
-    if !wanted.is_empty() && workflow_type == WorkflowType::Standard {
-        let names: Vec<&str> = wanted.iter().map(|q| q.metric_name()).collect();
-        match metrics.latest(&names, METRIC_WINDOW).await {
-            Err(e) => notes.push(format!("GetMetricData: {}", e.0)),
-            Ok(values) => {
-                for (quantity, value) in wanted.iter().zip(values) {
-                    match value {
-                        Some(value) if quantity.valid(value) => {
-                            let source = Source::Metric {
-                                name: quantity.metric_name(),
-                            };
-                            found[*quantity as usize] = Some(Reading { value, source });
-                        }
-                        Some(value) => notes.push(format!("{}: unusable value {value}", quantity.metric_name())),
-                        None => notes.push(format!(
-                            "{}: no datapoint in the last {} hours (the metric exists while StartExecution is called)",
-                            quantity.metric_name(),
-                            METRIC_WINDOW.lookback_seconds / 3600
-                        )),
-                    }
-                }
-            }
-        }
-    } else if !wanted.is_empty() {
-        notes.push(
-            "CloudWatch not read for Express: its StartExecution metrics do not say which bucket they report".into(),
-        );
-    }
-
-    match found {
-        [Some(bucket), Some(refill)] => Ok(Quota { bucket, refill, notes }),
+    let what: Vec<&str> = search.missing().iter().map(|q| q.describe()).collect();
+    match search.found {
+        [Some(bucket), Some(refill)] => Ok(Quota {
+            bucket,
+            refill,
+            notes: search.notes,
+        }),
         _ => {
-            let what: Vec<&str> = missing(&found).iter().map(|q| q.describe()).collect();
             let kind = match workflow_type {
                 WorkflowType::Standard => "Standard",
                 WorkflowType::Express => "Express",
@@ -300,7 +325,7 @@ pub async fn read_quota(
             Err(Failure::NoQuota(format!(
                 "no StartExecution {} found for {kind} workflows: {}; set the budget with `set` instead",
                 what.join(" or "),
-                notes.join("; ")
+                search.notes.join("; ")
             )))
         }
     }
