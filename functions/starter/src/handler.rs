@@ -38,9 +38,10 @@ use crate::start::claim::ClaimStore;
 use crate::start::classify::{classify, systemic_advice, Class};
 use crate::start::clock::Clock;
 use crate::start::pace::Pacer;
+use crate::start::pace::Slot;
 use crate::start::pacing::Pacing;
 use crate::start::running::cap::REFRESH;
-use crate::start::{StartError, StartExecution, StartRequest};
+use crate::start::{StartError, StartExecution, StartRequest, Started};
 
 /// The result of one batch.
 #[derive(Debug, Clone)]
@@ -590,53 +591,14 @@ impl Invocation<'_> {
                     false => self.give_back(running).await,
                 }
             }
-            let error = match result {
-                Ok(started) => {
-                    pacing.on_success(slot).await;
-                    self.tally.add_many(Count::Started, carried);
-                    self.tally.add(Count::Executions);
-                    if unconfirmed && config.workflow_type == WorkflowType::Express {
-                        self.tally.add(Count::PossibleDuplicate);
-                        tracing::warn!(
-                            name,
-                            "started after an unconfirmed attempt: an Express execution may have started twice"
-                        );
-                    }
-                    tracing::debug!(name, execution_arn = %started.execution_arn, "started");
-                    return Attempt::Started;
-                }
+            let error = match self.answered(result, slot, carried, unconfirmed, name).await {
+                Ok(settled) => return settled,
                 Err(error) => error,
             };
-            match classify(&error) {
-                Class::Duplicate => {
-                    pacing.on_success(slot).await;
-                    self.tally.add_many(Count::Duplicate, carried);
-                    tracing::info!(name, "execution already exists: acknowledged as a duplicate");
-                    return Attempt::Duplicate;
-                }
-                Class::Permanent => {
-                    let code = match &error {
-                        StartError::Service { code, .. } => code.clone(),
-                        _ => "Rejected".to_string(),
-                    };
-                    return Attempt::Permanent(Rejection::new(code, error.to_string()));
-                }
-                Class::Systemic => {
-                    let reason = self.note_systemic_failure(&error);
-                    return Attempt::Retry {
-                        reason,
-                        comeback: Comeback::Backoff,
-                    };
-                }
-                Class::Throttled => {
-                    self.tally.add(Count::Throttled);
-                    pacing.on_throttle(slot).await;
-                }
-                Class::Retryable => {
-                    // The request may have been applied even though the answer was lost.
-                    unconfirmed |= maybe_applied(&error);
-                    tracing::warn!(name, attempt, error = %error, "StartExecution failed; will retry");
-                }
+            if classify(&error) == Class::Retryable {
+                // The request may have been applied even though the answer was lost.
+                unconfirmed |= maybe_applied(&error);
+                tracing::warn!(name, attempt, error = %error, "StartExecution failed; will retry");
             }
             let reason = format!("{error} (attempt {attempt})");
             if attempt >= config.max_attempts {
@@ -654,6 +616,65 @@ impl Invocation<'_> {
             }
             self.tally.add(Count::Retried);
             sleep(wait).await;
+        }
+    }
+
+    /// What a call's answer settles: started, a duplicate, a permanent rejection or a systemic
+    /// failure (the pacer told of the success); else the error to retry (a throttle: the pacer
+    /// told). `unconfirmed`: an earlier attempt's answer was lost.
+    async fn answered(
+        &self,
+        result: Result<Started, StartError>,
+        slot: Slot,
+        carried: u64,
+        unconfirmed: bool,
+        name: &str,
+    ) -> Result<Attempt, StartError> {
+        let pacing = &self.starter.pacing;
+        let error = match result {
+            Ok(started) => {
+                pacing.on_success(slot).await;
+                self.tally.add_many(Count::Started, carried);
+                self.tally.add(Count::Executions);
+                if unconfirmed && self.config().workflow_type == WorkflowType::Express {
+                    self.tally.add(Count::PossibleDuplicate);
+                    tracing::warn!(
+                        name,
+                        "started after an unconfirmed attempt: an Express execution may have started twice"
+                    );
+                }
+                tracing::debug!(name, execution_arn = %started.execution_arn, "started");
+                return Ok(Attempt::Started);
+            }
+            Err(error) => error,
+        };
+        match classify(&error) {
+            Class::Duplicate => {
+                pacing.on_success(slot).await;
+                self.tally.add_many(Count::Duplicate, carried);
+                tracing::info!(name, "execution already exists: acknowledged as a duplicate");
+                Ok(Attempt::Duplicate)
+            }
+            Class::Permanent => {
+                let code = match &error {
+                    StartError::Service { code, .. } => code.clone(),
+                    _ => "Rejected".to_string(),
+                };
+                Ok(Attempt::Permanent(Rejection::new(code, error.to_string())))
+            }
+            Class::Systemic => {
+                let reason = self.note_systemic_failure(&error);
+                Ok(Attempt::Retry {
+                    reason,
+                    comeback: Comeback::Backoff,
+                })
+            }
+            Class::Throttled => {
+                self.tally.add(Count::Throttled);
+                pacing.on_throttle(slot).await;
+                Err(error)
+            }
+            Class::Retryable => Err(error),
         }
     }
 
