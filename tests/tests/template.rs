@@ -2234,6 +2234,11 @@ fn conditions_and_if_are_evaluated_like_cloudformation() {
 
 // ------------------------------------------------------------------- the checks do fail
 
+/// Removes `key` from the object `value` (a test's edit of the template).
+fn remove_key(value: &mut Value, key: &str) {
+    value.as_object_mut().unwrap().remove(key);
+}
+
 fn edited(edit: impl FnOnce(&mut Value)) -> Template {
     let mut doc = load_template();
     edit(&mut doc);
@@ -2273,10 +2278,10 @@ fn concurrency_check_rejects_provisioned_mode_that_throttles_or_is_miswired() {
         },
         // No ProvisionedPollerConfig at all.
         |d| {
-            d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"]
-                .as_object_mut()
-                .unwrap()
-                .remove("ProvisionedPollerConfig");
+            remove_key(
+                &mut d["Resources"]["StarterFunction"]["Properties"]["Events"]["WorkQueue"]["Properties"],
+                "ProvisionedPollerConfig",
+            );
         },
         // MinimumPollers wired to the wrong parameter.
         |d| {
@@ -2310,7 +2315,7 @@ fn concurrency_check_rejects_provisioned_mode_that_throttles_or_is_miswired() {
 fn provisioned_mode_check_rejects_missing_rules_and_wide_bounds() {
     let broken: [fn(&mut Value); 6] = [
         |d| {
-            d["Rules"].as_object_mut().unwrap().remove("ProvisionedMode");
+            remove_key(&mut d["Rules"], "ProvisionedMode");
         },
         // Only the two-pollers assertion left.
         |d| {
@@ -2383,10 +2388,10 @@ fn environment_check_rejects_unknown_and_missing_names() {
     });
     assert!(check_environment(&t, known_variables()).is_err());
     let t = edited(|d| {
-        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
-            .as_object_mut()
-            .unwrap()
-            .remove("STATE_MACHINE_ARN");
+        remove_key(
+            &mut d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"],
+            "STATE_MACHINE_ARN",
+        );
     });
     assert!(check_environment(&t, known_variables()).is_err());
 }
@@ -2435,7 +2440,7 @@ fn coordination_check_rejects_a_table_that_is_not_on_demand_encrypted_or_keyed_b
     let edits: [fn(&mut Value); 4] = [
         |p| p["BillingMode"] = "PROVISIONED".into(),
         |p| {
-            p.as_object_mut().unwrap().remove("SSESpecification");
+            remove_key(p, "SSESpecification");
         },
         |p| p["KeySchema"][0]["AttributeName"] = "id".into(),
         |p| p["AttributeDefinitions"][0]["AttributeType"] = "N".into(),
@@ -2450,7 +2455,7 @@ fn coordination_check_rejects_a_table_that_is_not_on_demand_encrypted_or_keyed_b
     // A table created whatever the parameter says.
     let t = edited(|d| {
         let id = resource_id(d, "AWS::DynamoDB::Table");
-        d["Resources"][&id].as_object_mut().unwrap().remove("Condition");
+        remove_key(&mut d["Resources"][&id], "Condition");
     })
     .with("CoordinationTable", "None".into());
     assert!(check_coordination(&t).is_err());
@@ -2474,10 +2479,10 @@ fn coordination_check_rejects_more_actions_other_tables_and_missing_wiring() {
             ])
         },
         |d| {
-            d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
-                .as_object_mut()
-                .unwrap()
-                .remove("COORDINATION_TABLE");
+            remove_key(
+                &mut d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"],
+                "COORDINATION_TABLE",
+            );
         },
     ];
     for (i, edit) in broken.into_iter().enumerate() {
@@ -2519,7 +2524,7 @@ fn fallbacks_alarm_check_rejects_a_missing_or_silent_alarm() {
     };
     let t = edited(|d| {
         let id = alarm_id(d);
-        d["Resources"].as_object_mut().unwrap().remove(&id);
+        remove_key(&mut d["Resources"], &id);
     });
     assert!(check_fallbacks_alarm(&t).is_err());
     let t = edited(|d| {
@@ -2529,10 +2534,7 @@ fn fallbacks_alarm_check_rejects_a_missing_or_silent_alarm() {
     assert!(check_fallbacks_alarm(&t).is_err());
     let t = edited(|d| {
         let id = alarm_id(d);
-        d["Resources"][&id]["Properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("AlarmActions");
+        remove_key(&mut d["Resources"][&id]["Properties"], "AlarmActions");
     })
     .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
     assert!(check_fallbacks_alarm(&t).is_err());
@@ -2602,10 +2604,10 @@ fn queue_type_check_rejects_half_fifo_queues_and_missing_bounds() {
         },
         // No content-based deduplication.
         |d| {
-            d["Resources"]["WorkQueue"]["Properties"]
-                .as_object_mut()
-                .unwrap()
-                .remove("ContentBasedDeduplication");
+            remove_key(
+                &mut d["Resources"]["WorkQueue"]["Properties"],
+                "ContentBasedDeduplication",
+            );
         },
         // A batching window for FIFO.
         |d| {
@@ -2614,7 +2616,7 @@ fn queue_type_check_rejects_half_fifo_queues_and_missing_bounds() {
         },
         // No rule bounding BatchSize.
         |d| {
-            d.as_object_mut().unwrap().remove("Rules");
+            remove_key(d, "Rules");
         },
         // A rule that lets 11 through.
         |d| {
@@ -2686,10 +2688,10 @@ fn dlq_alarm_check_rejects_the_depth_alarm_and_other_queues() {
     assert!(check_dlq_alarm(&t).is_err());
     // Silent with a topic.
     let t = edited(|d| {
-        d["Resources"]["DeadLetterQueueAlarm"]["Properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("AlarmActions");
+        remove_key(
+            &mut d["Resources"]["DeadLetterQueueAlarm"]["Properties"],
+            "AlarmActions",
+        );
     })
     .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
     assert!(check_dlq_alarm(&t).is_err());
@@ -2729,12 +2731,12 @@ fn account_throttle_alarm_check_rejects_other_dimensions_and_a_missing_alarm() {
     }
     let t = edited(|d| {
         let id = alarm_id(d);
-        d["Resources"].as_object_mut().unwrap().remove(&id);
+        remove_key(&mut d["Resources"], &id);
     });
     assert!(check_account_throttle_alarm(&t).is_err());
     // The function's own StartThrottledAlarm stays.
     let t = edited(|d| {
-        d["Resources"].as_object_mut().unwrap().remove("StartThrottledAlarm");
+        remove_key(&mut d["Resources"], "StartThrottledAlarm");
     });
     assert!(check_account_throttle_alarm(&t).is_err());
 }
@@ -2771,14 +2773,14 @@ fn claim_check_bucket_is_private_expiring_and_wired_only_when_asked() {
 fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
     let edits: [fn(&mut Value); 6] = [
         |p| {
-            p.as_object_mut().unwrap().remove("BucketEncryption");
+            remove_key(p, "BucketEncryption");
         },
         |p| p["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] = false.into(),
         |p| {
-            p.as_object_mut().unwrap().remove("PublicAccessBlockConfiguration");
+            remove_key(p, "PublicAccessBlockConfiguration");
         },
         |p| {
-            p.as_object_mut().unwrap().remove("LifecycleConfiguration");
+            remove_key(p, "LifecycleConfiguration");
         },
         |p| p["LifecycleConfiguration"]["Rules"][0]["Prefix"] = "inputs/".into(),
         |p| p["LifecycleConfiguration"]["Rules"][0]["Status"] = "Disabled".into(),
@@ -2799,7 +2801,7 @@ fn claim_check_check_rejects_an_open_unencrypted_or_unexpiring_bucket() {
     // A bucket created whatever the parameter says.
     let t = edited(|d| {
         let id = resource_id(d, "AWS::S3::Bucket");
-        d["Resources"][&id].as_object_mut().unwrap().remove("Condition");
+        remove_key(&mut d["Resources"][&id], "Condition");
     })
     .with("ClaimCheckBucket", "None".into());
     assert!(check_claim_check(&t).is_err());
@@ -2818,17 +2820,12 @@ fn claim_check_check_rejects_more_actions_wider_resources_and_missing_wiring() {
                 {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ClaimCheckBucket}/*"}]})
         },
         |d| {
-            d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
-                .as_object_mut()
-                .unwrap()
-                .remove("CLAIM_CHECK_BUCKET");
+            remove_key(
+                &mut d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"],
+                "CLAIM_CHECK_BUCKET",
+            );
         },
-        |d| {
-            d.as_object_mut().unwrap()["Outputs"]
-                .as_object_mut()
-                .unwrap()
-                .remove("ClaimCheckBucketName");
-        },
+        |d| remove_key(&mut d["Outputs"], "ClaimCheckBucketName"),
     ];
     for (i, edit) in broken.into_iter().enumerate() {
         for mode in ["Create", "my-inputs.example"] {
@@ -3022,10 +3019,7 @@ fn coordination_check_rejects_missing_wider_or_misplaced_claims() {
         },
         // On any item, or without the execution records.
         |d| {
-            conditional_statement(d, "UseClaims")
-                .as_object_mut()
-                .unwrap()
-                .remove("Condition");
+            remove_key(conditional_statement(d, "UseClaims"), "Condition");
         },
         |d| {
             conditional_statement(d, "UseClaims")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
@@ -3069,10 +3063,10 @@ fn messages_per_execution_check_rejects_other_bounds_and_missing_wiring() {
         |d| d["Parameters"]["MessagesPerExecution"]["MaxValue"] = 100.into(),
         |d| d["Parameters"]["MessagesPerExecution"]["Type"] = "String".into(),
         |d| {
-            d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
-                .as_object_mut()
-                .unwrap()
-                .remove("MESSAGES_PER_EXECUTION");
+            remove_key(
+                &mut d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"],
+                "MESSAGES_PER_EXECUTION",
+            );
         },
         |d| {
             for group in d["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
@@ -3087,7 +3081,7 @@ fn messages_per_execution_check_rejects_other_bounds_and_missing_wiring() {
         },
         // Fractions and out-of-range values reach the function.
         |d| {
-            d["Rules"].as_object_mut().unwrap().remove("MessagesPerExecutionWhole");
+            remove_key(&mut d["Rules"], "MessagesPerExecutionWhole");
         },
         |d| {
             d["Rules"]["MessagesPerExecutionWhole"]["Assertions"][0]["Assert"]["Fn::Contains"][0]
@@ -3105,7 +3099,7 @@ fn messages_per_execution_check_rejects_other_bounds_and_missing_wiring() {
 fn batch_rule_check_rejects_a_missing_or_wider_rule() {
     let broken: [fn(&mut Value); 5] = [
         |d| {
-            d["Rules"].as_object_mut().unwrap().remove("BatchClaims");
+            remove_key(&mut d["Rules"], "BatchClaims");
         },
         // Only one of the two assertions.
         |d| {
@@ -3127,10 +3121,7 @@ fn batch_rule_check_rejects_a_missing_or_wider_rule() {
         },
         // Rejects single executions without a table.
         |d| {
-            d["Rules"]["BatchClaims"]
-                .as_object_mut()
-                .unwrap()
-                .remove("RuleCondition");
+            remove_key(&mut d["Rules"]["BatchClaims"], "RuleCondition");
         },
     ];
     for (i, edit) in broken.into_iter().enumerate() {
@@ -3185,7 +3176,7 @@ fn batch_definition_check_rejects_other_paths_unbounded_maps_and_broken_graphs()
     let edits: [fn(&mut Value); 8] = [
         |m| m["ItemsPath"] = "$.messages".into(),
         |m| {
-            m.as_object_mut().unwrap().remove("MaxConcurrency");
+            remove_key(m, "MaxConcurrency");
         },
         // 0 is unbounded.
         |m| m["MaxConcurrency"] = 0.into(),
@@ -3196,14 +3187,11 @@ fn batch_definition_check_rejects_other_paths_unbounded_maps_and_broken_graphs()
         },
         // The item's Pass no longer records the execution's name.
         |m| {
-            m["ItemProcessor"]["States"]["Work"]["Parameters"]
-                .as_object_mut()
-                .unwrap()
-                .remove("execution.$");
+            remove_key(&mut m["ItemProcessor"]["States"]["Work"]["Parameters"], "execution.$");
         },
         // Goes on to a state that does not exist.
         |m| {
-            m.as_object_mut().unwrap().remove("End");
+            remove_key(m, "End");
             m["Next"] = "Missing".into();
         },
     ];
@@ -3533,10 +3521,7 @@ fn quota_sync_check_rejects_wider_privilege_and_miswiring() {
     let e = broken(|d| sync_statement(d, "ReadQuota")["Resource"] = "*".into());
     assert!(e.contains("every resource"), "{e}");
     let e = broken(|d| {
-        sync_statement(d, "BudgetItem")
-            .as_object_mut()
-            .unwrap()
-            .remove("Condition");
+        remove_key(sync_statement(d, "BudgetItem"), "Condition");
     });
     assert!(e.contains("condition"), "{e}");
     let e = broken(|d| {
@@ -3554,15 +3539,12 @@ fn quota_sync_check_rejects_wider_privilege_and_miswiring() {
     });
     assert!(e.contains("not read by the quota sync"), "{e}");
     assert!(check_quota_sync(&edited(|d| {
-        d["Resources"]["QuotaSyncFunction"]
-            .as_object_mut()
-            .unwrap()
-            .remove("Condition");
+        remove_key(&mut d["Resources"]["QuotaSyncFunction"], "Condition");
     }))
     .unwrap_err()
     .contains("deployed without QuotaSyncSchedule"));
     let no_rule = edited(|d| {
-        d["Rules"].as_object_mut().unwrap().remove("QuotaSync");
+        remove_key(&mut d["Rules"], "QuotaSync");
     })
     .with("QuotaSyncSchedule", "rate(1 hour)".into())
     .with("CoordinationTable", "None".into());
@@ -3599,20 +3581,14 @@ fn quota_proximity_check_rejects_fixed_thresholds_other_math_and_missing_alarms(
     )
     .contains("docs/deploy.md"));
     let without_transitions = edited(|d| {
-        d["Resources"]
-            .as_object_mut()
-            .unwrap()
-            .remove("StateTransitionQuotaProximityAlarm");
+        remove_key(&mut d["Resources"], "StateTransitionQuotaProximityAlarm");
     })
     .with("MessagesPerExecution", 10.into());
     assert!(check_quota_proximity(&without_transitions)
         .unwrap_err()
         .contains("StateTransition"));
     let always = edited(|d| {
-        d["Resources"]["StateTransitionQuotaProximityAlarm"]
-            .as_object_mut()
-            .unwrap()
-            .remove("Condition");
+        remove_key(&mut d["Resources"]["StateTransitionQuotaProximityAlarm"], "Condition");
     });
     assert!(check_quota_proximity(&always).unwrap_err().contains("expected 1"));
     let widgets = edited(|d| {
@@ -3632,10 +3608,10 @@ fn the_function_is_told_the_queues_retention() {
     let t = edited(|d| d["Resources"]["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] = 604_800.into());
     assert!(check_retention(&t).unwrap_err().contains("DLQ_RETENTION_SECONDS"));
     let t = edited(|d| {
-        d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"]
-            .as_object_mut()
-            .unwrap()
-            .remove("QUEUE_RETENTION_SECONDS");
+        remove_key(
+            &mut d["Resources"]["StarterFunction"]["Properties"]["Environment"]["Variables"],
+            "QUEUE_RETENTION_SECONDS",
+        );
     });
     assert!(check_retention(&t)
         .unwrap_err()
@@ -3762,7 +3738,7 @@ fn lease_slots_dropped_alarm_exists_when_coordinated() {
 fn lease_slots_dropped_alarm_check_rejects_a_missing_wrong_or_silent_alarm() {
     let alarm = "LeaseSlotsDroppedAlarm";
     let t = edited(|d| {
-        d["Resources"].as_object_mut().unwrap().remove(alarm);
+        remove_key(&mut d["Resources"], alarm);
     });
     assert!(check_lease_slots_dropped_alarm(&t).is_err());
     let t = edited(|d| {
@@ -3774,10 +3750,7 @@ fn lease_slots_dropped_alarm_check_rejects_a_missing_wrong_or_silent_alarm() {
     let t = edited(|d| d["Resources"][alarm]["Properties"]["Metrics"][0]["Expression"] = "dropped".into());
     assert!(check_lease_slots_dropped_alarm(&t).is_err());
     let t = edited(|d| {
-        d["Resources"][alarm]["Properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("AlarmActions");
+        remove_key(&mut d["Resources"][alarm]["Properties"], "AlarmActions");
     })
     .with("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:ops".into());
     assert!(check_lease_slots_dropped_alarm(&t).is_err());
@@ -4181,8 +4154,10 @@ fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_
         ),
         (
             |d| {
-                let variables = release_props(d)["Environment"]["Variables"].as_object_mut().unwrap();
-                variables.remove("RUNNING_EXPIRY_SECONDS");
+                remove_key(
+                    &mut release_props(d)["Environment"]["Variables"],
+                    "RUNNING_EXPIRY_SECONDS",
+                )
             },
             "is not told RUNNING_EXPIRY_SECONDS",
         ),
@@ -4202,16 +4177,16 @@ fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_
         ),
         (
             |d| {
-                release_props(d)["Events"]["StatusChange"]["Properties"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("DeadLetterConfig");
+                remove_key(
+                    &mut release_props(d)["Events"]["StatusChange"]["Properties"],
+                    "DeadLetterConfig",
+                );
             },
             "DLQ",
         ),
         (
             |d| {
-                release_props(d)["Events"].as_object_mut().unwrap().remove("Reclaim");
+                remove_key(&mut release_props(d)["Events"], "Reclaim");
             },
             "one schedule",
         ),
@@ -4263,16 +4238,16 @@ fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_
         ),
         (
             |d| {
-                d["Resources"].as_object_mut().unwrap().remove("SlotsReclaimedAlarm");
+                remove_key(&mut d["Resources"], "SlotsReclaimedAlarm");
             },
             "expected one cap-full and one reclaim alarm",
         ),
         (
             |d| {
-                d["Resources"]["CoordinationStore"]["Properties"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("GlobalSecondaryIndexes");
+                remove_key(
+                    &mut d["Resources"]["CoordinationStore"]["Properties"],
+                    "GlobalSecondaryIndexes",
+                );
             },
             "due-index",
         ),
@@ -4283,15 +4258,12 @@ fn cap_checks_reject_shared_concurrency_other_events_wider_privilege_and_silent_
     }
     // Deployed whatever the parameters say.
     let t = edited(|d| {
-        d["Resources"]["ReleaseFunction"]
-            .as_object_mut()
-            .unwrap()
-            .remove("Condition");
+        remove_key(&mut d["Resources"]["ReleaseFunction"], "Condition");
     });
     assert!(check_release_function(&t).unwrap_err().contains("without a cap"));
     // No rule for the cap without a table.
     let t = edited(|d| {
-        d["Rules"].as_object_mut().unwrap().remove("RunningCap");
+        remove_key(&mut d["Rules"], "RunningCap");
     })
     .with("MaxRunningExecutions", 50.into())
     .with("CoordinationTable", "None".into());
