@@ -66,8 +66,8 @@ fn config(stack: &Stack, pairs: &[(&str, &str)]) -> Config {
 }
 
 impl Local {
-    fn starter(&self, config: Config) -> Starter {
-        sfn_pacer::aws::starter(config, &self.aws)
+    async fn starter(&self, config: Config) -> Starter {
+        sfn_pacer::aws::starter(config, &self.aws).await.unwrap()
     }
 
     /// Sends `n` messages to the stack's queue and receives them as one event.
@@ -275,8 +275,8 @@ async fn two_deployments_share_one_cap() {
     let a = provision(&local.aws, "orders-a", 5, 30).await.unwrap();
     let b = provision(&local.aws, "orders-b", 5, 30).await.unwrap();
     let shared = [("MAX_RUNNING_EXECUTIONS", "3"), ("RUNNING_KEY", "database")];
-    let starter_a = local.starter(config(&a, &shared));
-    let starter_b = local.starter(config(&b, &shared));
+    let starter_a = local.starter(config(&a, &shared)).await;
+    let starter_b = local.starter(config(&b, &shared)).await;
     let first_a = starter_a.process(local.batch(&a, 4).await, deadline()).await.unwrap();
     let batch_b = local.batch(&b, 2).await;
     let first_b = starter_b.process(batch_b.clone(), deadline()).await.unwrap();
@@ -299,10 +299,12 @@ async fn two_deployments_share_one_cap() {
 async fn a_release_event_and_a_release_by_expiry_with_describe_execution() {
     let local = local().await;
     let stack = provision(&local.aws, "orders", 5, 30).await.unwrap();
-    let starter = local.starter(config(
-        &stack,
-        &[("MAX_RUNNING_EXECUTIONS", "3"), ("RUNNING_EXPIRY_SECONDS", "1")],
-    ));
+    let starter = local
+        .starter(config(
+            &stack,
+            &[("MAX_RUNNING_EXECUTIONS", "3"), ("RUNNING_EXPIRY_SECONDS", "1")],
+        ))
+        .await;
     let key = "orders";
     let outcome = starter.process(local.batch(&stack, 3).await, deadline()).await.unwrap();
     assert_eq!(outcome.report.started, 3);
@@ -371,7 +373,7 @@ async fn long_wait(max_receive_count: u32) -> sfn_pacer::metrics::Report {
             ("DEADLINE_MARGIN_MS", "6000"),
         ],
     );
-    let starter = Arc::new(local.starter(config));
+    let starter = Arc::new(local.starter(config).await);
     let mut sent = Vec::new();
     for i in 0..4 {
         let id = local

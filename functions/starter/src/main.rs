@@ -16,13 +16,14 @@ async fn main() -> Result<(), Error> {
         }
     };
     let sdk_config = sfn_pacer::aws::sdk_config_loader().load().await;
-    // WORKFLOW_TYPE is checked once against the state machine: exactly-once depends on it.
-    let machines = sfn_pacer::aws::SfnStarter::new(&sdk_config, config.call_timeout);
-    if let Err(e) = sfn_pacer::config::check_workflow_type(&config, &machines).await {
-        tracing::error!("{e}");
-        std::process::exit(1);
-    }
-    let starter = &sfn_pacer::aws::starter(config, &sdk_config);
+    // Checks WORKFLOW_TYPE against the state machine once (exactly-once depends on it).
+    let starter = &match sfn_pacer::aws::starter(config, &sdk_config).await {
+        Ok(starter) => starter,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(1);
+        }
+    };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         starter.dispatch(event).await
     }))

@@ -41,10 +41,16 @@ pub fn sdk_config_loader() -> aws_config::ConfigLoader {
 /// The starter with the SDK adapters, as the Lambda runs it (built once per execution environment):
 /// StartExecution and DescribeExecution, SQS; with `COORDINATION_TABLE`, one table for the shared
 /// budget, the claims of batch mode and the cap's slots; with `CLAIM_CHECK_BUCKET`, S3.
-pub fn starter(config: crate::Config, sdk_config: &aws_config::SdkConfig) -> crate::Starter {
+/// WORKFLOW_TYPE is checked first, once, against the state machine (DescribeStateMachine,
+/// [`crate::config::check_workflow_type`]): exactly-once depends on it.
+pub async fn starter(
+    config: crate::Config,
+    sdk_config: &aws_config::SdkConfig,
+) -> Result<crate::Starter, crate::config::ConfigError> {
     use std::sync::Arc;
     let timeout = config.call_timeout;
     let sfn = Arc::new(SfnStarter::new(sdk_config, timeout));
+    crate::config::check_workflow_type(&config, sfn.as_ref()).await?;
     let queue = Arc::new(SqsQueue::new(sdk_config, timeout));
     let claim_check = config.claim_check_bucket.is_some();
     let starter = match config.coordination_table.clone() {
@@ -56,10 +62,10 @@ pub fn starter(config: crate::Config, sdk_config: &aws_config::SdkConfig) -> cra
         }
         None => crate::Starter::new(config, sfn, queue),
     };
-    match claim_check {
+    Ok(match claim_check {
         true => starter.with_claim_check(Arc::new(S3Objects::new(sdk_config, timeout))),
         false => starter,
-    }
+    })
 }
 
 /// StartExecution through `aws-sdk-sfn`, one attempt per call: the SDK's retries are off,
