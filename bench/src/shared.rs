@@ -774,10 +774,7 @@ async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u
                         continue;
                     };
                     let Some(current) = current else { break };
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or(0.0);
+                    let now = sfn_pacer::start::clock::system_seconds();
                     let update = current.plan_set_limits(new_rate, burst, now);
                     if let Ok(Written::Applied(_)) = store.write(QUOTA_KEY, &update).await {
                         applied = true;

@@ -106,9 +106,7 @@ pub async fn end_executions_older_than(
     duration: Duration,
 ) -> Result<Vec<Value>, String> {
     let running = list_executions_in(sfn, state_machine_arn, Some(ExecutionStatus::Running)).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = sfn_pacer::start::clock::system_seconds();
     let mut events = Vec::new();
     for execution in running {
         if now - execution.started_at >= duration.as_secs_f64() {

@@ -8,7 +8,6 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 use quota_sync::aws::{DynamoRecords, SdkMetrics, SdkServiceQuotas};
 use quota_sync::config::SyncConfig;
 use quota_sync::lambda::{invoke, log_line, Deps};
-use quota_sync::write::epoch_now;
 use sfn_pacer::aws::dynamo::DynamoStore;
 
 /// The bound of each AWS call.
@@ -37,7 +36,7 @@ async fn main() -> Result<(), Error> {
     };
     let (deps, config) = (&deps, &config);
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        let now = epoch_now();
+        let now = sfn_pacer::start::clock::system_seconds();
         match invoke(deps, config, now).await {
             Ok(outcome) => {
                 let line = log_line(&outcome, config, (now * 1000.0) as u64);

@@ -75,11 +75,3 @@ pub async fn write_budget(
         budget_pk(key)
     )))
 }
-
-/// Now, seconds since the Unix epoch (the budget's clock).
-pub fn epoch_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}

@@ -17,8 +17,9 @@ use quota_sync::failure::store_failure;
 pub use quota_sync::failure::{one_line, Failure};
 pub use quota_sync::sync::number;
 use quota_sync::sync::{Action, SyncOutcome};
-pub use quota_sync::write::{epoch_now, SetOutcome};
+pub use quota_sync::write::SetOutcome;
 use quota_sync::write::{write_budget, Wrote};
+use sfn_pacer::start::clock::system_seconds;
 
 /// The program's name, the prefix of every message on stderr.
 pub const TOOL: &str = "sfn-pacer-quota";
@@ -128,7 +129,7 @@ pub async fn set(store: &dyn Store, table: &str, key: &str, limits: Limits) -> R
         let (rate_per_second, burst) = limits.resolve(current)?;
         Ok(Some(match current {
             None => Update::Create(BudgetState::new(rate_per_second, burst)),
-            Some(state) => state.plan_set_limits(rate_per_second, burst, epoch_now()),
+            Some(state) => state.plan_set_limits(rate_per_second, burst, system_seconds()),
         }))
     })
     .await?;

@@ -257,13 +257,13 @@ async fn run(cli: Cli, key_on_command_line: bool) -> Result<u8, Failure> {
             share: args.share,
             force: args.force,
             dry_run: args.dry_run,
-            now: sfn_pacer_quota::epoch_now(),
+            now: sfn_pacer::start::clock::system_seconds(),
         };
         let quotas = SdkServiceQuotas::new(&sdk_config, timeout);
         let metrics = SdkMetrics::new(&sdk_config, timeout);
         let records = DynamoRecords::new(&sdk_config, table, timeout);
         let outcome = sync(&quotas, &metrics, &store, &records, &request).await?;
-        let now = sfn_pacer_quota::epoch_now();
+        let now = sfn_pacer::start::clock::system_seconds();
         let output = if cli.json {
             sfn_pacer_quota::render_sync_json(table, &key, args.workflow_type, &outcome, now).to_string()
         } else {
@@ -279,7 +279,7 @@ async fn run(cli: Cli, key_on_command_line: bool) -> Result<u8, Failure> {
     let output = match limits {
         None => {
             let state = sfn_pacer_quota::show(&store, table, &key).await?;
-            let now = sfn_pacer_quota::epoch_now();
+            let now = sfn_pacer::start::clock::system_seconds();
             if cli.json {
                 sfn_pacer_quota::render_json(table, &key, &state, now).to_string()
             } else {
@@ -288,7 +288,7 @@ async fn run(cli: Cli, key_on_command_line: bool) -> Result<u8, Failure> {
         }
         Some(limits) => {
             let outcome = sfn_pacer_quota::set(&store, table, &key, limits).await?;
-            let now = sfn_pacer_quota::epoch_now();
+            let now = sfn_pacer::start::clock::system_seconds();
             if cli.json {
                 sfn_pacer_quota::render_set_json(table, &key, &outcome, now).to_string()
             } else {

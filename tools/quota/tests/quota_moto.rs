@@ -313,7 +313,7 @@ async fn sync_falls_back_to_defaults_then_to_cloudwatch() {
     {
         let mut state = fake.state();
         state.denied = vec!["ListServiceQuotas".into(), "ListAWSDefaultServiceQuotas".into()];
-        let now = quota_sync::write::epoch_now();
+        let now = sfn_pacer::start::clock::system_seconds();
         let dimensions = BTreeMap::from([("APIName".to_string(), "StartExecution".to_string())]);
         for (metric, old, latest) in [
             ("ProvisionedBucketSize", 1300.0, 5000.0),

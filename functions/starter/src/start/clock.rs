@@ -43,7 +43,8 @@ impl std::fmt::Debug for Clock {
     }
 }
 
-fn system_seconds() -> f64 {
+/// Now on the system's wall clock, seconds since the Unix epoch (0 before it).
+pub fn system_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
