@@ -49,6 +49,17 @@ pub struct Slot {
     pub at: Instant,
 }
 
+impl Slot {
+    /// Waits until the slot's time. A slot already due is not waited for: a timer would round
+    /// its deadline up to the runtime's next millisecond tick and park the task, so every due
+    /// start would wait up to 1 ms (and the runtime would wake once per call).
+    pub async fn until_due(&self) {
+        if self.at > Instant::now() {
+            tokio::time::sleep_until(self.at).await;
+        }
+    }
+}
+
 /// Who granted a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -207,6 +218,17 @@ mod tests {
     /// Releases as many calls as the pacer allows and returns their release instants.
     fn drain(p: &Pacer, t0: Instant, n: usize) -> Vec<Instant> {
         (0..n).map(|_| t0 + p.reserve(t0, t0 + FAR).unwrap().wait).collect()
+    }
+
+    #[tokio::test]
+    async fn a_due_slot_is_ready_at_once_and_a_later_one_is_waited_for() {
+        use futures::FutureExt;
+        let p = Pacer::new(10.0, 1.0, Instant::now());
+        let due = p.reserve(Instant::now(), Instant::now() + FAR).unwrap();
+        assert!(due.until_due().now_or_never().is_some(), "no timer for a due slot");
+        let later = p.reserve(Instant::now(), Instant::now() + FAR).unwrap();
+        assert!(later.wait > Duration::ZERO);
+        assert!(later.until_due().now_or_never().is_none(), "a later slot is waited for");
     }
 
     #[test]

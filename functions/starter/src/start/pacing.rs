@@ -41,7 +41,7 @@ impl Pacing {
     pub async fn ready(&self, slot: Slot) -> bool {
         match self {
             Pacing::Local(_) => {
-                tokio::time::sleep_until(slot.at).await;
+                slot.until_due().await;
                 true
             }
             Pacing::Shared(shared) => shared.ready(slot).await,

@@ -389,7 +389,7 @@ impl SharedPacer {
     /// Waits for `slot`'s time; whether it may still be used then ([`rules::usable`]). A
     /// shared slot woken up past its grace is dropped (its call must reserve again).
     pub async fn ready(&self, slot: Slot) -> bool {
-        tokio::time::sleep_until(slot.at).await;
+        slot.until_due().await;
         if slot.source == Source::Local || rules::usable(slot.at, Instant::now()) {
             return true;
         }
