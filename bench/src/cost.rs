@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use sfn_pacer::close::dead_letter::DeadLetter;
 use sfn_pacer::close::queue::{Queue, QueueError};
+use sfn_pacer::dispatch;
 use sfn_pacer::start::StartExecution;
 use sfn_pacer::Starter;
 
@@ -95,11 +96,17 @@ fn deadline_ms() -> u64 {
     sfn_pacer::handler::now_epoch_ms() + 600_000
 }
 
-/// Decodes, processes and encodes `events` (JSON texts); returns the messages started.
+/// Decodes, processes and encodes `events` (JSON texts) as the function does
+/// ([`sfn_pacer::dispatch`]: the runtime's JSON tree, told apart by its shape, then the batch;
+/// the response back through a tree); returns the messages started.
 async fn end_to_end(starter: &Starter, events: &[String]) -> Result<u64, BenchError> {
     let mut started = 0;
     for json in events {
-        let event: SqsEvent = serde_json::from_str(json).map_err(|e| format!("decoding an event: {e}"))?;
+        let payload: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("decoding an event: {e}"))?;
+        if dispatch::kind(&payload) != dispatch::Kind::Batch {
+            return Err("the event is no SQS batch".into());
+        }
+        let event: SqsEvent = serde_json::from_value(payload).map_err(|e| format!("decoding a batch: {e}"))?;
         let outcome = starter
             .process(event, deadline_ms())
             .await
@@ -112,7 +119,8 @@ async fn end_to_end(starter: &Starter, events: &[String]) -> Result<u64, BenchEr
             )
             .into());
         }
-        let encoded = serde_json::to_vec(response).map_err(|e| format!("encoding a response: {e}"))?;
+        let answer = serde_json::to_value(response).map_err(|e| format!("encoding a response: {e}"))?;
+        let encoded = serde_json::to_vec(&answer).map_err(|e| format!("encoding a response: {e}"))?;
         std::hint::black_box(encoded);
         started += outcome.report.received as u64;
     }
