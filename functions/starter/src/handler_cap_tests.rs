@@ -455,6 +455,8 @@ async fn a_scheduled_event_reclaims_and_other_events_change_nothing() {
     malformed["detail"]["name"] = serde_json::Value::Null;
     assert_eq!(dispatch(malformed).await.unwrap(), serde_json::Value::Null);
     assert_eq!(c.holders(), ["m-1"]);
+    // Records that are no SQS batch: the one handler error (README, "How it behaves").
+    assert!(dispatch(json!({"Records": "not a list"})).await.is_err());
     // An SQS batch through the dispatcher is the handler's.
     let batch_answer = dispatch(serde_json::to_value(batch(1)).unwrap()).await.unwrap();
     assert_eq!(batch_answer["batchItemFailures"], json!([]), "m-0 is a duplicate");
