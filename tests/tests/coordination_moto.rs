@@ -244,7 +244,7 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
     let mut steps: Vec<Update> = vec![Update::Create(seed.clone()), Update::Create(seed.clone())];
     // Apply each step on both stores; derive the next step from the model's state.
     let mut results = Vec::new();
-    for i in 0..9 {
+    for i in 0..15 {
         let update = match i {
             0 | 1 => steps.remove(0),
             2 => lease(&state, now, 0),        // from now
@@ -253,6 +253,37 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
             5 => plan(&state, ask(now + 0.02, 0, Some(state.version))), // carries a decrease
             6 => state.plan_set_limits(80.0, 40.0, now + 0.03),
             7 => lease(&state, now + 5.0, 40), // carries successes: raises the factor
+            // The plan lock of a reshard, taken; refused while held; the root spread over 3
+            // items; the lock, refused for a layout that moved on.
+            9 => Update::Plan {
+                layout: 0,
+                now: now + 7.0,
+                until: now + 17.0,
+                span: 3,
+            },
+            10 => Update::Plan {
+                layout: 0,
+                now: now + 8.0,
+                until: now + 18.0,
+                span: 3,
+            },
+            11 => state.plan_reshard(0, 3, 1, now + 9.0, now + 9.0),
+            12 => Update::Plan {
+                layout: 0,
+                now: now + 20.0,
+                until: now + 30.0,
+                span: 3,
+            },
+            // A reshard freezes the item: a lease is refused until its rescale.
+            13 => Update::Freeze { until: now + 31.0 },
+            14 => lease(
+                &BudgetState {
+                    frozen_until: 0.0,
+                    ..state.clone()
+                },
+                now + 30.5,
+                0,
+            ),
             _ => lease(
                 &BudgetState {
                     version: 1,
@@ -270,7 +301,11 @@ async fn the_dynamodb_adapter_applies_every_update_as_the_model_does() {
         }
         results.push(matches!(from_model, Written::Applied(_)));
     }
-    assert_eq!(results, [true, false, true, true, true, true, true, true, false]);
+    assert_eq!(
+        results,
+        [true, false, true, true, true, true, true, true, false, true, false, true, false, true, false]
+    );
+    assert_eq!((state.shards, state.layout, state.span, state.leases), (3, 1, 3, 4));
     assert_eq!(dynamo.get("conformance").await.unwrap(), Some(state));
     assert_eq!(dynamo.get("absent").await.unwrap(), None);
 }

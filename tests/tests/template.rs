@@ -3767,7 +3767,7 @@ const CAP_ACTIONS: &[&str] = &[
     "dynamodb:UpdateItem",
 ];
 /// DescribeExecution's shared budget (it paces the reclaim).
-const DESCRIBE_BUDGET_KEYS: &[&str] = &["quota#describe-execution"];
+const DESCRIBE_BUDGET_KEYS: &[&str] = &["quota#describe-execution", "quota#describe-execution#*"];
 
 /// Whether the parameters ask for a cap (a rule rejects one without the coordination table).
 fn cap_expected(t: &Template) -> Result<bool, String> {

@@ -2,7 +2,9 @@
 //! of the budget item, retried over the leases that move it in between.
 
 use sfn_pacer::aws::dynamo::budget_pk;
+use sfn_pacer::start::budget::shards::spread_limits;
 use sfn_pacer::start::budget::{BudgetState, Store, Update, Written};
+use sfn_pacer::start::clock::system_seconds;
 
 use crate::failure::{operation_of, store_failure, Failure};
 
@@ -58,7 +60,15 @@ pub async fn write_budget(
             .await
             .map_err(|e| store_failure(operation_of(&update), table, e))?;
         match (written, &update) {
-            (Written::Applied(after), _) => return Ok(Wrote::Applied(SetOutcome { before: current, after })),
+            (Written::Applied(after), update) => {
+                if let Update::SetLimits { .. } = update {
+                    // A budget spread over several items: the others take the root's limits.
+                    spread_limits(store, key, &after, system_seconds())
+                        .await
+                        .map_err(|e| store_failure("UpdateItem", table, e))?;
+                }
+                return Ok(Wrote::Applied(SetOutcome { before: current, after }));
+            }
             // The item is there but is no budget (its attributes do not read as one).
             (Written::Refused(None), Update::Create(_)) => {
                 return Err(Failure::Unexpected(format!(

@@ -367,8 +367,17 @@ impl Starter {
         report.lease_calls = counts.calls;
         report.fallbacks = counts.fallbacks;
         report.lease_slots_dropped = counts.dropped;
+        report.budget_reshards = counts.reshards;
         report.lease_latencies_ms = counts.latencies_ms;
-        report.shared_rate_per_second = shared.budget().await.map_or(0.0, |b| b.effective_rate());
+        let budget = shared.budget().await;
+        report.shared_rate_per_second = budget.as_ref().map_or(0.0, |b| b.budget_rate());
+        if counts.reshards > 0 {
+            tracing::info!(
+                quota_key = %self.config.quota_key,
+                items = budget.map_or(1, |b| b.shards),
+                "the shared budget was spread over another number of items, as its load called for"
+            );
+        }
         if counts.fallbacks > 0 {
             tracing::warn!(
                 table = self.config.coordination_table.as_deref().unwrap_or_default(),

@@ -141,6 +141,7 @@ impl Tally {
             lease_calls: 0,
             fallbacks: 0,
             lease_slots_dropped: 0,
+            budget_reshards: 0,
             lease_latencies_ms: Vec::new(),
             shared_rate_per_second: 0.0,
             pacing_delay_ms: get(&self.pacing_delay_micros) as f64 / 1000.0,
@@ -206,6 +207,9 @@ pub struct Report {
     pub fallbacks: u64,
     /// Coordinated mode: leased slots neither used nor given back (quota lost to everyone).
     pub lease_slots_dropped: u64,
+    /// Coordinated mode: reshards of the budget this instance made (its items' load called for
+    /// more or fewer of them: `budget::shards`).
+    pub budget_reshards: u64,
     /// Coordinated mode: each table call's latency, milliseconds (EMF `LeaseLatency`, whose
     /// p99 CloudWatch computes from the values).
     pub lease_latencies_ms: Vec<f64>,
@@ -365,7 +369,7 @@ fn emf_values(values: &[f64]) -> Vec<f64> {
 type CountMetric = (&'static str, fn(&Report) -> u64, fn(&mut Report, u64));
 
 /// The count metrics, in the order the EMF document declares them: the one list of names.
-const COUNTS: [CountMetric; 22] = [
+const COUNTS: [CountMetric; 23] = [
     ("Received", |r| r.received, |r, v| r.received = v),
     ("Started", |r| r.started, |r, v| r.started = v),
     ("Duplicates", |r| r.duplicates, |r, v| r.duplicates = v),
@@ -387,6 +391,7 @@ const COUNTS: [CountMetric; 22] = [
         |r| r.lease_slots_dropped,
         |r, v| r.lease_slots_dropped = v,
     ),
+    ("BudgetReshards", |r| r.budget_reshards, |r, v| r.budget_reshards = v),
     ("Executions", |r| r.executions, |r, v| r.executions = v),
     ("ClaimsWritten", |r| r.claims_written, |r, v| r.claims_written = v),
     ("ClaimsFound", |r| r.claims_found, |r, v| r.claims_found = v),
@@ -580,6 +585,7 @@ mod tests {
             lease_calls: 4,
             fallbacks: 2,
             lease_slots_dropped: 3,
+            budget_reshards: 1,
             lease_latencies_ms: vec![7.5, 12.0, 160.0],
             shared_rate_per_second: 150.0,
             pacing_delay_ms: 30.5,

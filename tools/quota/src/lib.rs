@@ -159,7 +159,7 @@ pub fn render_text(table: &str, key: &str, state: &BudgetState, now: f64) -> Str
     );
     line(
         "effective rate",
-        format!("{} starts/s (rate × factor)", number(state.effective_rate())),
+        format!("{} starts/s (rate × factor)", number(state.budget_rate())),
     );
     line(
         "effective burst",
@@ -174,6 +174,16 @@ pub fn render_text(table: &str, key: &str, state: &BudgetState, now: f64) -> Str
         format!("{} of {} slots", number(slots_now(state, now)), number(effective_burst)),
     );
     line("version", state.version.to_string());
+    if state.shards > 1 {
+        // Spread over several items (budget::shards): "slots now" is this item's share.
+        line(
+            "items",
+            format!(
+                "{} (each holds 1/{} of the rate and burst; slots now: this one's share)",
+                state.shards, state.shards
+            ),
+        );
+    }
     out
 }
 
@@ -186,10 +196,11 @@ pub fn render_json(table: &str, key: &str, state: &BudgetState, now: f64) -> ser
         "rate_per_second": state.rate_per_second,
         "burst": state.burst,
         "factor": state.factor,
-        "effective_rate_per_second": state.effective_rate(),
+        "effective_rate_per_second": state.budget_rate(),
         "effective_burst": state.effective_burst(),
         "slots_now": slots_now(state, now),
         "version": state.version,
+        "items": state.shards,
         "tat": state.tat,
         "now": now,
     })
@@ -437,7 +448,7 @@ mod tests {
             version: 7,
             // In the past: a full bucket, which stays full (a booked-ahead one keeps its level).
             tat: 1_700_000_000.25,
-            spread: 0.0,
+            ..BudgetState::new(150.0, 800.0)
         };
         store.write(KEY, &Update::Create(existing.clone())).await.unwrap();
 
@@ -527,7 +538,7 @@ mod tests {
             factor: 0.5,
             version: 12,
             tat: now + 2.0,
-            spread: 0.0,
+            ..BudgetState::new(300.0, 1000.0)
         };
         let text = render_text(TABLE, KEY, &state, now);
         for expected in [

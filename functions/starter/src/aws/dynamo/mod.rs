@@ -4,7 +4,10 @@
 //!
 //! The item: `pk` (S) `quota#<QUOTA_KEY>`, `kind` (S) `quota`, `rate` and `burst` (N, per
 //! second and slots), `factor` (N), `version` (N), `tat` (N, seconds since the epoch), `spread`
-//! (N, seconds: the lessees' contention spread; absent in items written before it, read as 0).
+//! (N, seconds: the lessees' contention spread; absent in items written before it, read as 0),
+//! `shards` and `layout` (N: the items the budget is spread over, see `budget::shards`; absent:
+//! 1 and 0), `leases` (N, leases applied), and on the root `plan_until` (N, seconds) and `span`
+//! (N). Shard `i ≥ 1` is the item `quota#<QUOTA_KEY>#<i>`.
 //! The per-message claims of batch mode live beside it under other `pk` prefixes ([`claims`]).
 
 mod claims;
@@ -192,6 +195,12 @@ fn to_item(state: &BudgetState) -> Item {
         ("version".to_string(), AttributeValue::N(state.version.to_string())),
         ("tat".to_string(), t(state.tat)),
         ("spread".to_string(), t(state.spread)),
+        ("shards".to_string(), AttributeValue::N(state.shards.to_string())),
+        ("layout".to_string(), AttributeValue::N(state.layout.to_string())),
+        ("leases".to_string(), AttributeValue::N(state.leases.to_string())),
+        ("plan_until".to_string(), t(state.plan_until)),
+        ("span".to_string(), AttributeValue::N(state.span.to_string())),
+        ("frozen_until".to_string(), t(state.frozen_until)),
     ])
 }
 
@@ -199,6 +208,8 @@ fn to_item(state: &BudgetState) -> Item {
 fn from_item(item: Option<&Item>) -> Option<BudgetState> {
     let item = item.filter(|i| !i.is_empty())?;
     let number = |name: &str| item.get(name)?.as_n().ok()?.parse::<f64>().ok();
+    let whole = |name: &str| item.get(name)?.as_n().ok()?.parse::<u64>().ok();
+    let shards = whole("shards").and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1);
     Some(BudgetState {
         rate_per_second: number("rate")?,
         burst: number("burst")?,
@@ -206,6 +217,15 @@ fn from_item(item: Option<&Item>) -> Option<BudgetState> {
         version: item.get("version")?.as_n().ok()?.parse().ok()?,
         tat: number("tat").unwrap_or(0.0),
         spread: number("spread").unwrap_or(0.0),
+        shards,
+        layout: whole("layout").unwrap_or(0),
+        leases: whole("leases").unwrap_or(0),
+        plan_until: number("plan_until").unwrap_or(0.0),
+        span: whole("span")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+            .max(shards),
+        frozen_until: number("frozen_until").unwrap_or(0.0),
     })
 }
 
@@ -232,6 +252,7 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
         Update::Create(_) => (String::new(), String::new(), Vec::new()),
         Update::Lease {
             version: v,
+            now: lessee_now,
             shape,
             factor,
             spread,
@@ -259,9 +280,12 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
             if let Some(f) = factor {
                 set.push_str(", #factor = :f, #version = #version + :one");
                 values.push((":f", n(*f)));
-                values.push((":one", AttributeValue::N("1".into())));
             }
+            set.push_str(" ADD #leases :one");
+            values.push((":one", AttributeValue::N("1".into())));
             condition.insert_str(0, "attribute_exists(#pk) AND ");
+            condition.push_str(" AND (attribute_not_exists(#frozen_until) OR #frozen_until < :at)");
+            values.push((":at", t(*lessee_now)));
             (condition, set, values)
         }
         Update::GiveBack {
@@ -281,20 +305,53 @@ fn expressions(update: &Update) -> (String, String, Vec<(&'static str, Attribute
             version: v,
             rate_per_second,
             burst,
+            shards,
+            layout,
             expected_tat,
             new_tat,
         } => (
             "#version = :v AND #tat = :expected".to_string(),
-            "SET #rate = :r, #burst = :b, #version = #version + :one, #tat = :tat".to_string(),
+            "SET #rate = :r, #burst = :b, #shards = :shards, #layout = :layout, #version = #version + :one, #tat = :tat, #frozen_until = :zero"
+                .to_string(),
             vec![
                 (":v", version(v)),
                 (":expected", t(*expected_tat)),
                 (":r", n(*rate_per_second)),
                 (":b", n(*burst)),
+                (":shards", AttributeValue::N(shards.to_string())),
+                (":layout", version(layout)),
                 (":one", AttributeValue::N("1".into())),
                 (":tat", t(*new_tat)),
+                (":zero", AttributeValue::N("0".into())),
             ],
         ),
+        Update::Freeze { until } => (
+            "attribute_exists(#pk)".to_string(),
+            "SET #frozen_until = :until".to_string(),
+            vec![(":until", t(*until))],
+        ),
+        Update::Plan {
+            layout,
+            now,
+            until,
+            span,
+        } => {
+            // An item written before layouts has none: it is layout 0.
+            let same_layout = match layout {
+                0 => "(attribute_not_exists(#layout) OR #layout = :layout)",
+                _ => "#layout = :layout",
+            };
+            (
+                format!("attribute_exists(#pk) AND {same_layout} AND (attribute_not_exists(#plan_until) OR #plan_until < :now)"),
+                "SET #plan_until = :until, #span = :span".to_string(),
+                vec![
+                    (":layout", version(layout)),
+                    (":now", t(*now)),
+                    (":until", t(*until)),
+                    (":span", AttributeValue::N(span.to_string())),
+                ],
+            )
+        }
     }
 }
 
@@ -358,6 +415,12 @@ mod tests {
             version: 7,
             tat: 1_795_000_000.123_4,
             spread: 0.04,
+            shards: 3,
+            layout: 2,
+            leases: 41,
+            plan_until: 1_795_000_010.5,
+            span: 4,
+            frozen_until: 1_795_000_001.25,
         };
         assert_eq!(from_item(Some(&to_item(&state))), Some(state));
         assert_eq!(from_item(Some(&Item::new())), None);
@@ -368,6 +431,7 @@ mod tests {
     fn leases_are_conditioned_on_the_version_and_tat() {
         let update = Update::Lease {
             version: 3,
+            now: 9.5,
             shape: Shape::Extend {
                 now: 10.0,
                 limit: 12.0,
@@ -379,15 +443,26 @@ mod tests {
         let (condition, set, values) = expressions(&update);
         assert_eq!(
             condition,
-            "attribute_exists(#pk) AND #version = :v AND #tat BETWEEN :now AND :limit"
+            "attribute_exists(#pk) AND #version = :v AND #tat BETWEEN :now AND :limit AND (attribute_not_exists(#frozen_until) OR #frozen_until < :at)"
         );
         assert_eq!(
             set,
-            "SET #tat = #tat + :d, #spread = :s, #factor = :f, #version = #version + :one"
+            "SET #tat = #tat + :d, #spread = :s, #factor = :f, #version = #version + :one ADD #leases :one"
         );
         let placeholders: Vec<String> = names(&[&condition, &set]).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(placeholders, ["#pk", "#version", "#tat", "#spread", "#factor"]);
+        assert_eq!(
+            placeholders,
+            [
+                "#pk",
+                "#version",
+                "#tat",
+                "#frozen_until",
+                "#spread",
+                "#factor",
+                "#leases"
+            ]
+        );
         let names: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
-        assert_eq!(names, [":now", ":limit", ":d", ":v", ":s", ":f", ":one"]);
+        assert_eq!(names, [":now", ":limit", ":d", ":v", ":s", ":f", ":one", ":at"]);
     }
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::rules::{self, AfterError, Bound, SPREAD_MIN};
+use super::shards::{self, Meter};
 use super::{BudgetState, LeaseAsk, LeasePlan, Store, Update, Written};
 use crate::close::backoff::unit_random;
 use crate::start::clock::Clock;
@@ -70,6 +71,23 @@ struct Local {
     /// Consecutive throttled writes (only a write's answer resets it: a read between them does
     /// not show the item takes writes again).
     throttles: u32,
+    /// The shard `cached` is of ([`shards`]): the home, or the root while the home is missing.
+    at: u32,
+    /// The home shard, from the highest layout seen.
+    home: u32,
+    /// The highest layout seen, and its shard count.
+    layout: u64,
+    /// See `layout`.
+    shards: u32,
+    /// While the home shard is missing (a reshard not yet done), leases come from the root
+    /// until then.
+    away_until: Option<Instant>,
+    /// The measure of the home's load.
+    meter: Meter,
+    /// A reshard to this many shards, to try before the next lease.
+    plan: Option<u32>,
+    /// No reshard is tried before this (epoch seconds): another lessee holds the plan lock.
+    no_plan_before: f64,
 }
 
 impl Default for Local {
@@ -89,6 +107,14 @@ impl Default for Local {
             stale: false,
             failures: 0,
             throttles: 0,
+            at: 0,
+            home: 0,
+            layout: 0,
+            shards: 1,
+            away_until: None,
+            meter: Meter::default(),
+            plan: None,
+            no_plan_before: 0.0,
         }
     }
 }
@@ -109,6 +135,8 @@ pub struct LeaseCounts {
     pub returned: u64,
     /// Each table call's latency, milliseconds (at most [`MAX_LATENCIES`]).
     pub latencies_ms: Vec<f64>,
+    /// Reshards this instance made ([`shards::reshard`]).
+    pub reshards: u64,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +146,7 @@ struct Counters {
     dropped: AtomicU64,
     leased: AtomicU64,
     returned: AtomicU64,
+    reshards: AtomicU64,
     latencies_ms: Mutex<Vec<f64>>,
 }
 
@@ -144,6 +173,8 @@ pub struct SharedPacer {
     lease_lock: tokio::sync::Mutex<()>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
+    /// Picks this instance's home shard ([`shards::home`]).
+    hash: u64,
 }
 
 impl SharedPacer {
@@ -161,6 +192,7 @@ impl SharedPacer {
             lease_lock: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            hash: (unit_random() * u32::MAX as f64) as u64,
         }
     }
 
@@ -200,6 +232,7 @@ impl SharedPacer {
             leased: c.leased.swap(0, Ordering::Relaxed),
             returned: c.returned.swap(0, Ordering::Relaxed),
             latencies_ms: std::mem::take(&mut *c.latencies_ms.lock().unwrap_or_else(|p| p.into_inner())),
+            reshards: c.reshards.swap(0, Ordering::Relaxed),
         }
     }
 
@@ -266,10 +299,17 @@ impl SharedPacer {
         None
     }
 
-    /// One table call (with the lease lock held): read the item, or write a lease.
+    /// One table call (with the lease lock held): read the item, or write a lease; or first a
+    /// reshard the home's load calls for.
     async fn step(&self, latest: Instant, demand: &impl Fn() -> u64) -> Step {
+        let reshard = self.local().plan.take();
+        if let Some(target) = reshard {
+            self.reshard(target, latest).await;
+            return Step::Again;
+        }
         let (plan, spread) = {
-            let l = self.local();
+            let mut l = self.local();
+            self.aim(&mut l);
             let ask = self.ask(&l, demand(), Some(latest));
             // Refused since its last lease: it waits behind others, over its spread. Not: it
             // asks right when there is room (little jitter), as a lone instance should.
@@ -334,6 +374,9 @@ impl SharedPacer {
         let consecutive = match error.kind {
             StoreErrorKind::Throttled => {
                 l.throttles += 1;
+                if l.throttles > 1 {
+                    l.meter.throttled(); // throttled again: a hot item, not a blip
+                }
                 l.throttles
             }
             StoreErrorKind::Deadline => 0,
@@ -501,6 +544,7 @@ impl SharedPacer {
                     l.throttled = None;
                 }
                 l.cached = Some(after);
+                self.follow(&mut l);
             }
             Ok(Written::Refused(current)) => {
                 self.counters.dropped.fetch_add(returned, Ordering::Relaxed);
@@ -538,6 +582,7 @@ impl SharedPacer {
             l.throttled = None;
         }
         l.cached = Some(after);
+        self.follow(&mut l);
         self.counters.leased.fetch_add(n, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -600,6 +645,7 @@ impl SharedPacer {
         }
         l.failures = 0;
         l.cached = current;
+        self.follow(l);
     }
 
     fn drop_expired(&self, l: &mut Local, now: Instant) {
@@ -622,9 +668,16 @@ impl SharedPacer {
 
     /// Reads the item, creating it from the seed if absent.
     async fn fetch(&self, latest: Instant) -> Result<(), StoreError> {
-        let found = self.call(self.store.get(&self.key), latest).await?;
+        let at = self.local().at;
+        let found = self
+            .call(self.store.get(&shards::shard_key(&self.key, at)), latest)
+            .await?;
         let state = match found {
             Some(state) => state,
+            None if at > 0 => {
+                self.away(&mut self.local());
+                return Ok(());
+            }
             None => match self.write(&Update::Create(self.seed.clone()), latest).await? {
                 Written::Applied(state) | Written::Refused(Some(state)) => state,
                 Written::Refused(None) => return Err(StoreError::unknown("the budget item could not be created")),
@@ -636,7 +689,88 @@ impl SharedPacer {
     }
 
     async fn write(&self, update: &Update, latest: Instant) -> Result<Written, StoreError> {
-        self.call(self.store.write(&self.key, update), latest).await
+        let key = shards::shard_key(&self.key, self.local().at);
+        self.call(self.store.write(&key, update), latest).await
+    }
+
+    /// Which shard to use now: the home, or the root while the home is missing. Changing shard
+    /// forgets the cached item, so the next step reads the one it now uses.
+    fn aim(&self, l: &mut Local) {
+        let away = l.away_until.is_some_and(|until| Instant::now() < until);
+        let at = if away { 0 } else { l.home };
+        if at != l.at {
+            l.at = at;
+            l.cached = None;
+        }
+    }
+
+    /// The home is missing or retired and no newer layout says where to go: the root meanwhile
+    /// (for a second), and a reshard to complete the layout.
+    fn away(&self, l: &mut Local) {
+        l.away_until = Some(Instant::now() + Duration::from_secs(1));
+        l.cached = None;
+        l.at = 0;
+        if self.clock.epoch(Instant::now()) >= l.no_plan_before {
+            l.plan = Some(l.shards);
+        }
+    }
+
+    /// The item just seen (`cached`, of shard `at`): a newer layout moves this lessee's home;
+    /// a retired shard sends it to the root; its home's load may call for a reshard.
+    fn follow(&self, l: &mut Local) {
+        let Some(state) = l.cached.clone() else {
+            return;
+        };
+        if state.layout > l.layout {
+            l.layout = state.layout;
+            l.shards = state.shards;
+            l.home = shards::home(self.hash, state.shards);
+            l.away_until = None;
+            l.meter.reset();
+            if l.home != l.at {
+                self.rehome(l);
+                return;
+            }
+        }
+        if l.at >= state.shards {
+            self.away(l);
+            return;
+        }
+        let now = self.clock.epoch(Instant::now());
+        if l.at == l.home && now >= l.no_plan_before {
+            if let Some(want) = l.meter.observe(now, &state) {
+                l.plan = Some(want);
+            }
+        }
+    }
+
+    /// The home moved: what this instance tracked of the old one (the give-back of its last
+    /// lease, a decrease, its successes) does not apply to the new one. Its leased slots stay.
+    fn rehome(&self, l: &mut Local) {
+        self.counters.dropped.fetch_add(l.expired, Ordering::Relaxed);
+        l.expired = 0;
+        l.last_tat = None;
+        l.throttled = None;
+        l.successes = 0;
+        l.cached = None;
+        l.at = l.home;
+    }
+
+    /// Reshards the budget to `target` shards ([`shards::reshard`]), bounded by `latest` and
+    /// [`shards::RESHARD_SECONDS`]. Whatever it did, the next step reads the item again.
+    async fn reshard(&self, target: u32, latest: Instant) {
+        let seen = self.local().layout;
+        let clock = self.clock.clone();
+        let now = move || clock.epoch(Instant::now());
+        let until = latest.min(Instant::now() + Duration::from_secs_f64(shards::RESHARD_SECONDS));
+        let done = tokio::time::timeout_at(until, shards::reshard(&*self.store, &self.key, target, seen, &now)).await;
+        if let Ok(Ok(Some(_))) = done {
+            self.counters.reshards.fetch_add(1, Ordering::Relaxed);
+        }
+        // Done, planned by another lessee, or cut short: the lock holds until then anyway.
+        let mut l = self.local();
+        l.no_plan_before = now() + shards::PLAN_SECONDS;
+        l.cached = None;
     }
 
     /// One table call, bounded by [`rules::call_limit`]; its latency is recorded.

@@ -1,5 +1,6 @@
 //! The shared StartExecution budget: one token bucket for every instance of every deployment,
-//! kept in one item of the coordination table and leased in small chunks.
+//! kept in one item of the coordination table (or spread over several when its load calls for
+//! it: [`shards`]; each item is then the bucket below at its share) and leased in small chunks.
 //!
 //! ## The math (GCRA: the generic cell rate algorithm, a token bucket as one number)
 //! The item holds `tat`, seconds since the Unix epoch: the theoretical arrival time of the next
@@ -51,6 +52,7 @@
 
 pub mod lease;
 pub mod rules;
+pub mod shards;
 
 use async_trait::async_trait;
 
@@ -91,6 +93,21 @@ pub struct BudgetState {
     /// The contention spread the last lease wrote, seconds ([`rules::widen`]): lessees that
     /// wait for room start from it, so they learn together how many wait with them.
     pub spread: f64,
+    /// The number of items the budget is spread over as this item was last scaled to
+    /// ([`shards`]): this item holds `1 / shards` of the rate and the burst, and is retired when
+    /// its index is `shards` or more. At least 1 (1: the budget is this one item).
+    pub shards: u32,
+    /// Bumped on every item by each change of `shards` ([`shards::reshard`]): lessees follow
+    /// the highest layout they have seen.
+    pub layout: u64,
+    /// Leases applied to this item so far (lessees measure the item's write load from it).
+    pub leases: u64,
+    /// The root item only: until when (seconds since the epoch) a reshard holds the plan lock.
+    pub plan_until: f64,
+    /// The root item only: every shard that may exist has an index below this.
+    pub span: u32,
+    /// Until when (seconds since the epoch) no lease applies: a reshard rescales this item.
+    pub frozen_until: f64,
 }
 
 /// A conditional write to the budget item. The store applies it only if its condition holds.
@@ -104,6 +121,9 @@ pub enum Update {
     Lease {
         /// The version the lease was computed under.
         version: u64,
+        /// The lessee's now, seconds since the epoch: refused while the item is frozen
+        /// (`frozen_until ≥ now`).
+        now: f64,
         /// The shape.
         shape: Shape,
         /// A raised factor, if the lease carries successes.
@@ -120,8 +140,8 @@ pub enum Update {
         /// `tat` without the returned slots.
         new_tat: f64,
     },
-    /// The operator's change: `SET rate, burst, version + 1, tat = new_tat`. Condition:
-    /// `version = version AND tat = expected_tat`.
+    /// The operator's change, or a reshard: `SET rate, burst, shards, layout, version + 1, tat =
+    /// new_tat, frozen_until = 0`. Condition: `version = version AND tat = expected_tat`.
     SetLimits {
         /// The version as read.
         version: u64,
@@ -129,10 +149,32 @@ pub enum Update {
         rate_per_second: f64,
         /// Slots.
         burst: f64,
+        /// The items the budget is spread over ([`BudgetState::shards`]).
+        shards: u32,
+        /// The layout ([`BudgetState::layout`]).
+        layout: u64,
         /// `tat` as read.
         expected_tat: f64,
         /// The rescaled `tat` (the bucket's level kept).
         new_tat: f64,
+    },
+    /// A reshard holds leases off this item while it reads and rescales it: `SET frozen_until =
+    /// until`. Condition: the item exists.
+    Freeze {
+        /// Seconds since the epoch.
+        until: f64,
+    },
+    /// The root's plan lock ([`shards::reshard`]). Condition: `layout = layout AND plan_until <
+    /// now`. `SET plan_until = until, span = span`.
+    Plan {
+        /// The layout the plan was made under.
+        layout: u64,
+        /// Now, seconds since the epoch.
+        now: f64,
+        /// The lock's end, seconds since the epoch.
+        until: f64,
+        /// The new span.
+        span: u32,
     },
 }
 
@@ -231,17 +273,31 @@ impl BudgetState {
             version: 1,
             tat: 0.0,
             spread: 0.0,
+            shards: 1,
+            layout: 0,
+            leases: 0,
+            plan_until: 0.0,
+            span: 1,
+            frozen_until: 0.0,
         }
     }
 
-    /// The effective rate `rate × factor`, slots per second (positive).
+    /// The effective rate of this item: `rate × factor / shards`, slots per second (positive).
     pub fn effective_rate(&self) -> f64 {
-        (self.rate_per_second * self.factor).max(f64::MIN_POSITIVE)
+        (self.rate_per_second * self.factor / f64::from(self.shards.max(1))).max(f64::MIN_POSITIVE)
     }
 
-    /// The effective burst: the burst less [`BURST_RESERVE`] of refill, at least 1 slot.
+    /// The whole budget's effective rate as this item's factor has it: `rate × factor`, slots
+    /// per second (every item of a budget spread over several has its own factor).
+    pub fn budget_rate(&self) -> f64 {
+        self.rate_per_second * self.factor
+    }
+
+    /// The effective burst of this item: the burst less [`BURST_RESERVE`] of refill, over
+    /// `shards`, at least 1 slot.
     pub fn effective_burst(&self) -> f64 {
-        (self.burst - self.rate_per_second * BURST_RESERVE.as_secs_f64()).max(1.0)
+        let burst = self.burst - self.rate_per_second * BURST_RESERVE.as_secs_f64();
+        (burst / f64::from(self.shards.max(1))).max(1.0)
     }
 
     /// `τ = B / r`, seconds.
@@ -254,6 +310,10 @@ impl BudgetState {
     /// bucket) and the static split's starts to repay.
     pub fn plan_lease(&self, ask: &LeaseAsk) -> LeasePlan {
         let now = ask.now;
+        if self.frozen_until >= now {
+            // A reshard unfreezes it with its next write, a table call away.
+            return LeasePlan::WaitUntil(self.frozen_until.min(now + shards::FROZEN_POLL_SECONDS));
+        }
         let decrease = ask.throttled == Some(self.version);
         let factor = match decrease {
             true => Some((self.factor * DECREASE_FACTOR).max(MIN_RATE_FRACTION)),
@@ -288,6 +348,7 @@ impl BudgetState {
         let lease = |shape, slots| LeasePlan::Lease {
             update: Update::Lease {
                 version: self.version,
+                now,
                 shape,
                 factor,
                 spread: tick(ask.spread),
@@ -385,8 +446,37 @@ impl BudgetState {
             version: self.version,
             rate_per_second,
             burst,
+            shards: self.shards,
+            layout: self.layout,
             expected_tat: self.tat,
             new_tat: self.rescaled_tat(&after, now),
+        }
+    }
+
+    /// This item spread over `shards` items in `layout`, at `now`. Lowered (a smaller share), it
+    /// keeps its level: its slots booked at the old rate come first. Raised, or made active
+    /// again, it releases nothing before `not_before` (epoch seconds: when every item's slots
+    /// booked before the reshard are out) nor before its own booked slots: the old bookings
+    /// and the new shares never overlap ([`shards`]).
+    pub fn plan_reshard(&self, index: u32, shards: u32, layout: u64, now: f64, not_before: f64) -> Update {
+        let after = BudgetState { shards, ..self.clone() };
+        let own_booked = self.tat - self.tau();
+        let new_tat = if index >= self.shards {
+            tick(not_before.max(now) + after.tau())
+        } else if shards < self.shards {
+            let after_booked = tick(not_before.max(own_booked).max(now) + after.tau());
+            self.rescaled_tat(&after, now).max(after_booked)
+        } else {
+            self.rescaled_tat(&after, now)
+        };
+        Update::SetLimits {
+            version: self.version,
+            rate_per_second: self.rate_per_second,
+            burst: self.burst,
+            shards,
+            layout,
+            expected_tat: self.tat,
+            new_tat,
         }
     }
 
@@ -429,11 +519,12 @@ impl BudgetState {
             Update::Create(_) => return refused(),
             Update::Lease {
                 version,
+                now,
                 shape,
                 factor,
                 spread,
             } => {
-                if *version != s.version {
+                if *version != s.version || s.frozen_until >= *now {
                     return refused();
                 }
                 match shape {
@@ -445,6 +536,7 @@ impl BudgetState {
                     }
                     _ => return refused(),
                 }
+                next.leases += 1;
                 if let Some(f) = factor {
                     next.factor = *f;
                     next.version += 1;
@@ -465,6 +557,8 @@ impl BudgetState {
                 version,
                 rate_per_second,
                 burst,
+                shards,
+                layout,
                 expected_tat,
                 new_tat,
             } => {
@@ -473,8 +567,24 @@ impl BudgetState {
                 }
                 next.rate_per_second = *rate_per_second;
                 next.burst = *burst;
+                next.shards = *shards;
+                next.layout = *layout;
                 next.version += 1;
                 next.tat = *new_tat;
+                next.frozen_until = 0.0;
+            }
+            Update::Freeze { until } => next.frozen_until = *until,
+            Update::Plan {
+                layout,
+                now,
+                until,
+                span,
+            } => {
+                if *layout != s.layout || s.plan_until >= *now {
+                    return refused();
+                }
+                next.plan_until = *until;
+                next.span = *span;
             }
         }
         Written::Applied(next)

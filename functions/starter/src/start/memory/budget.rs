@@ -22,7 +22,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<BudgetState>, StoreError> {
         self.call(&[], || {
-            self.count_budget_read();
+            self.count_budget_read(key);
             self.item(key)
         })
         .await

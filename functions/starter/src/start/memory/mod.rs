@@ -151,9 +151,9 @@ struct Counts {
     injected: HashMap<&'static str, u64>,
     /// The budget's reads and writes.
     budget: BudgetCounts,
-    /// The budget's reads, by whole second since the table was made (an item takes 3,000 read
-    /// units a second).
-    budget_reads: HashMap<u64, u64>,
+    /// The budget's reads, by item and whole second since the table was made (an item takes
+    /// 3,000 read units a second).
+    budget_reads: HashMap<(String, u64), u64>,
 }
 
 /// The in-memory table.
@@ -246,15 +246,15 @@ impl MemoryStore {
         f(&mut lock(&self.counts).budget);
     }
 
-    pub(crate) fn count_budget_read(&self) {
+    pub(crate) fn count_budget_read(&self, key: &str) {
         let second = Instant::now().saturating_duration_since(self.made).as_secs();
         let mut counts = lock(&self.counts);
         counts.budget.reads += 1;
-        *counts.budget_reads.entry(second).or_default() += 1;
+        *counts.budget_reads.entry((key.to_string(), second)).or_default() += 1;
     }
 
-    /// The most reads of the budget in one second (strongly consistent reads of a small item:
-    /// one read unit each; an item takes 3,000 a second).
+    /// The most reads of one budget item in one second (strongly consistent reads of a small
+    /// item: one read unit each; an item takes 3,000 a second).
     pub fn busiest_budget_reads(&self) -> u64 {
         lock(&self.counts).budget_reads.values().copied().max().unwrap_or(0)
     }
@@ -279,11 +279,20 @@ impl MemoryStore {
     /// The busiest item: its partition key and the most write units it took in one second
     /// (refused conditional writes included; throttled ones not: they were not applied).
     pub fn busiest_item(&self) -> Option<(String, u64)> {
+        self.busiest_item_from(0)
+    }
+
+    /// [`MemoryStore::busiest_item`] over the seconds from `second` on (seconds since the table
+    /// was made).
+    pub fn busiest_item_from(&self, second: u64) -> Option<(String, u64)> {
         let counts = lock(&self.counts);
         counts
             .units
             .iter()
-            .filter_map(|(pk, seconds)| seconds.values().max().map(|&peak| (pk.clone(), peak)))
+            .filter_map(|(pk, seconds)| {
+                let peak = seconds.iter().filter(|(s, _)| **s >= second).map(|(_, u)| *u).max()?;
+                Some((pk.clone(), peak))
+            })
             .max_by_key(|(_, peak)| *peak)
     }
 
