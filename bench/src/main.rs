@@ -518,14 +518,15 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             note(
                 &overall,
                 format!(
-                    "{label}: T = {:.2} s (T* = {:.1}), started {}, throttled {:.2} % ({} / {}), table calls/start {:.3}",
+                    "{label}: T = {:.2} s (T* = {:.1}), started {}, throttled {:.2} % ({} / {}), table calls/start {:.3}, reshards {}",
                     r.drain_seconds,
                     plan.ideal_seconds,
                     r.started,
                     r.throttle_ratio() * 100.0,
                     r.throttled,
                     r.calls,
-                    r.table_calls_per_start()
+                    r.table_calls_per_start(),
+                    r.reshards
                 ),
             );
             results.shared.push(r);

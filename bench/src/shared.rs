@@ -277,6 +277,8 @@ pub struct SharedRun {
     pub table_calls: u64,
     /// Slots paced by the static split because the table failed.
     pub fallbacks: u64,
+    /// Reshards of the budget (`BudgetReshards`: it spread over another number of items).
+    pub reshards: u64,
     /// Leased slots neither used nor given back (`LeaseSlotsDropped`).
     pub dropped: u64,
     /// Table writes refused (a condition did not hold), and shared decreases after throttles.
@@ -893,6 +895,7 @@ async fn run_on(sfn: &FakeSfnHandle, plan: &Plan, settings: &Settings, run_id: u
         throttled,
         table_calls: store.calls(),
         fallbacks: function.fallbacks,
+        reshards: function.budget_reshards,
         dropped: function.lease_slots_dropped,
         refused: store.budget_counts().refused,
         decreases: store.budget_counts().decreases,

@@ -453,22 +453,21 @@ impl BudgetState {
         }
     }
 
-    /// This item spread over `shards` items in `layout`, at `now`. Lowered (a smaller share), it
-    /// keeps its level: its slots booked at the old rate come first. Raised, or made active
-    /// again, it releases nothing before `not_before` (epoch seconds: when every item's slots
-    /// booked before the reshard are out) nor before its own booked slots: the old bookings
-    /// and the new shares never overlap ([`shards`]).
+    /// This item spread over `shards` items in `layout`, at `now`. It starts **empty**: it
+    /// releases nothing before `not_before` (epoch seconds: when every item's slots booked
+    /// before the reshard are out, as far as the reshard has read them) nor before its own
+    /// booked slots, so old bookings and new shares never overlap ([`shards`]). An idle item's
+    /// level is given up (at most its burst, once): kept, its full bucket would draw every
+    /// lessee's lease at once, one of which wins each time (a full bucket leases from now), and
+    /// a reshard happens when the items are hot.
     pub fn plan_reshard(&self, index: u32, shards: u32, layout: u64, now: f64, not_before: f64) -> Update {
         let after = BudgetState { shards, ..self.clone() };
-        let own_booked = self.tat - self.tau();
-        let new_tat = if index >= self.shards {
-            tick(not_before.max(now) + after.tau())
-        } else if shards < self.shards {
-            let after_booked = tick(not_before.max(own_booked).max(now) + after.tau());
-            self.rescaled_tat(&after, now).max(after_booked)
-        } else {
-            self.rescaled_tat(&after, now)
+        let own_booked = match index < self.shards {
+            true => self.tat - self.tau(),
+            false => now,
         };
+        let empty = tick(not_before.max(own_booked).max(now) + after.tau());
+        let new_tat = self.rescaled_tat(&after, now).max(empty);
         Update::SetLimits {
             version: self.version,
             rate_per_second: self.rate_per_second,

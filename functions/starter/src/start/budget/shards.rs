@@ -17,8 +17,9 @@
 //!   measure calls for another `S` ([`wanted`]), it takes the root's plan lock (one conditional
 //!   write, at most one reshard per [`PLAN_SECONDS`]) and reshards ([`reshard`]).
 //! - **Resharding keeps the sum of the rates within the budget at every write.** First every
-//!   active shard whose share falls (or that is retired) is rescaled, keeping its level; only
-//!   then are shards raised, created or made active again, the new ones with an empty bucket.
+//!   active shard whose share falls (or that is retired) is rescaled; only then are shards
+//!   raised, created or made active again. Each starts empty when the slots booked before the
+//!   reshard are out ([`BudgetState::plan_reshard`]).
 //!   A reshard cut short leaves the budget below its rate, never above; the next one (any
 //!   lessee whose home is missing asks for it) completes it.
 //! - **The operator's change** (`set`, the quota sync) writes the root, then every other active
@@ -199,31 +200,24 @@ pub async fn reshard(
         return Ok(None);
     };
     let layout = root.layout + 1;
+    let change = |index, not_before| Change {
+        root: &root,
+        index,
+        target,
+        layout,
+        not_before,
+    };
     // When every slot booked before the reshard is out (at the rates it was booked at).
     let mut booked = now();
     for index in 0..root.span {
-        let change = Change {
-            root: &root,
-            index,
-            target,
-            layout,
-            not_before: booked,
-        };
-        if let Some(seen) = step(store, key, &change, Pass::Lower, now).await? {
+        if let Some(seen) = step(store, key, &change(index, booked), Pass::Lower, now).await? {
             if index < seen.shards {
                 booked = booked.max(seen.tat - seen.tau());
             }
         }
     }
     for index in 0..target {
-        let change = Change {
-            root: &root,
-            index,
-            target,
-            layout,
-            not_before: booked,
-        };
-        step(store, key, &change, Pass::Raise, now).await?;
+        step(store, key, &change(index, booked), Pass::Raise, now).await?;
     }
     Ok(Some(layout))
 }

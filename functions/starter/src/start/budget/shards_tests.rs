@@ -92,10 +92,16 @@ impl Store for Checked {
     }
 }
 
-async fn budget_with(store: &Checked, key: &str) -> BudgetState {
+/// A budget of 6,000/s under key `k`, on one item, in a [`Checked`] store.
+async fn checked_budget() -> Checked {
+    let store = Checked {
+        inner: MemoryStore::default(),
+        key: "k".into(),
+        worst: Mutex::new(0.0),
+    };
     let state = BudgetState::new(6_000.0, 6_000.0);
-    store.write(key, &Update::Create(state.clone())).await.unwrap();
-    state
+    store.write("k", &Update::Create(state)).await.unwrap();
+    store
 }
 
 fn active(store: &MemoryStore, key: &str) -> Vec<(u32, u32, u64)> {
@@ -107,12 +113,7 @@ fn active(store: &MemoryStore, key: &str) -> Vec<(u32, u32, u64)> {
 
 #[tokio::test]
 async fn a_reshard_grows_and_shrinks_without_the_shares_passing_the_budget() {
-    let store = Checked {
-        inner: MemoryStore::default(),
-        key: "k".into(),
-        worst: Mutex::new(0.0),
-    };
-    budget_with(&store, "k").await;
+    let store = checked_budget().await;
     let now = || 1_000.0;
     assert_eq!(reshard(&store, "k", 5, 0, &now).await.unwrap(), Some(1));
     assert_eq!(active(&store.inner, "k"), (0..5).map(|i| (i, 5, 1)).collect::<Vec<_>>());
@@ -144,12 +145,7 @@ async fn a_reshard_grows_and_shrinks_without_the_shares_passing_the_budget() {
 
 #[tokio::test]
 async fn the_operators_change_reaches_every_active_shard() {
-    let store = Checked {
-        inner: MemoryStore::default(),
-        key: "k".into(),
-        worst: Mutex::new(0.0),
-    };
-    budget_with(&store, "k").await;
+    let store = checked_budget().await;
     let now = || 1_000.0;
     reshard(&store, "k", 3, 0, &now).await.unwrap();
     let root = store.inner.item("k").unwrap();
@@ -174,12 +170,7 @@ async fn the_operators_change_reaches_every_active_shard() {
 
 #[tokio::test]
 async fn a_reshard_cut_short_leaves_the_budget_below_its_rate_and_the_next_completes_it() {
-    let store = Arc::new(Checked {
-        inner: MemoryStore::default(),
-        key: "k".into(),
-        worst: Mutex::new(0.0),
-    });
-    budget_with(&store, "k").await;
+    let store = Arc::new(checked_budget().await);
     let now = || 1_000.0;
     reshard(&*store, "k", 4, 0, &now).await.unwrap();
     // A shrink to 2 whose second pass never runs: shards 2 and 3 retired, 0 and 1 still at 1/4.
