@@ -10,8 +10,10 @@
 //!   - ended: released, counted as reclaimed (its event was lost, or is late: then it frees
 //!     nothing);
 //!   - `ExecutionDoesNotExist`: the start never happened (a crash between the take and the call,
-//!     a lost answer of a call that failed): released once the slot is older than [`grace`];
-//!     before that, checked again at the end of the grace.
+//!     a lost answer of a call that failed): given back once the slot is older than [`grace`]
+//!     (the holder deleted, not a tombstone: its message, redelivered, must take a slot again
+//!     and be counted; a tombstone would let it start uncounted, as if it had run); before
+//!     that, checked again at the end of the grace.
 //!
 //! Every write is conditioned on the holder as read (held, same check time or attempt), so a
 //! sweep racing an event or another sweep frees nothing twice.
@@ -71,6 +73,8 @@ enum Fate {
         attempt: u32,
         busy_ms: u64,
     },
+    /// The execution never started: the slot is given back (the holder deleted).
+    Orphan,
     Extend {
         next_check_at_s: u64,
         attempt: u32,
@@ -181,10 +185,7 @@ impl Cap {
                         attempt: holder.attempt.max(redrive_count),
                         busy_ms: age.as_millis() as u64,
                     },
-                    Described::NotFound if age >= grace(self.call_timeout()) => Fate::Release {
-                        attempt: holder.attempt,
-                        busy_ms: age.as_millis() as u64,
-                    },
+                    Described::NotFound if age >= grace(self.call_timeout()) => Fate::Orphan,
                     Described::NotFound => Fate::Extend {
                         next_check_at_s: (holder.taken_at_ms / 1000 + grace(self.call_timeout()).as_secs())
                             .max(now_s + 1),
@@ -221,6 +222,15 @@ impl Cap {
                     attempt,
                     busy_ms,
                     released_at_ms: self.clock().now_ms(),
+                },
+                true,
+            ),
+            Fate::Orphan => (
+                Write::GiveBack {
+                    scope: holder.scope.clone(),
+                    name: holder.name.clone(),
+                    shard: holder.shard,
+                    taken_at_ms: holder.taken_at_ms,
                 },
                 true,
             ),

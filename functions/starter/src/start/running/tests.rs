@@ -396,6 +396,10 @@ async fn a_crash_between_the_take_and_the_start_is_reclaimed_after_the_expiry() 
         "ExecutionDoesNotExist after the grace: freed"
     );
     assert_eq!((held(&store), counted(&store).await), (0, 0));
+    // Given back, not ended: the message, redelivered, takes a slot again and is counted (a
+    // tombstone would let it start uncounted, over the cap).
+    assert!(matches!(take(&cap, "crashed").await, Taken::Now(_)));
+    assert_eq!((held(&store), counted(&store).await), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
