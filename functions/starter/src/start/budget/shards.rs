@@ -54,7 +54,7 @@ pub const PLAN_SECONDS: f64 = 10.0;
 /// The longest a reshard may write, seconds (well within the plan lock, so that two never
 /// interleave).
 pub const RESHARD_SECONDS: f64 = 5.0;
-/// Tries of one shard's step before a reshard gives up (the hot item it must write throttles
+/// Tries of one shard's [`rescale`] before it gives up (the hot item it must write throttles
 /// most of them: 40 tries span about 0.6 s, past the next second's capacity).
 const STEP_ATTEMPTS: usize = 40;
 /// How long a reshard holds leases off a shard while it reads and rescales it, seconds (at most:
@@ -222,48 +222,54 @@ pub async fn reshard(
     Ok(Some(layout))
 }
 
-/// One shard's part in a reshard's pass: the shard is frozen (no lease applies to it), read,
-/// and rescaled by a compare-and-set that unfreezes it. A hot item moves under a plain
-/// compare-and-set with every lease; a throttle or a refusal is tried again a little later,
-/// within the caller's bound. Returns the shard as last read before its write.
-async fn step(
+/// What [`rescale`] did to a shard.
+struct Rescaled {
+    /// The shard as last read before its write (`None`: absent).
+    seen: Option<BudgetState>,
+    /// Whether a write was applied (`plan` asked for one).
+    wrote: bool,
+}
+
+/// What to write to a shard as it is read, at a time (epoch seconds); `None`: nothing.
+type Plan<'a> = dyn Fn(Option<&BudgetState>, f64) -> Option<Update> + Send + Sync + 'a;
+
+/// One shard rescaled as `plan` decides, the way a reshard and the operator's change both write
+/// shards: frozen (no lease applies to it), read, and rescaled by a compare-and-set that
+/// unfreezes it. A hot item moves under a plain compare-and-set with every lease; a throttle
+/// or a refusal is tried again a little later ([`STEP_ATTEMPTS`]), within the caller's bound.
+async fn rescale(
     store: &dyn Store,
-    key: &str,
-    change: &Change<'_>,
-    pass: Pass,
+    shard: &str,
     now: &(dyn Fn() -> f64 + Send + Sync),
-) -> Result<Option<BudgetState>, StoreError> {
-    let shard = shard_key(key, change.index);
+    plan: &Plan<'_>,
+) -> Result<Rescaled, StoreError> {
     let mut last = None;
     for attempt in 0..STEP_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(rules::retry_backoff(unit_random())).await;
         }
-        match try_step(store, &shard, change, pass, now).await {
-            Ok(Some(seen)) => return Ok(seen),
+        match try_rescale(store, shard, now, plan).await {
+            Ok(Some(done)) => return Ok(done),
             Ok(None) => {}
             Err(e) if e.kind == StoreErrorKind::Permanent => return Err(e),
             Err(e) => last = Some(e),
         }
     }
-    Err(last.unwrap_or_else(|| {
-        StoreError::unknown(format!(
-            "shard {shard} moved under each of {STEP_ATTEMPTS} reshard writes"
-        ))
-    }))
+    Err(last
+        .unwrap_or_else(|| StoreError::unknown(format!("shard {shard} moved under each of {STEP_ATTEMPTS} writes"))))
 }
 
-/// One try of [`step`]: `Some(the shard as read)` when it is done, `None` to try again.
-async fn try_step(
+/// One try of [`rescale`]: `Some` when it is done, `None` to try again.
+async fn try_rescale(
     store: &dyn Store,
     shard: &str,
-    change: &Change<'_>,
-    pass: Pass,
     now: &(dyn Fn() -> f64 + Send + Sync),
-) -> Result<Option<Option<BudgetState>>, StoreError> {
-    let mut current = store.get(shard).await?;
-    let Some(mut update) = step_update(current.as_ref(), change, pass, now()) else {
-        return Ok(Some(current));
+    plan: &Plan<'_>,
+) -> Result<Option<Rescaled>, StoreError> {
+    let mut seen = store.get(shard).await?;
+    let done = |seen, wrote| Ok(Some(Rescaled { seen, wrote }));
+    let Some(mut update) = plan(seen.as_ref(), now()) else {
+        return done(seen, false);
     };
     if let Update::SetLimits { .. } = update {
         let freeze = Update::Freeze {
@@ -273,16 +279,29 @@ async fn try_step(
             return Ok(None);
         }
         // Read again: what the freeze holds still.
-        current = store.get(shard).await?;
-        match step_update(current.as_ref(), change, pass, now()) {
+        seen = store.get(shard).await?;
+        match plan(seen.as_ref(), now()) {
             Some(again) => update = again,
-            None => return Ok(Some(current)),
+            None => return done(seen, false),
         }
     }
-    Ok(match store.write(shard, &update).await? {
-        Written::Applied(_) => Some(current),
-        Written::Refused(_) => None,
-    })
+    match store.write(shard, &update).await? {
+        Written::Applied(_) => done(seen, true),
+        Written::Refused(_) => Ok(None),
+    }
+}
+
+/// One shard's part in a reshard's pass ([`rescale`] as [`step_update`] plans it). Returns the
+/// shard as last read before its write.
+async fn step(
+    store: &dyn Store,
+    key: &str,
+    change: &Change<'_>,
+    pass: Pass,
+    now: &(dyn Fn() -> f64 + Send + Sync),
+) -> Result<Option<BudgetState>, StoreError> {
+    let plan = |current: Option<&BudgetState>, at| step_update(current, change, pass, at);
+    Ok(rescale(store, &shard_key(key, change.index), now, &plan).await?.seen)
 }
 
 /// What a pass writes to a shard as it is (`None`: nothing).
@@ -322,23 +341,17 @@ fn step_update(current: Option<&BudgetState>, change: &Change<'_>, pass: Pass, n
 }
 
 /// After the operator's change to the root `root`: every other active shard takes its rate and
-/// burst (each a compare-and-set keeping its level). Returns how many were written.
+/// burst (each [`rescale`]d, keeping its level). Returns how many were written.
 pub async fn spread_limits(store: &dyn Store, key: &str, root: &BudgetState, now: f64) -> Result<u32, StoreError> {
     let mut written = 0;
     for index in 1..root.span.max(root.shards) {
-        let shard = shard_key(key, index);
-        for _ in 0..STEP_ATTEMPTS {
-            let Some(s) = store.get(&shard).await? else { break };
-            if index >= s.shards || (s.rate_per_second == root.rate_per_second && s.burst == root.burst) {
-                break;
-            }
-            if let Written::Applied(_) = store
-                .write(&shard, &s.plan_set_limits(root.rate_per_second, root.burst, now))
-                .await?
-            {
-                written += 1;
-                break;
-            }
+        let plan = |current: Option<&BudgetState>, at| {
+            current
+                .filter(|s| index < s.shards && (s.rate_per_second != root.rate_per_second || s.burst != root.burst))
+                .map(|s| s.plan_set_limits(root.rate_per_second, root.burst, at))
+        };
+        if rescale(store, &shard_key(key, index), &move || now, &plan).await?.wrote {
+            written += 1;
         }
     }
     Ok(written)
