@@ -166,7 +166,7 @@ pub const ARRIVAL: Duration = Duration::from_secs(10);
 /// `standard_batch`) and Express's (6,000 / 6,000 per s, BatchSize `express_batch`), each with
 /// the quick and the faulty table; then Standard with the faulty table and clocks ±`skew`; then
 /// Express at Standard's BatchSize, where the leases alone (one per invocation, r / BatchSize a
-/// second) are more than one item takes.
+/// second) are more than one item takes (the budget spreads over several), with each table.
 pub fn plans(instances: usize, standard_batch: u64, express_batch: u64, skew: Duration) -> Vec<ScalePlan> {
     let mut out = Vec::new();
     let quotas = [
@@ -193,8 +193,13 @@ pub fn plans(instances: usize, standard_batch: u64, express_batch: u64, skew: Du
         batch: standard_batch,
         ..out[2].clone()
     };
+    let small_batches_faulty = ScalePlan {
+        table: Table::Faulty,
+        ..small_batches.clone()
+    };
     out.push(skewed);
     out.push(small_batches);
+    out.push(small_batches_faulty);
     out
 }
 
@@ -558,7 +563,7 @@ mod tests {
     #[test]
     fn plans_cover_standard_and_express_with_both_tables_and_a_skewed_run() {
         let p = plans(1_000, 10, 100, Duration::from_millis(50));
-        assert_eq!(p.len(), 6);
+        assert_eq!(p.len(), 7);
         assert_eq!((p[0].quota, p[0].messages, p[0].batch), ((1_300, 300.0), 19_300, 10));
         assert_eq!(
             (p[2].quota, p[2].messages, p[2].batch),
@@ -571,6 +576,7 @@ mod tests {
             ("Standard", Table::Faulty, Duration::from_millis(50))
         );
         assert_eq!((p[5].title, p[5].batch, p[5].table), ("Express", 10, Table::Quick));
+        assert_eq!((p[6].title, p[6].batch, p[6].table), ("Express", 10, Table::Faulty));
         assert!(p.iter().all(|p| p.instances == 1_000));
     }
 
